@@ -1,0 +1,248 @@
+"""The SQLite catalog: which files a collection knows, their content, label and vectors.
+
+It is the source of truth for incremental sync and for the vectors themselves;
+vector indexes are rebuilt from it whenever they are missing or stale. Every
+batch is written in one transaction, so a killed run leaves either a whole
+batch or none of it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    label TEXT,
+    width INTEGER,
+    height INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
+CREATE TABLE IF NOT EXISTS vectors (
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    embedder TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (embedder, image_id)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    path: str
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    label: str | None
+    width: int | None
+    height: int | None
+    status: str
+    error: str | None
+
+
+_COLUMNS = "id, path, sha256, size, mtime_ns, label, width, height, status, error"
+
+
+class Catalog:
+    """A thin, typed layer over the catalog database."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        # check_same_thread=False: the server reads from worker threads; writes are serialised by callers.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together or not at all."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- images ---------------------------------------------------------------------------
+
+    def get_by_path(self, path: str) -> ImageRecord | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE path = ?", (path,)).fetchone()
+        return ImageRecord(*row) if row else None
+
+    def get(self, image_id: int) -> ImageRecord | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (image_id,)).fetchone()
+        return ImageRecord(*row) if row else None
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        ids = [int(i) for i in ids]
+        found: dict[int, ImageRecord] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = ids[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE id IN ({marks})", chunk):
+                found[row[0]] = ImageRecord(*row)
+        return found
+
+    def records(self, status: str | None = None, under: str | None = None) -> list[ImageRecord]:
+        """All records, optionally only one status and only paths under a folder prefix."""
+        sql = f"SELECT {_COLUMNS} FROM images WHERE 1=1"
+        args: list[object] = []
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if under is not None:
+            sql += " AND substr(path, 1, ?) = ?"
+            prefix = under.rstrip("/") + "/"
+            args += [len(prefix), prefix]
+        return [ImageRecord(*row) for row in self._db.execute(sql + " ORDER BY id", args)]
+
+    def upsert_image(
+        self,
+        *,
+        path: str,
+        sha256: str | None,
+        size: int,
+        mtime_ns: int,
+        label: str | None,
+        width: int | None,
+        height: int | None,
+        status: str,
+        error: str | None = None,
+    ) -> int:
+        """Insert or update the row for `path`; the id of a known path never changes."""
+        self._db.execute(
+            "INSERT INTO images (path, sha256, size, mtime_ns, label, width, height, status, error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,"
+            " mtime_ns=excluded.mtime_ns, label=excluded.label, width=excluded.width,"
+            " height=excluded.height, status=excluded.status, error=excluded.error",
+            (path, sha256, size, mtime_ns, label, width, height, status, error),
+        )
+        return int(self._db.execute("SELECT id FROM images WHERE path = ?", (path,)).fetchone()[0])
+
+    def touch(self, image_id: int, size: int, mtime_ns: int) -> None:
+        """Record a new mtime for a file whose content did not change."""
+        self._db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, image_id))
+
+    def delete_images(self, ids: Iterable[int]) -> None:
+        self._db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in ids])
+
+    def count(self, status: str = "ok") -> int:
+        return int(self._db.execute("SELECT count(*) FROM images WHERE status = ?", (status,)).fetchone()[0])
+
+    def labels(self) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT coalesce(label, ''), count(*) FROM images WHERE status = 'ok' GROUP BY label ORDER BY label"
+        )
+        return {label: n for label, n in rows}
+
+    def duplicate_groups(self, ids: Iterable[int] | None = None) -> list[list[int]]:
+        """Groups of ids whose files have identical bytes (same SHA-256)."""
+        rows = self._db.execute(
+            "SELECT sha256, group_concat(id) FROM images WHERE status = 'ok' AND sha256 IS NOT NULL"
+            " GROUP BY sha256 HAVING count(*) > 1"
+        ).fetchall()
+        wanted = None if ids is None else set(int(i) for i in ids)
+        groups = []
+        for _, members in rows:
+            group = sorted(int(m) for m in members.split(","))
+            if wanted is not None:
+                group = [m for m in group if m in wanted]
+            if len(group) > 1:
+                groups.append(group)
+        return groups
+
+    # --- vectors --------------------------------------------------------------------------
+
+    def put_vectors(self, embedder: str, ids: Iterable[int], vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO vectors (image_id, embedder, vector) VALUES (?, ?, ?)",
+            [(int(i), embedder, v.tobytes()) for i, v in zip(ids, vectors, strict=True)],
+        )
+
+    def delete_vectors(self, ids: Iterable[int], embedder: str | None = None) -> None:
+        if embedder is None:
+            self._db.executemany("DELETE FROM vectors WHERE image_id = ?", [(int(i),) for i in ids])
+        else:
+            self._db.executemany(
+                "DELETE FROM vectors WHERE image_id = ? AND embedder = ?", [(int(i), embedder) for i in ids]
+            )
+
+    def has_vector(self, embedder: str, image_id: int) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM vectors WHERE embedder = ? AND image_id = ?", (embedder, image_id)
+        ).fetchone()
+        return row is not None
+
+    def vector_ids(self, embedder: str) -> set[int]:
+        return {r[0] for r in self._db.execute("SELECT image_id FROM vectors WHERE embedder = ?", (embedder,))}
+
+    def count_vectors(self, embedder: str) -> int:
+        row = self._db.execute("SELECT count(*) FROM vectors WHERE embedder = ?", (embedder,)).fetchone()
+        return int(row[0])
+
+    def vectors(self, embedder: str, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of an embedder, ordered by id; only `ids` if given."""
+        if ids is None:
+            rows = self._db.execute(
+                "SELECT image_id, vector FROM vectors WHERE embedder = ? ORDER BY image_id", (embedder,)
+            ).fetchall()
+        else:
+            wanted = [int(i) for i in ids]
+            rows = []
+            for start in range(0, len(wanted), 900):
+                chunk = wanted[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                rows += self._db.execute(
+                    f"SELECT image_id, vector FROM vectors WHERE embedder = ? AND image_id IN ({marks})",
+                    [embedder, *chunk],
+                ).fetchall()
+            rows.sort()
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        out = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+        return out_ids, out
+
+    def embedders(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT embedder FROM vectors ORDER BY embedder")]
+
+    # --- meta -----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def bump_generation(self, embedder: str) -> int:
+        """Count changes to an embedder's vectors, so a saved index can tell it is stale."""
+        key = f"generation:{embedder}"
+        value = int(self.get_meta(key) or 0) + 1
+        self.set_meta(key, str(value))
+        return value
+
+    def generation(self, embedder: str) -> int:
+        return int(self.get_meta(f"generation:{embedder}") or 0)

@@ -1,0 +1,566 @@
+"""`Collection`: catalog + embedders + vector indexes, the one object every entry point uses.
+
+On disk a collection is a folder:
+
+    catalog.sqlite          images, their content hash/label/status, and every embedder's vectors
+    config.json             default embedder and index type
+    indexes/NAME.faiss      one vector index per embedder (a cache, rebuilt from the catalog if stale)
+    indexes/NAME.json       the catalog generation that index reflects
+    models/NAME/            embedders trained on this collection's images
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import embedders as embedder_registry
+from .catalog import Catalog, ImageRecord
+from .embedders import DEFAULT_EMBEDDER, Embedder
+from .images import ImageError, iter_image_files, open_image
+from .index import DEFAULT_INDEX, VectorIndex, create_index, load_index
+from .storage import write_json
+
+DEFAULT_COLLECTION_DIR = ".lookalike"
+
+#: progress(stage, done, total); the core library never prints, the CLI draws bars from this
+Progress = Callable[[str, int, int], None]
+ImageInput = str | os.PathLike[str] | bytes | Image.Image
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    id: int
+    path: str
+    label: str | None
+    score: float
+    rank: int
+
+
+@dataclass
+class SyncReport:
+    """What one `sync` did. Paths are absolute."""
+
+    embedder: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unchanged: int = 0
+    embedded: int = 0
+    embed_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        data["images_per_second"] = round(self.images_per_second, 2)
+        return data
+
+
+@dataclass
+class _Decoded:
+    """A file read and decoded by a worker thread."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+    array: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Collection:
+    """A folder holding a catalog of images and their vectors, searchable by similarity."""
+
+    def __init__(self, path: Path, config: dict[str, object]):
+        self.path = path
+        self.config = config
+        self.catalog = Catalog(path / "catalog.sqlite")
+        self._embedders: dict[str, Embedder] = {}
+        self._indexes: dict[str, VectorIndex] = {}
+        self._lock = threading.RLock()  # guards index loading and every write
+
+    # --- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] = DEFAULT_COLLECTION_DIR,
+        *,
+        embedder: str | None = None,
+        index: str | None = None,
+        create: bool = True,
+    ) -> Collection:
+        """Open the collection at `path`, creating it if needed (unless `create=False`).
+
+        `embedder`/`index` set the defaults of a new collection; for an existing one
+        `embedder` only changes what this session uses by default.
+        """
+        path = Path(path).expanduser().resolve()
+        config_path = path / "config.json"
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+        elif not create:
+            raise FileNotFoundError(f"no lookalike collection at {path} (run `lookalike index FOLDER` first)")
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            config = {"version": 1, "default_embedder": embedder or DEFAULT_EMBEDDER, "index": index or DEFAULT_INDEX}
+            write_json(config_path, config)
+        collection = cls(path, config)
+        if embedder is not None:
+            collection.config["default_embedder"] = embedder
+        return collection
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def default_embedder(self) -> str:
+        return str(self.config.get("default_embedder", DEFAULT_EMBEDDER))
+
+    @property
+    def models_dir(self) -> Path:
+        return self.path / "models"
+
+    # --- embedders and indexes ----------------------------------------------------------------
+
+    def embedder(self, name: str | None = None, *, weights: str | Path | None = None) -> Embedder:
+        """The embedder called `name` (default: the collection's), built once and kept."""
+        name = name or self.default_embedder
+        with self._lock:
+            if name not in self._embedders:
+                self._embedders[name] = embedder_registry.create(
+                    name, weights=weights, models_dir=self.models_dir
+                )
+            return self._embedders[name]
+
+    def use_embedder(self, embedder: Embedder) -> None:
+        """Use an already-built embedder object under its name (tests, custom embedders)."""
+        with self._lock:
+            self._embedders[embedder.name] = embedder
+
+    def available_embedders(self) -> list[str]:
+        return embedder_registry.available(self.models_dir)
+
+    def _index_paths(self, embedder: str) -> tuple[Path, Path]:
+        return self.path / "indexes" / f"{embedder}.faiss", self.path / "indexes" / f"{embedder}.json"
+
+    def index(self, embedder: str | None = None) -> VectorIndex:
+        """The vector index of an embedder: loaded from disk if current, else rebuilt from the catalog."""
+        name = embedder or self.default_embedder
+        with self._lock:
+            if name in self._indexes:
+                return self._indexes[name]
+            index_path, meta_path = self._index_paths(name)
+            generation = self.catalog.generation(name)
+            index = None
+            if index_path.is_file() and meta_path.is_file():
+                meta = json.loads(meta_path.read_text())
+                if meta.get("generation") == generation:
+                    index = load_index(index_path)
+            if index is None:
+                ids, vectors = self.catalog.vectors(name)
+                dim = vectors.shape[1] if len(ids) else self.embedder(name).dim
+                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim)
+                index.add(ids, vectors)
+                self._save_index(name, index, generation)
+            self._indexes[name] = index
+            return index
+
+    def _save_index(self, name: str, index: VectorIndex, generation: int) -> None:
+        index_path, meta_path = self._index_paths(name)
+        # Index first, then its generation: a crash in between leaves a stale marker, which
+        # only costs a rebuild, never a wrong answer.
+        index.save(index_path)
+        write_json(meta_path, {"generation": generation, "kind": index.kind, "dim": index.dim, "count": len(index)})
+
+    def _commit_vectors(
+        self, name: str, add_ids: np.ndarray, vectors: np.ndarray, remove_ids: Sequence[int] = ()
+    ) -> None:
+        """Apply a committed catalog change to the in-memory index of `name`, if it is loaded."""
+        index = self._indexes.get(name)
+        if index is None:
+            return
+        if len(remove_ids):
+            index.remove(np.asarray(remove_ids, dtype=np.int64))
+        if len(add_ids):
+            index.add(add_ids, vectors)
+
+    def save(self) -> None:
+        """Persist every loaded index (the catalog is always persisted)."""
+        with self._lock:
+            for name, index in self._indexes.items():
+                self._save_index(name, index, self.catalog.generation(name))
+
+    # --- reading and embedding files ------------------------------------------------------------
+
+    def _decode(self, path: Path, embedder: Embedder, known: ImageRecord | None, has_vector: bool) -> _Decoded:
+        """Read, hash and preprocess one file (runs in a worker thread)."""
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            return _Decoded(path, 0, 0, error=f"cannot read: {exc}")
+        item = _Decoded(path, stat.st_size, stat.st_mtime_ns)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            item.error = f"cannot read: {exc}"
+            return item
+        item.sha256 = sha256_of(data)
+        if known is not None and known.status == "ok" and known.sha256 == item.sha256 and has_vector:
+            return item  # same bytes under a new mtime: nothing to embed
+        try:
+            image = open_image(data)
+        except ImageError as exc:
+            item.error = exc.reason
+            return item
+        item.width, item.height = image.info.get("original_size", image.size)
+        item.array = embedder.preprocess(image)
+        return item
+
+    def _decoded_batches(
+        self,
+        paths: Sequence[Path],
+        embedder: Embedder,
+        known: dict[str, ImageRecord],
+        have_vectors: set[int],
+        batch_size: int,
+        workers: int,
+    ) -> Iterator[list[_Decoded]]:
+        """Decode in worker threads, a few batches ahead of the consumer, in input order."""
+        batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+
+        def submit(pool: ThreadPoolExecutor, batch: Sequence[Path]) -> list[Future[_Decoded]]:
+            futures = []
+            for p in batch:
+                record = known.get(str(p))
+                has_vector = record is not None and record.id in have_vectors
+                futures.append(pool.submit(self._decode, p, embedder, record, has_vector))
+            return futures
+
+        ahead = 2  # batches decoded ahead: enough to keep the model busy, bounded memory
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            pending = [submit(pool, batch) for batch in batches[:ahead]]
+            for i in range(len(batches)):
+                futures = pending.pop(0)
+                if i + ahead < len(batches):
+                    pending.append(submit(pool, batches[i + ahead]))
+                yield [f.result() for f in futures]
+
+    # --- sync ------------------------------------------------------------------------------------
+
+    def sync(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        embedder: str | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Make the collection match `folder` (recursively) for one embedder.
+
+        New files are embedded, changed files re-embedded, deleted files removed; an
+        unchanged file is not even read. Each batch commits in one transaction, so an
+        interrupted sync resumes where it stopped.
+        """
+        started = time.perf_counter()
+        model = self.embedder(embedder)
+        name = model.name
+        root = Path(folder).expanduser().resolve()
+        if not root.is_dir():
+            raise NotADirectoryError(f"not a folder: {root}")
+        report = SyncReport(embedder=name)
+        with self._lock:
+            index = self.index(name)
+            known = {r.path: r for r in self.catalog.records(under=str(root))}
+            have_vectors = self.catalog.vector_ids(name)
+            seen: set[str] = set()
+            todo: list[Path] = []
+            for path in iter_image_files(root, exclude=self.path):
+                key = str(path)
+                seen.add(key)
+                record = known.get(key)
+                try:
+                    stat = path.stat()
+                except OSError as exc:
+                    report.skipped.append((key, f"cannot read: {exc}"))
+                    continue
+                if record is not None and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
+                    if record.status == "error":
+                        report.skipped.append((key, record.error or "unreadable"))
+                        continue
+                    if record.id in have_vectors:
+                        report.unchanged += 1
+                        continue
+                todo.append(path)
+
+            gone = [r for path, r in known.items() if path not in seen]
+            if gone:
+                with self.catalog.transaction():
+                    self.catalog.delete_images(r.id for r in gone)
+                    self._bump_all_generations()
+                for other in list(self._indexes):
+                    self._commit_vectors(other, np.zeros(0, np.int64), np.zeros((0, 0), np.float32), [r.id for r in gone])
+                report.removed = [r.path for r in gone]
+
+            done = 0
+            if progress:
+                progress("embedding", 0, len(todo))
+            for batch in self._decoded_batches(todo, model, known, have_vectors, batch_size, workers or min(4, os.cpu_count() or 1)):
+                arrays = [item for item in batch if item.array is not None]
+                t0 = time.perf_counter()
+                vectors = model.embed_arrays(np.stack([a.array for a in arrays])) if arrays else None
+                report.embed_seconds += time.perf_counter() - t0
+                report.embedded += len(arrays)
+                new_ids, new_vectors = self._write_batch(name, batch, arrays, vectors, known, report)
+                if len(new_ids):
+                    index.add(new_ids, new_vectors)
+                done += len(batch)
+                if progress:
+                    progress("embedding", done, len(todo))
+            if todo or gone:
+                self._save_index(name, index, self.catalog.generation(name))
+            if report.embedded >= 64:
+                self.catalog.set_meta(
+                    f"throughput:{name}", json.dumps({"images": report.embedded, "seconds": report.embed_seconds})
+                )
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _bump_all_generations(self) -> None:
+        for name in set(self.catalog.embedders()) | set(self._indexes):
+            self.catalog.bump_generation(name)
+
+    def _write_batch(
+        self,
+        name: str,
+        batch: list[_Decoded],
+        arrays: list[_Decoded],
+        vectors: np.ndarray | None,
+        known: dict[str, ImageRecord],
+        report: SyncReport,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Commit one decoded batch: rows, vectors and generation in one transaction."""
+        vector_of = {id(item): v for item, v in zip(arrays, vectors if vectors is not None else [], strict=True)}
+        new_ids: list[int] = []
+        new_vectors: list[np.ndarray] = []
+        stale_other: list[int] = []
+        with self.catalog.transaction():
+            for item in batch:
+                key = str(item.path)
+                record = known.get(key)
+                label = item.path.parent.name
+                if item.error is not None:
+                    image_id = self.catalog.upsert_image(
+                        path=key, sha256=item.sha256, size=item.size, mtime_ns=item.mtime_ns, label=label,
+                        width=None, height=None, status="error", error=item.error,
+                    )
+                    self.catalog.delete_vectors([image_id])
+                    stale_other.append(image_id)
+                    report.skipped.append((key, item.error))
+                    continue
+                if item.array is None and record is not None:
+                    # Same bytes, new mtime: keep the vectors, remember the new stat.
+                    self.catalog.touch(record.id, item.size, item.mtime_ns)
+                    report.unchanged += 1
+                    continue
+                content_changed = record is not None and record.sha256 != item.sha256
+                image_id = self.catalog.upsert_image(
+                    path=key, sha256=item.sha256, size=item.size, mtime_ns=item.mtime_ns, label=label,
+                    width=item.width, height=item.height, status="ok",
+                )
+                if content_changed:
+                    # Vectors of other embedders describe the old content: drop them.
+                    self.catalog.delete_vectors([image_id])
+                    stale_other.append(image_id)
+                new_ids.append(image_id)
+                new_vectors.append(vector_of[id(item)])
+                if record is None:
+                    report.added.append(key)
+                elif content_changed or record.status == "error":
+                    report.updated.append(key)
+                else:
+                    report.added.append(key)  # known file, first vectors for this embedder
+            if new_ids:
+                self.catalog.put_vectors(name, new_ids, np.stack(new_vectors))
+            if new_ids or stale_other:
+                self.catalog.bump_generation(name)
+            if stale_other:
+                for other in set(self.catalog.embedders()) | set(self._indexes):
+                    if other != name:
+                        self.catalog.bump_generation(other)
+        for other in list(self._indexes):
+            if other != name and stale_other:
+                self._commit_vectors(other, np.zeros(0, np.int64), np.zeros((0, 0), np.float32), stale_other)
+        if stale_other:
+            self._indexes[name].remove(np.asarray(stale_other, dtype=np.int64))
+        if not new_ids:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.asarray(new_ids, dtype=np.int64), np.stack(new_vectors)
+
+    # --- single images -----------------------------------------------------------------------
+
+    def add_image(self, data: bytes, path: str | os.PathLike[str], label: str | None = None) -> ImageRecord:
+        """Add (or replace) one image given as bytes, stored at `path`, embedded with every indexed embedder."""
+        image = open_image(data)  # raises ImageError before anything is written
+        target = Path(path).expanduser().resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        stat = target.stat()
+        names = sorted(set(self.catalog.embedders()) | {self.default_embedder})
+        vectors = {n: self.embedder(n).embed_images([image]) for n in names}
+        width, height = image.info.get("original_size", image.size)
+        with self._lock:
+            with self.catalog.transaction():
+                image_id = self.catalog.upsert_image(
+                    path=str(target), sha256=sha256_of(data), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                    label=label if label is not None else target.parent.name, width=width, height=height, status="ok",
+                )
+                self.catalog.delete_vectors([image_id])
+                for n, v in vectors.items():
+                    self.catalog.put_vectors(n, [image_id], v)
+                    self.catalog.bump_generation(n)
+            for n, v in vectors.items():
+                if n in self._indexes:
+                    self._indexes[n].add(np.asarray([image_id], dtype=np.int64), v)
+        record = self.catalog.get(image_id)
+        assert record is not None
+        return record
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Forget images by id (the files themselves are left alone); returns how many were known."""
+        ids = [int(i) for i in ids]
+        with self._lock:
+            present = list(self.catalog.get_many(ids))
+            if not present:
+                return 0
+            with self.catalog.transaction():
+                self.catalog.delete_images(present)
+                self._bump_all_generations()
+            for index in self._indexes.values():
+                index.remove(np.asarray(present, dtype=np.int64))
+        return len(present)
+
+    # --- search ----------------------------------------------------------------------------------
+
+    def embed(self, image: ImageInput, *, embedder: str | None = None, box: Box | None = None) -> np.ndarray:
+        """One image (path, bytes or Pillow image), optionally cropped to `box`, as a (dim,) vector."""
+        if isinstance(image, Image.Image):
+            pil = image.convert("RGB")
+        else:
+            pil = open_image(image if isinstance(image, bytes) else Path(image))
+        if box is not None:
+            pil = pil.crop(_clamp_box(box, pil.size))
+        return self.embedder(embedder).embed_images([pil])[0]
+
+    def search(
+        self,
+        image: ImageInput,
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        box: Box | None = None,
+        label: str | None = None,
+    ) -> list[SearchResult]:
+        """The k images most similar to `image`, best first.
+
+        An image that is itself in the collection is never returned as its own match.
+        """
+        name = embedder or self.default_embedder
+        exclude: int | None = None
+        vector: np.ndarray | None = None
+        if box is None and isinstance(image, str | os.PathLike):
+            record = self.catalog.get_by_path(str(Path(image).expanduser().resolve()))
+            if record is not None and record.status == "ok":
+                exclude = record.id
+                _, stored = self.catalog.vectors(name, [record.id])
+                vector = stored[0] if len(stored) else None
+        if vector is None:
+            vector = self.embed(image, embedder=name, box=box)
+        return self.search_vector(vector, k, embedder=name, label=label, exclude=exclude)
+
+    def search_id(
+        self, image_id: int, k: int = 5, *, embedder: str | None = None, label: str | None = None
+    ) -> list[SearchResult]:
+        """Neighbours of an indexed image (itself excluded)."""
+        name = embedder or self.default_embedder
+        _, stored = self.catalog.vectors(name, [image_id])
+        if not len(stored):
+            raise KeyError(f"image {image_id} has no {name} vector in this collection")
+        return self.search_vector(stored[0], k, embedder=name, label=label, exclude=image_id)
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        label: str | None = None,
+        exclude: int | None = None,
+    ) -> list[SearchResult]:
+        index = self.index(embedder)
+        allowed = None
+        if label is not None:
+            allowed = np.asarray([r.id for r in self.catalog.records(status="ok") if r.label == label], np.int64)
+        scores, ids = index.search(vector[None, :], k + (exclude is not None), allowed_ids=allowed)
+        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i != exclude][:k]
+        records = self.catalog.get_many(i for i, _ in pairs)
+        return [
+            SearchResult(id=i, path=records[i].path, label=records[i].label, score=s, rank=rank)
+            for rank, (i, s) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
+        ]
+
+    # --- facts -----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "images": self.catalog.count("ok"),
+            "unreadable": self.catalog.count("error"),
+            "labels": self.catalog.labels(),
+            "default_embedder": self.default_embedder,
+            "indexed_embedders": {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()},
+            "index_type": self.config.get("index", DEFAULT_INDEX),
+        }
+
+
+def _clamp_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A crop box in pixels, clipped to the image, at least 1x1."""
+    w, h = size
+    x0, y0, x1, y1 = (float(v) for v in box)
+    left = int(max(0, min(x0, x1, w - 1)))
+    top = int(max(0, min(y0, y1, h - 1)))
+    right = int(min(w, max(x0, x1, left + 1)))
+    bottom = int(min(h, max(y0, y1, top + 1)))
+    return left, top, max(right, left + 1), max(bottom, top + 1)

@@ -1,0 +1,92 @@
+"""Embedders by name: a registry, so callers never import a concrete embedder.
+
+Built-in (pretrained) embedders register a factory here; embedders trained on the
+user's images are saved inside a collection (`models/NAME/model.json`) and are
+found by the loader registered for their training method.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from . import pretrained
+from .base import Embedder, EmbedderError, Preprocessing, l2_normalise
+
+DEFAULT_EMBEDDER = "efficientnet-lite0"
+
+# name -> factory(weights=None, runtime="auto") -> Embedder
+_BUILTIN: dict[str, Callable[..., Embedder]] = {
+    "efficientnet-lite0": pretrained.efficientnet_lite0,
+    "resnet50": pretrained.resnet50,
+    "vgg16": pretrained.vgg16,
+}
+
+# training method -> loader(model_dir, runtime="auto") -> Embedder
+_TRAINED_LOADERS: dict[str, Callable[..., Embedder]] = {}
+
+
+def register(name: str, factory: Callable[..., Embedder]) -> None:
+    _BUILTIN[name] = factory
+
+
+def register_trained_loader(method: str, loader: Callable[..., Embedder]) -> None:
+    _TRAINED_LOADERS[method] = loader
+
+
+def builtin_names() -> list[str]:
+    return sorted(_BUILTIN)
+
+
+def trained_names(models_dir: Path | None) -> list[str]:
+    if models_dir is None or not models_dir.is_dir():
+        return []
+    return sorted(p.parent.name for p in models_dir.glob("*/model.json"))
+
+
+def available(models_dir: Path | None = None) -> list[str]:
+    return builtin_names() + trained_names(models_dir)
+
+
+def create(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    runtime: str = "auto",
+    models_dir: Path | None = None,
+) -> Embedder:
+    """Build the embedder called `name`: a built-in one, or one trained into `models_dir`."""
+    if models_dir is not None and (models_dir / name / "model.json").is_file():
+        config = json.loads((models_dir / name / "model.json").read_text())
+        method = config.get("method")
+        if method not in _TRAINED_LOADERS:
+            _load_training_plugins()
+        if method not in _TRAINED_LOADERS:
+            raise EmbedderError(f"embedder {name!r} was trained with unknown method {method!r}")
+        return _TRAINED_LOADERS[method](models_dir / name, runtime=runtime)
+    if name not in _BUILTIN:
+        raise EmbedderError(f"unknown embedder {name!r}; available: {', '.join(available(models_dir))}")
+    return _BUILTIN[name](weights=weights, runtime=runtime)
+
+
+def _load_training_plugins() -> None:
+    """Trained-embedder loaders register themselves on import; import them lazily."""
+    try:
+        from .. import training  # noqa: F401
+    except ImportError:
+        pass
+
+
+__all__ = [
+    "DEFAULT_EMBEDDER",
+    "Embedder",
+    "EmbedderError",
+    "Preprocessing",
+    "available",
+    "builtin_names",
+    "create",
+    "l2_normalise",
+    "register",
+    "register_trained_loader",
+]

@@ -1,0 +1,42 @@
+"""The interface every vector index backend implements.
+
+Vectors are float32 and L2-normalised, so a higher inner product means more similar
+(cosine similarity). Ids are the catalog's image ids (int64).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class IndexError_(RuntimeError):
+    """A vector index cannot be built, loaded or reached."""
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    dim: int
+    #: a short description such as "Flat" or "HNSW32", shown in stats and reports
+    kind: str
+
+    def __len__(self) -> int: ...
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under `ids`; an id already present is replaced."""
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove `ids`; ids not present are ignored."""
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n_queries, k), best first; missing results have id -1, score -inf.
+
+        `allowed_ids` restricts the search to those ids (for example one label).
+        """
+
+    def save(self, path: Path) -> None:
+        """Write to `path` atomically: readers see the old file or the new one, never half."""
