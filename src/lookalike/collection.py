@@ -157,9 +157,7 @@ class Collection:
         name = name or self.default_embedder
         with self._lock:
             if name not in self._embedders:
-                self._embedders[name] = embedder_registry.create(
-                    name, weights=weights, models_dir=self.models_dir
-                )
+                self._embedders[name] = embedder_registry.create(name, weights=weights, models_dir=self.models_dir)
             return self._embedders[name]
 
     def use_embedder(self, embedder: Embedder) -> None:
@@ -329,13 +327,17 @@ class Collection:
                     self.catalog.delete_images(r.id for r in gone)
                     self._bump_all_generations()
                 for other in list(self._indexes):
-                    self._commit_vectors(other, np.zeros(0, np.int64), np.zeros((0, 0), np.float32), [r.id for r in gone])
+                    self._commit_vectors(
+                        other, np.zeros(0, np.int64), np.zeros((0, 0), np.float32), [r.id for r in gone]
+                    )
                 report.removed = [r.path for r in gone]
 
             done = 0
             if progress:
                 progress("embedding", 0, len(todo))
-            for batch in self._decoded_batches(todo, model, known, have_vectors, batch_size, workers or min(4, os.cpu_count() or 1)):
+            for batch in self._decoded_batches(
+                todo, model, known, have_vectors, batch_size, workers or min(4, os.cpu_count() or 1)
+            ):
                 arrays = [item for item in batch if item.array is not None]
                 t0 = time.perf_counter()
                 vectors = model.embed_arrays(np.stack([a.array for a in arrays])) if arrays else None
@@ -381,8 +383,15 @@ class Collection:
                 label = item.path.parent.name
                 if item.error is not None:
                     image_id = self.catalog.upsert_image(
-                        path=key, sha256=item.sha256, size=item.size, mtime_ns=item.mtime_ns, label=label,
-                        width=None, height=None, status="error", error=item.error,
+                        path=key,
+                        sha256=item.sha256,
+                        size=item.size,
+                        mtime_ns=item.mtime_ns,
+                        label=label,
+                        width=None,
+                        height=None,
+                        status="error",
+                        error=item.error,
                     )
                     self.catalog.delete_vectors([image_id])
                     stale_other.append(image_id)
@@ -395,8 +404,14 @@ class Collection:
                     continue
                 content_changed = record is not None and record.sha256 != item.sha256
                 image_id = self.catalog.upsert_image(
-                    path=key, sha256=item.sha256, size=item.size, mtime_ns=item.mtime_ns, label=label,
-                    width=item.width, height=item.height, status="ok",
+                    path=key,
+                    sha256=item.sha256,
+                    size=item.size,
+                    mtime_ns=item.mtime_ns,
+                    label=label,
+                    width=item.width,
+                    height=item.height,
+                    status="ok",
                 )
                 if content_changed:
                     # Vectors of other embedders describe the old content: drop them.
@@ -444,8 +459,14 @@ class Collection:
         with self._lock:
             with self.catalog.transaction():
                 image_id = self.catalog.upsert_image(
-                    path=str(target), sha256=sha256_of(data), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                    label=label if label is not None else target.parent.name, width=width, height=height, status="ok",
+                    path=str(target),
+                    sha256=sha256_of(data),
+                    size=stat.st_size,
+                    mtime_ns=stat.st_mtime_ns,
+                    label=label if label is not None else target.parent.name,
+                    width=width,
+                    height=height,
+                    status="ok",
                 )
                 self.catalog.delete_vectors([image_id])
                 for n, v in vectors.items():

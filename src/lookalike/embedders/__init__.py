@@ -7,6 +7,7 @@ found by the loader registered for their training method.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -72,10 +73,8 @@ def create(
 
 def _load_training_plugins() -> None:
     """Trained-embedder loaders register themselves on import; import them lazily."""
-    try:
+    with contextlib.suppress(ImportError):
         from .. import training  # noqa: F401
-    except ImportError:
-        pass
 
 
 __all__ = [

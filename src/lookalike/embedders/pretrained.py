@@ -40,9 +40,7 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -
     """Load every parameter `module` needs from `state`; extra keys (a classifier) are ignored."""
     result = module.load_state_dict(state, strict=False)
     if result.missing_keys:
-        raise EmbedderError(
-            f"weights from {source} do not fit this network; missing e.g. {result.missing_keys[:3]}"
-        )
+        raise EmbedderError(f"weights from {source} do not fit this network; missing e.g. {result.missing_keys[:3]}")
 
 
 class EfficientNetLite0Features(nn.Module):
