@@ -1,0 +1,75 @@
+"""Shared fixtures: a small fixed subset of the real cats-and-dogs photos, copied to a temp folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LOOKALIKE_DATA", REPO.parent / "shared" / "data" / "catsdogs"))
+
+# A fixed subset (not random) so every run sees the same images.
+SAMPLE_PER_LABEL = 12
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exported ONNX files go to a per-session temp cache, never the user's home."""
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "cat").is_dir():
+        pytest.fail(f"the sample images are missing: expected {DATA}/cat and {DATA}/dog (set LOOKALIKE_DATA)")
+    return DATA
+
+
+def sample_files(data_dir: Path, per_label: int = SAMPLE_PER_LABEL) -> list[Path]:
+    return [data_dir / label / f"{label}.{i}.jpg" for label in ("cat", "dog") for i in range(1, per_label + 1)]
+
+
+@pytest.fixture()
+def sample_folder(tmp_path: Path, data_dir: Path) -> Path:
+    """A writable folder of 12 cat and 12 dog photos: <tmp>/photos/{cat,dog}/..."""
+    root = tmp_path / "photos"
+    for src in sample_files(data_dir):
+        dst = root / src.parent.name / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
+    """A read-only collection of the sample images with efficientnet-lite0, built once per session.
+
+    Tests that change a collection build their own.
+    """
+    from lookalike import Collection
+
+    root = tmp_path_factory.mktemp("shared") / "photos"
+    for src in sample_files(data_dir):
+        dst = root / src.parent.name / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    collection = Collection.open(root.parent / "collection")
+    collection.sync(root)
+    yield collection
+    collection.close()
