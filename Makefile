@@ -1,0 +1,52 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/catsdogs
+COLLECTION ?= .lookalike
+K ?= 5
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	@if [ ! -d "$(DATA)" ]; then \
+	  echo "No images at DATA=$(DATA)."; \
+	  echo "Get Kaggle's Dogs vs. Cats training images (https://www.kaggle.com/c/dogs-vs-cats/data),"; \
+	  echo "put them in one sub-folder per label (e.g. photos/cat/*.jpg, photos/dog/*.jpg),"; \
+	  echo "and run: make demo DATA=photos"; \
+	  exit 1; \
+	fi
+	$(BIN)/lookalike index "$(DATA)" --collection "$(COLLECTION)" --log "$(COLLECTION)/last-index.json"
+	@query=$$(find "$(DATA)" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) | sort | head -n 1); \
+	echo; echo "Images most similar to $$query:"; \
+	$(BIN)/lookalike search "$$query" -k $(K) --collection "$(COLLECTION)"
+	@echo
+	$(BIN)/lookalike evaluate "$(DATA)" --collection "$(COLLECTION)" --k $(K) --out reports/demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) .lookalike reports

@@ -1,0 +1,50 @@
+"""`lookalike index FOLDER`: add new images, re-embed changed ones, drop deleted ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..collection import Collection
+from .common import add_collection_option, print_json, progress_bars
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("index", help="index a folder of images (incremental)")
+    parser.add_argument("folder", type=Path)
+    add_collection_option(parser)
+    parser.add_argument("--embedder", help="embedder name (default: the collection's, efficientnet-lite0)")
+    parser.add_argument("--weights", type=Path, help="local weights file for a pretrained embedder")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--log", type=Path, help="write the full summary (with skipped paths) as JSON here")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with Collection.open(args.collection, embedder=args.embedder) as collection:
+        if args.weights:
+            collection.embedder(args.embedder, weights=args.weights)
+        with progress_bars(not args.json) as progress:
+            report = collection.sync(args.folder, embedder=args.embedder, batch_size=args.batch_size, progress=progress)
+    summary = report.to_dict()
+    if args.log:
+        args.log.write_text(json.dumps(summary, indent=2) + "\n")
+    if args.json:
+        print_json(summary)
+        return 0
+    print(
+        f"{report.embedder}: {len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.removed)} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped as unreadable"
+        f" ({report.seconds:.1f} s"
+        + (f", {report.images_per_second:.1f} images/s embedded)" if report.embedded else ")")
+    )
+    for path, reason in report.skipped[:20]:
+        print(f"  skipped {path}: {reason}")
+    if len(report.skipped) > 20:
+        print(
+            f"  ... and {len(report.skipped) - 20} more"
+            + (f" (all in {args.log})" if args.log else " (use --log FILE)")
+        )
+    return 0

@@ -1,0 +1,30 @@
+"""`lookalike serve`: the REST API and web page."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_collection_option
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("serve", help="serve the web app and REST API")
+    add_collection_option(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-upload-mb", type=float, default=20.0)
+    parser.add_argument("--cors-origin", action="append", help="allow this browser origin (off by default)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..server.app import serve
+
+    serve(
+        args.collection,
+        host=args.host,
+        port=args.port,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        cors_origins=args.cors_origin,
+    )
+    return 0

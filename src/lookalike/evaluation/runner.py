@@ -1,0 +1,136 @@
+"""Leave-one-out evaluation of one or more embedders on a labelled folder (sub-folder = label)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..collection import Collection, Progress
+from .metrics import evaluate_rankings, precision_curve, rank_gallery
+
+
+@dataclass
+class EmbedderEvaluation:
+    embedder: str
+    dim: int
+    bytes_per_image: int
+    figures: dict[str, float | int]
+    precision_curve: list[float]
+    images_per_second: float | None
+    throughput_note: str
+    eval_seconds: float
+
+
+@dataclass
+class Evaluation:
+    folder: str
+    images: int
+    labels: dict[str, int]
+    duplicate_groups: list[list[str]]
+    skipped: list[tuple[str, str]]
+    ks: list[int]
+    machine: dict[str, str]
+    results: list[EmbedderEvaluation] = field(default_factory=list)
+    started: str = ""
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def machine_info() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _throughput(collection: Collection, name: str, embedded: int, seconds: float) -> tuple[float | None, str]:
+    if embedded >= 64 and seconds > 0:
+        return embedded / seconds, f"measured in this run ({embedded} images)"
+    stored = collection.catalog.get_meta(f"throughput:{name}")
+    if stored:
+        data = json.loads(stored)
+        return data["images"] / data["seconds"], f"measured when indexed ({data['images']} images)"
+    return None, "not measured (vectors were already cached)"
+
+
+def evaluate_folder(
+    folder: str | os.PathLike[str],
+    collection: Collection,
+    embedders: list[str],
+    ks: tuple[int, ...] = (1, 5, 10),
+    curve_k: int = 50,
+    progress: Progress | None = None,
+    only_paths: set[str] | None = None,
+) -> Evaluation:
+    """Index `folder` with each embedder (incrementally) and score leave-one-out retrieval.
+
+    Every image queries all the others of the folder (or of `only_paths`, e.g. a held-out split).
+    """
+    started = time.perf_counter()
+    root = Path(folder).expanduser().resolve()
+    evaluation: Evaluation | None = None
+    for name in embedders:
+        sync = collection.sync(root, embedder=name, progress=progress)
+        records = collection.catalog.records(status="ok", under=str(root))
+        if only_paths is not None:
+            records = [r for r in records if r.path in only_paths]
+        ids, vectors = collection.catalog.vectors(name, [r.id for r in records])
+        by_id = {r.id: r for r in records}
+        labels = [by_id[int(i)].label or "" for i in ids]
+        if evaluation is None:
+            unique, counts = np.unique(np.asarray(labels), return_counts=True)
+            groups = collection.catalog.duplicate_groups(ids.tolist())
+            evaluation = Evaluation(
+                folder=str(root),
+                images=len(ids),
+                labels={str(u): int(c) for u, c in zip(unique, counts, strict=True)},
+                duplicate_groups=[[by_id[i].path for i in g] for g in groups],
+                skipped=sorted(set(sync.skipped)),
+                ks=list(ks),
+                machine=machine_info(),
+                started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            )
+        if len(ids) < 2:
+            raise ValueError(f"need at least two readable images to evaluate, found {len(ids)} in {root}")
+        t0 = time.perf_counter()
+        depth = max(max(ks), curve_k, max(evaluation.labels.values()) - 1)
+        ranking = rank_gallery(vectors, depth)
+        figures = evaluate_rankings(ranking, labels, ks)
+        curve = precision_curve(ranking, labels, curve_k)
+        speed, note = _throughput(collection, name, sync.embedded, sync.embed_seconds)
+        evaluation.results.append(
+            EmbedderEvaluation(
+                embedder=name,
+                dim=int(vectors.shape[1]),
+                bytes_per_image=int(vectors.shape[1] * vectors.dtype.itemsize),
+                figures=figures,
+                precision_curve=curve,
+                images_per_second=speed,
+                throughput_note=note,
+                eval_seconds=time.perf_counter() - t0,
+            )
+        )
+    assert evaluation is not None, "no embedder given"
+    evaluation.wall_seconds = time.perf_counter() - started
+    return evaluation

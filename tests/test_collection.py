@@ -1,0 +1,137 @@
+"""Collections: incremental sync, bad files, search semantics, persistence."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike import Collection
+
+
+def test_sync_indexes_every_image_then_nothing_on_a_second_run(sample_folder: Path, tmp_path: Path) -> None:
+    with Collection.open(tmp_path / "col") as collection:
+        first = collection.sync(sample_folder)
+        assert len(first.added) == 24 and first.embedded == 24 and not first.skipped
+        second = collection.sync(sample_folder)
+        assert second.embedded == 0 and second.unchanged == 24
+        assert not (second.added or second.updated or second.removed)
+        assert collection.stats()["labels"] == {"cat": 12, "dog": 12}
+
+
+def test_changed_file_is_reembedded_and_deleted_file_leaves(
+    sample_folder: Path, tmp_path: Path, data_dir: Path
+) -> None:
+    with Collection.open(tmp_path / "col") as collection:
+        collection.sync(sample_folder)
+        changed = sample_folder / "cat" / "cat.1.jpg"
+        old_id = collection.catalog.get_by_path(str(changed)).id
+        _, old_vector = collection.catalog.vectors("efficientnet-lite0", [old_id])
+        shutil.copy(data_dir / "cat" / "cat.100.jpg", changed)
+        os.utime(changed, ns=(1, 1))  # make sure the mtime differs whatever the clock resolution
+        (sample_folder / "dog" / "dog.1.jpg").unlink()
+
+        report = collection.sync(sample_folder)
+        assert report.updated == [str(changed)]
+        assert report.removed == [str(sample_folder / "dog" / "dog.1.jpg")]
+        assert report.embedded == 1
+        record = collection.catalog.get_by_path(str(changed))
+        assert record.id == old_id, "a changed file keeps its id"
+        _, new_vector = collection.catalog.vectors("efficientnet-lite0", [old_id])
+        assert not np.allclose(new_vector, old_vector)
+        assert len(collection.index()) == 23
+        results = collection.search(data_dir / "dog" / "dog.1.jpg", k=23)
+        assert str(sample_folder / "dog" / "dog.1.jpg") not in {r.path for r in results}
+
+
+def test_touched_but_identical_file_is_not_reembedded(sample_folder: Path, tmp_path: Path) -> None:
+    with Collection.open(tmp_path / "col") as collection:
+        collection.sync(sample_folder)
+        os.utime(sample_folder / "cat" / "cat.2.jpg", ns=(5, 5))
+        report = collection.sync(sample_folder)
+        assert report.embedded == 0 and report.unchanged == 24
+
+
+def test_bad_files_are_skipped_reported_and_never_stop_the_run(sample_folder: Path, tmp_path: Path) -> None:
+    (sample_folder / "cat" / "empty.jpg").write_bytes(b"")
+    (sample_folder / "cat" / "notes.jpg").write_text("not an image")
+    good = (sample_folder / "dog" / "dog.2.jpg").read_bytes()
+    (sample_folder / "dog" / "truncated.jpg").write_bytes(good[: len(good) // 4])
+    with Collection.open(tmp_path / "col") as collection:
+        report = collection.sync(sample_folder, batch_size=5)
+        skipped = {Path(p).name: reason for p, reason in report.skipped}
+        assert set(skipped) == {"empty.jpg", "notes.jpg", "truncated.jpg"}
+        assert "empty" in skipped["empty.jpg"] and "not a recognised" in skipped["notes.jpg"]
+        assert len(report.added) == 24
+        again = collection.sync(sample_folder)
+        assert len(again.skipped) == 3 and again.embedded == 0, "bad files stay reported, not retried"
+        # Fixing a bad file gets it indexed on the next run.
+        (sample_folder / "cat" / "empty.jpg").write_bytes(good)
+        fixed = collection.sync(sample_folder)
+        assert fixed.updated == [str(sample_folder / "cat" / "empty.jpg")]
+
+
+def test_search_excludes_the_query_itself_and_ranks_same_class_first(shared_collection: Collection) -> None:
+    query = shared_collection.catalog.records(status="ok")[0]
+    results = shared_collection.search(query.path, k=5)
+    assert len(results) == 5
+    assert query.path not in {r.path for r in results}
+    assert [r.rank for r in results] == [1, 2, 3, 4, 5]
+    scores = [r.score for r in results]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+    assert sum(r.label == query.label for r in results) >= 4
+
+
+def test_image_from_outside_the_collection(shared_collection: Collection, data_dir: Path) -> None:
+    for label, number in (("cat", 500), ("dog", 500)):
+        results = shared_collection.search(data_dir / label / f"{label}.{number}.jpg", k=5)
+        assert len(results) == 5
+        assert sum(r.label == label for r in results) >= 4
+
+
+def test_search_by_bytes_crop_and_label_filter(shared_collection: Collection, data_dir: Path) -> None:
+    data = (data_dir / "dog" / "dog.600.jpg").read_bytes()
+    assert len(shared_collection.search(data, k=3)) == 3
+    assert len(shared_collection.search(data, k=3, box=(10, 10, 120, 120))) == 3
+    only_cats = shared_collection.search(data, k=30, label="cat")
+    assert len(only_cats) == 12 and {r.label for r in only_cats} == {"cat"}
+
+
+def test_k_larger_than_the_collection_returns_what_exists(shared_collection: Collection) -> None:
+    query = shared_collection.catalog.records(status="ok")[3]
+    results = shared_collection.search_id(query.id, k=100)
+    assert len(results) == 23 and all(r.id != query.id for r in results)
+
+
+def test_index_persists_and_is_rebuilt_when_stale(sample_folder: Path, tmp_path: Path) -> None:
+    with Collection.open(tmp_path / "col") as collection:
+        collection.sync(sample_folder)
+        expected = collection.search(sample_folder / "cat" / "cat.5.jpg", k=5)
+    index_file = tmp_path / "col" / "indexes" / "efficientnet-lite0.faiss"
+    assert index_file.is_file()
+    assert not list((tmp_path / "col").rglob("*.tmp")), "no temp files left behind"
+    with Collection.open(tmp_path / "col") as reopened:
+        assert reopened.search(sample_folder / "cat" / "cat.5.jpg", k=5) == expected
+    # A stale index file (older generation) is never trusted: it is rebuilt from the catalog.
+    index_file.write_bytes(b"garbage from an older version")
+    meta = tmp_path / "col" / "indexes" / "efficientnet-lite0.json"
+    meta.write_text('{"generation": -1}')
+    with Collection.open(tmp_path / "col") as reopened:
+        assert reopened.search(sample_folder / "cat" / "cat.5.jpg", k=5) == expected
+
+
+def test_remove_by_id(sample_folder: Path, tmp_path: Path) -> None:
+    with Collection.open(tmp_path / "col") as collection:
+        collection.sync(sample_folder)
+        victim = collection.catalog.records()[0]
+        assert collection.remove([victim.id, 999_999]) == 1
+        assert collection.catalog.get(victim.id) is None
+        assert victim.id not in {r.id for r in collection.search_id(collection.catalog.records()[0].id, k=30)}
+
+
+def test_open_without_create_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="lookalike index"):
+        Collection.open(tmp_path / "nothing", create=False)

@@ -1,0 +1,108 @@
+"""Embedders: real weights give real answers; optional weights fail clearly offline."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lookalike import embedders
+from lookalike.embedders import EmbedderError
+from lookalike.embedders.pretrained import EFFICIENTNET_LITE_PREPROCESSING, efficientnet_lite0_network
+from lookalike.images import open_image
+
+# ImageNet classes of domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian cat.
+CAT_CLASSES = {281, 282, 283, 284, 285}
+
+
+def test_efficientnet_lite0_head_calls_a_cat_a_cat(data_dir: Path) -> None:
+    network = efficientnet_lite0_network()
+    batch = torch.from_numpy(np.stack([EFFICIENTNET_LITE_PREPROCESSING(open_image(data_dir / "cat" / "cat.1.jpg"))]))
+    with torch.inference_mode():
+        top = int(network(batch).argmax(dim=1)[0])
+    assert top in CAT_CLASSES
+
+
+def test_default_embedder_gives_unit_vectors_that_separate_cats_from_dogs(data_dir: Path) -> None:
+    embedder = embedders.create("efficientnet-lite0")
+    images = [open_image(data_dir / label / f"{label}.{i}.jpg") for label in ("cat", "dog") for i in (1, 2, 3)]
+    vectors = embedder.embed_images(images)
+    assert vectors.shape == (6, 1280) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    sims = vectors @ vectors.T
+    same = (sims[:3, :3].sum() - 3) / 6 + (sims[3:, 3:].sum() - 3) / 6
+    assert same / 2 > sims[:3, 3:].mean() + 0.05
+
+
+def test_onnx_runtime_matches_pytorch_within_1e_4(data_dir: Path) -> None:
+    embedder = embedders.create("efficientnet-lite0", runtime="onnx")
+    batch = np.stack([embedder.preprocess(open_image(data_dir / "dog" / f"dog.{i}.jpg")) for i in range(1, 5)])
+    np.testing.assert_allclose(embedder.embed_onnx(batch), embedder.embed_torch(batch), atol=1e-4)
+    assert embedder.onnx_path().is_file()
+
+
+def test_torch_runtime_is_the_fallback(data_dir: Path) -> None:
+    embedder = embedders.create("efficientnet-lite0", runtime="torch")
+    assert embedder.runtime == "torch"
+    vectors = embedder.embed_images([open_image(data_dir / "cat" / "cat.2.jpg")])
+    assert vectors.shape == (1, 1280)
+
+
+def _random_weights(tmp_path: Path, name: str) -> Path:
+    from torchvision import models
+
+    torch.manual_seed(0)
+    network = getattr(models, name)(weights=None)
+    path = tmp_path / f"{name}-random.pth"
+    state = network.state_dict()
+    if name == "vgg16":  # only the convolutional trunk is used; keep the test file small
+        state = {k: v for k, v in state.items() if k.startswith("features.")}
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize(("name", "dim"), [("resnet50", 2048), ("vgg16", 512)])
+def test_torchvision_embedders_load_a_local_weights_file(tmp_path: Path, data_dir: Path, name: str, dim: int) -> None:
+    embedder = embedders.create(name, weights=_random_weights(tmp_path, name), runtime="torch")
+    vectors = embedder.embed_images(
+        [open_image(data_dir / "cat" / "cat.3.jpg"), open_image(data_dir / "dog" / "dog.3.jpg")]
+    )
+    assert vectors.shape == (2, dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg16"])
+def test_torchvision_embedders_fail_clearly_offline(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    import torchvision.models._api as api
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline, raising=False)
+    with pytest.raises(EmbedderError, match="--weights PATH"):
+        embedders.create(name)
+
+
+def test_wrong_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = _random_weights(tmp_path, "vgg16")
+    with pytest.raises(EmbedderError, match="do not fit"):
+        embedders.create("resnet50", weights=path)
+    with pytest.raises(EmbedderError, match="not found"):
+        embedders.create("resnet50", weights=tmp_path / "missing.pth")
+
+
+def test_unknown_embedder_lists_the_available_ones() -> None:
+    with pytest.raises(EmbedderError, match="efficientnet-lite0"):
+        embedders.create("no-such-net")
+
+
+def test_preprocessing_centre_crops_to_224() -> None:
+    arr = EFFICIENTNET_LITE_PREPROCESSING(Image.new("RGB", (500, 100), (255, 255, 255)))
+    assert arr.shape == (3, 224, 224)
+    assert arr.max() == pytest.approx(1.0) and arr.min() == pytest.approx(1.0)  # white -> +1 in [-1, 1]

@@ -1,0 +1,149 @@
+"""Decoding every kind of file a photo folder holds: clear errors for the bad ones, RGB for the rest."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.images import ImageError, iter_image_files, open_image
+
+
+def _save(image: Image.Image, path: Path, fmt: str, **kw: object) -> Path:
+    image.save(path, format=fmt, **kw)
+    return path
+
+
+@pytest.fixture()
+def cat_jpeg(data_dir: Path) -> Path:
+    return data_dir / "cat" / "cat.1.jpg"
+
+
+def test_real_photo_decodes_to_rgb(cat_jpeg: Path) -> None:
+    image = open_image(cat_jpeg)
+    assert image.mode == "RGB"
+    assert image.info["original_size"] == Image.open(cat_jpeg).size
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"hello, this is a text file, not a picture\n", "not a recognised image format"),
+    ],
+)
+def test_empty_and_non_image_files_raise_image_error(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=reason):
+        open_image(path)
+    with pytest.raises(ImageError, match=reason):
+        open_image(content)
+
+
+def test_truncated_jpeg_raises_image_error(tmp_path: Path, cat_jpeg: Path) -> None:
+    data = cat_jpeg.read_bytes()
+    path = tmp_path / "truncated.jpg"
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        open_image(path)
+
+
+def test_corrupt_bytes_inside_a_jpeg_raise_image_error(tmp_path: Path, cat_jpeg: Path) -> None:
+    data = bytearray(cat_jpeg.read_bytes())
+    data[2:400] = b"\x00" * 398  # wipe the header segments
+    path = tmp_path / "corrupt.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError):
+        open_image(path)
+
+
+def test_missing_file_raises_image_error(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="not found"):
+        open_image(tmp_path / "nope.jpg")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "WEBP"])
+def test_extension_that_lies_still_decodes(tmp_path: Path, cat_jpeg: Path, fmt: str) -> None:
+    real = Image.open(cat_jpeg).convert("RGB")
+    path = _save(real, tmp_path / "actually_not_a.jpg", fmt)
+    image = open_image(path)
+    assert image.mode == "RGB" and image.size == real.size
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    # A 40x20 image, left half red, stored with "rotate 90 CW to display" (orientation 6).
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(image, tmp_path / "rotated.jpg", "JPEG", exif=exif, quality=95)
+    upright = open_image(path)
+    assert upright.size == (20, 40)
+    assert upright.info["original_size"] == (20, 40)
+    top = np.asarray(upright)[2, 10]
+    assert top[0] > 200 and top[2] < 60, "the red half should now be on top"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("CMYK", (16, 16), (0, 255, 255, 0)),
+        lambda: Image.new("P", (16, 16), 3),
+        lambda: Image.new("LA", (16, 16), (128, 255)),
+        lambda: Image.new("RGBA", (16, 16), (255, 0, 0, 128)),
+        lambda: Image.new("L", (16, 16), 77),
+        lambda: Image.new("1", (16, 16), 1),
+    ],
+    ids=["cmyk", "palette", "la", "rgba", "grey", "bilevel"],
+)
+def test_any_mode_becomes_rgb(tmp_path: Path, make) -> None:
+    image = make()
+    fmt = "TIFF" if image.mode == "CMYK" else "PNG"
+    path = _save(image, tmp_path / f"img.{fmt.lower()}", fmt)
+    out = open_image(path)
+    assert out.mode == "RGB" and out.size == (16, 16)
+
+
+def test_alpha_is_composited_on_white(tmp_path: Path) -> None:
+    path = _save(Image.new("RGBA", (8, 8), (255, 0, 0, 0)), tmp_path / "clear.png", "PNG")
+    assert tuple(np.asarray(open_image(path))[4, 4]) == (255, 255, 255)
+
+
+def test_16_bit_greyscale_keeps_its_contrast(tmp_path: Path) -> None:
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    out = np.asarray(open_image(path))
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_decompression_bomb_gets_a_clear_error(tmp_path: Path) -> None:
+    path = _save(Image.new("L", (3000, 3000)), tmp_path / "big.png", "PNG")
+    with pytest.raises(ImageError, match="too large"):
+        open_image(path, max_pixels=1_000_000)
+    # Between the limit and twice the limit Pillow only warns; that must still be refused.
+    with pytest.raises(ImageError, match="too large"):
+        open_image(path, max_pixels=5_000_000)
+    assert open_image(path, max_pixels=10_000_000).size == (3000, 3000)
+
+
+def test_draft_decoding_keeps_at_least_the_requested_size(cat_jpeg: Path) -> None:
+    data = io.BytesIO()
+    Image.open(cat_jpeg).convert("RGB").resize((1000, 800)).save(data, "JPEG")
+    image = open_image(data.getvalue(), draft_size=(256, 256))
+    assert min(image.size) >= 256 and image.size[0] < 1000
+    assert image.info["original_size"] == (1000, 800)
+
+
+def test_folder_walk_is_recursive_sorted_and_skips_hidden(tmp_path: Path, cat_jpeg: Path) -> None:
+    for rel in ["b/2.jpg", "a/1.JPG", "a/deep/3.png", ".lookalike/x.jpg", "a/.hidden.jpg", "a/notes.txt"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cat_jpeg, tmp_path / rel)
+    found = [p.relative_to(tmp_path).as_posix() for p in iter_image_files(tmp_path)]
+    assert found == ["a/1.JPG", "a/deep/3.png", "b/2.jpg"]
