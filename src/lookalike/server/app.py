@@ -1,0 +1,653 @@
+"""The web app and REST API: search a collection by uploaded image or by indexed image id.
+
+Safety rules this module keeps:
+- a client never names a file: images are served by catalog id only, and uploads are
+  stored under a name the server picks from the content hash;
+- every upload is size-limited (413) before it is fully received, and pixel-limited
+  (413) before it is decoded in full;
+- embedders and indexes are loaded once, when the app is created, never per request.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..catalog import ImageRecord
+from ..collection import Collection, SearchResult, sha256_of
+from ..embedders import EmbedderError
+from ..images import ImageError, open_image
+from .limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
+from .locking import ReadWriteLock
+from .thumbnails import ThumbnailCache
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
+# 40 megapixels (e.g. 8000x5000): larger uploads are refused before being decoded in full.
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_K = 12
+MAX_K = 100
+MAX_PAGE = 200
+MAX_LABEL_LENGTH = 100
+UPLOADS_DIR = "uploads"
+THUMBNAILS_DIR = "thumbnails"
+STATIC_DIR = Path(__file__).parent / "static"
+LOOPBACK_HOST_NAMES = ["127.0.0.1", "localhost"]
+
+# Upload file extension by the format Pillow detected (never by the client's file name).
+_EXTENSION_BY_FORMAT = {
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "GIF": ".gif",
+    "WEBP": ".webp",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+    "PPM": ".ppm",
+}
+_MEDIA_TYPE_BY_SIGNATURE = [
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+]
+# The page loads nothing from elsewhere; images may come from blob: URLs (the local query preview).
+PAGE_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+IMAGE_CACHE_CONTROL = "private, max-age=86400"
+
+
+# --- response models (they also document the API at /docs) --------------------------------------
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class ImageOut(BaseModel):
+    id: int
+    name: str = Field(description="file name only; the server never reveals or accepts full paths")
+    label: str | None
+    width: int | None
+    height: int | None
+    image_url: str
+    thumbnail_url: str
+
+
+class SearchHit(ImageOut):
+    rank: int
+    score: float = Field(description="cosine similarity, 1.0 = identical")
+
+
+class QueryOut(BaseModel):
+    id: int | None = Field(description="the indexed image searched with, or null for an upload")
+    width: int
+    height: int
+    box: list[float] | None = Field(description="the searched region, [x0, y0, x1, y1] in original pixels")
+
+
+class SearchOut(BaseModel):
+    embedder: str
+    k: int
+    label: str | None
+    query: QueryOut
+    results: list[SearchHit]
+    took_ms: float
+
+
+class ImagePage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[ImageOut]
+
+
+class EmbedderOut(BaseModel):
+    name: str
+    vectors: int = Field(description="how many images of this collection it has embedded")
+    default: bool
+    ready: bool = Field(description="loaded by this server and usable for search")
+
+
+class EmbeddersOut(BaseModel):
+    default: str
+    embedders: list[EmbedderOut]
+
+
+class StatsOut(BaseModel):
+    name: str
+    images: int
+    unreadable: int
+    labels: dict[str, int]
+    default_embedder: str
+    indexed_embedders: dict[str, int]
+    index_type: str
+
+
+# --- server state -------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerState:
+    collection: Collection
+    ready_embedders: list[str]
+    thumbnails: ThumbnailCache
+    uploads_dir: Path
+    max_upload_bytes: int
+    max_pixels: int
+    # Searches read the index concurrently; adds and deletes change it alone.
+    index_lock: ReadWriteLock
+    # Embeddings at once: more than the cores only makes every request slower.
+    embed_slots: threading.BoundedSemaphore
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.lookalike
+
+
+State = Annotated[ServerState, Depends(server_state)]
+ImageId = Annotated[int, PathParam(ge=1, description="catalog id of an indexed image")]
+KParam = Annotated[int, Query(ge=1, le=MAX_K, description="how many results")]
+EmbedderParam = Annotated[str | None, Query(description="embedder name (default: the collection's)")]
+LabelParam = Annotated[str | None, Query(max_length=MAX_LABEL_LENGTH, description="only return images with this label")]
+BoxParam = Annotated[
+    str | None,
+    Query(
+        description="search only this region of the query: x0,y0,x1,y1 in original-image pixels",
+        examples=["10,20,200,180"],
+        max_length=200,
+    ),
+]
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorOut, "description": "no such image"},
+    413: {"model": ErrorOut, "description": "upload over the size or pixel limit"},
+    422: {"model": ErrorOut, "description": "not a readable image, or bad parameters"},
+}
+
+router = APIRouter(prefix="/api")
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _version(record: ImageRecord) -> str:
+    return (record.sha256 or "0")[:12]
+
+
+def image_out(record: ImageRecord) -> ImageOut:
+    version = _version(record)
+    return ImageOut(
+        id=record.id,
+        name=os.path.basename(record.path),
+        label=record.label,
+        width=record.width,
+        height=record.height,
+        image_url=f"/api/images/{record.id}/file?v={version}",
+        thumbnail_url=f"/api/images/{record.id}/thumbnail?v={version}",
+    )
+
+
+def indexed_record(state: ServerState, image_id: int) -> ImageRecord:
+    record = state.collection.catalog.get(image_id)
+    if record is None or record.status != "ok":
+        raise HTTPException(404, f"no indexed image with id {image_id}")
+    return record
+
+
+def resolve_embedder(state: ServerState, name: str | None) -> str:
+    name = name or state.collection.default_embedder
+    if name not in state.ready_embedders:
+        choices = ", ".join(state.ready_embedders)
+        raise HTTPException(422, f"embedder {name!r} is not indexed in this collection; choose one of {choices}")
+    return name
+
+
+def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None or not text.strip():
+        return None
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise HTTPException(422, "box must be four numbers x0,y0,x1,y1 (pixels of the original image)")
+    x0, y0, x1, y1 = values
+    if x1 <= x0 or y1 <= y0:
+        raise HTTPException(422, "box must have x1 > x0 and y1 > y0")
+    return x0, y0, x1, y1
+
+
+def check_box_overlaps(box: tuple[float, float, float, float] | None, width: int, height: int) -> None:
+    if box is None:
+        return
+    x0, y0, x1, y1 = box
+    if x0 >= width or y0 >= height or x1 <= 0 or y1 <= 0:
+        raise HTTPException(422, f"box {list(box)} lies outside the {width}x{height} image")
+
+
+def read_upload(state: ServerState, upload: UploadFile) -> bytes:
+    data = upload.file.read(state.max_upload_bytes + 1)
+    if len(data) > state.max_upload_bytes:
+        raise HTTPException(413, f"upload too large: the limit is {state.max_upload_bytes} bytes")
+    return data
+
+
+def decode_upload(state: ServerState, data: bytes) -> Image.Image:
+    """The upload as an upright RGB image, or a clear 413/422 error."""
+    try:
+        return open_image(data, max_pixels=state.max_pixels)
+    except ImageError as exc:
+        if exc.reason.startswith("image too large"):
+            raise HTTPException(413, f"upload refused: {exc.reason}") from exc
+        raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
+
+
+def run_search(
+    state: ServerState,
+    image: Image.Image,
+    *,
+    k: int,
+    embedder: str,
+    label: str | None,
+    box: tuple[float, float, float, float] | None,
+    exclude: int | None = None,
+    query_id: int | None = None,
+    started: float,
+) -> SearchOut:
+    width, height = image.info.get("original_size", image.size)
+    check_box_overlaps(box, width, height)
+    with state.embed_slots:
+        vector = state.collection.embed(image, embedder=embedder, box=box)
+    return search_with_vector(
+        state,
+        vector,
+        k=k,
+        embedder=embedder,
+        label=label,
+        exclude=exclude,
+        query=QueryOut(id=query_id, width=width, height=height, box=list(box) if box else None),
+        started=started,
+    )
+
+
+def search_with_vector(
+    state: ServerState,
+    vector: np.ndarray,
+    *,
+    k: int,
+    embedder: str,
+    label: str | None,
+    exclude: int | None,
+    query: QueryOut,
+    started: float,
+) -> SearchOut:
+    with state.index_lock.reading():
+        results: list[SearchResult] = state.collection.search_vector(
+            vector, k, embedder=embedder, label=label, exclude=exclude
+        )
+        records = state.collection.catalog.get_many(r.id for r in results)
+    hits = [
+        SearchHit(**image_out(records[r.id]).model_dump(), rank=r.rank, score=round(r.score, 6))
+        for r in results
+        if r.id in records
+    ]
+    took_ms = (time.perf_counter() - started) * 1000
+    return SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+
+
+def media_type_of(path: str) -> str:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    for signature, media_type in _MEDIA_TYPE_BY_SIGNATURE:
+        if head.startswith(signature):
+            return media_type
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
+def upload_file_name(data: bytes, sha256: str) -> str:
+    """A name chosen by the server: the content hash plus the extension of the detected format."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            extension = _EXTENSION_BY_FORMAT.get(image.format or "", ".img")
+    except Exception:  # already decoded once successfully; this only picks an extension
+        extension = ".img"
+    return f"{sha256[:32]}{extension}"
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+
+@router.post("/search", response_model=SearchOut, responses=ERROR_RESPONSES, summary="Search by an uploaded image")
+def search_upload(
+    state: State,
+    file: Annotated[UploadFile, File(description="the query image")],
+    k: KParam = DEFAULT_K,
+    embedder: EmbedderParam = None,
+    label: LabelParam = None,
+    box: BoxParam = None,
+) -> SearchOut:
+    started = time.perf_counter()
+    name = resolve_embedder(state, embedder)
+    region = parse_box(box)
+    image = decode_upload(state, read_upload(state, file))
+    return run_search(state, image, k=k, embedder=name, label=label, box=region, started=started)
+
+
+@router.get(
+    "/images/{image_id}/similar",
+    response_model=SearchOut,
+    responses=ERROR_RESPONSES,
+    summary="Search by an indexed image (itself excluded)",
+)
+def search_by_id(
+    state: State,
+    image_id: ImageId,
+    k: KParam = DEFAULT_K,
+    embedder: EmbedderParam = None,
+    label: LabelParam = None,
+    box: BoxParam = None,
+) -> SearchOut:
+    started = time.perf_counter()
+    name = resolve_embedder(state, embedder)
+    region = parse_box(box)
+    record = indexed_record(state, image_id)
+    if region is None:
+        # The stored vector: no decoding, no embedding.
+        _, stored = state.collection.catalog.vectors(name, [image_id])
+        if len(stored):
+            query = QueryOut(id=image_id, width=record.width or 0, height=record.height or 0, box=None)
+            return search_with_vector(
+                state, stored[0], k=k, embedder=name, label=label, exclude=image_id, query=query, started=started
+            )
+    try:
+        image = open_image(record.path, max_pixels=state.max_pixels)
+    except ImageError as exc:
+        raise HTTPException(404, f"image {image_id} is no longer readable: {exc.reason}") from exc
+    return run_search(
+        state, image, k=k, embedder=name, label=label, box=region, exclude=image_id, query_id=image_id, started=started
+    )
+
+
+@router.get("/images", response_model=ImagePage, summary="Browse the collection, a page at a time")
+def list_images(
+    state: State,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 48,
+    label: LabelParam = None,
+) -> ImagePage:
+    records = state.collection.catalog.records(status="ok")
+    if label is not None:
+        records = [r for r in records if r.label == label]
+    page = records[offset : offset + limit]
+    return ImagePage(total=len(records), offset=offset, limit=limit, items=[image_out(r) for r in page])
+
+
+@router.post(
+    "/images",
+    response_model=ImageOut,
+    status_code=201,
+    responses=ERROR_RESPONSES,
+    summary="Add an uploaded image to the collection",
+)
+def add_image(
+    state: State,
+    file: Annotated[UploadFile, File(description="the image to add")],
+    label: Annotated[
+        str | None, Query(max_length=MAX_LABEL_LENGTH, description="its label (default: 'uploads')")
+    ] = None,
+) -> ImageOut:
+    if label is not None and (not label.strip() or any(ord(c) < 32 for c in label)):
+        raise HTTPException(422, "label must be non-blank printable text")
+    data = read_upload(state, file)
+    decode_upload(state, data)  # refuse before anything is written
+    target = state.uploads_dir / upload_file_name(data, sha256_of(data))
+    with state.index_lock.writing(), state.embed_slots:
+        try:
+            record = state.collection.add_image(data, target, label=label)
+        except ImageError as exc:
+            raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
+    return image_out(record)
+
+
+@router.get("/images/{image_id}", response_model=ImageOut, responses=ERROR_RESPONSES, summary="An image's details")
+def get_image(state: State, image_id: ImageId) -> ImageOut:
+    return image_out(indexed_record(state, image_id))
+
+
+@router.get(
+    "/images/{image_id}/file",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorOut}},
+    summary="The original image file",
+)
+def get_image_file(state: State, image_id: ImageId) -> FileResponse:
+    record = indexed_record(state, image_id)
+    try:
+        media_type = media_type_of(record.path)
+    except OSError as exc:
+        raise HTTPException(404, f"the file of image {image_id} is gone") from exc
+    return FileResponse(
+        record.path,
+        media_type=media_type,
+        headers={"Cache-Control": IMAGE_CACHE_CONTROL, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get(
+    "/images/{image_id}/thumbnail",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorOut}},
+    summary="A small JPEG of the image (made once, then cached)",
+)
+def get_thumbnail(state: State, image_id: ImageId) -> FileResponse:
+    record = indexed_record(state, image_id)
+    try:
+        path = state.thumbnails.get(record)
+    except ImageError as exc:
+        raise HTTPException(404, f"image {image_id} is no longer readable: {exc.reason}") from exc
+    return FileResponse(
+        path,
+        media_type="image/jpeg",
+        headers={"Cache-Control": IMAGE_CACHE_CONTROL, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.delete(
+    "/images/{image_id}", status_code=204, responses={404: {"model": ErrorOut}}, summary="Remove an image by id"
+)
+def delete_image(state: State, image_id: ImageId) -> Response:
+    with state.index_lock.writing():
+        record = indexed_record(state, image_id)
+        state.collection.remove([image_id])
+    state.thumbnails.discard(image_id)
+    # Files this server stored are its to delete; files from the user's folders are left alone.
+    stored = Path(record.path)
+    if stored.parent == state.uploads_dir:
+        stored.unlink(missing_ok=True)
+    return Response(status_code=204)
+
+
+@router.get("/stats", response_model=StatsOut, summary="Collection statistics")
+def stats(state: State) -> StatsOut:
+    facts = state.collection.stats()
+    return StatsOut(
+        name=state.collection.path.name,
+        images=int(facts["images"]),  # type: ignore[arg-type]
+        unreadable=int(facts["unreadable"]),  # type: ignore[arg-type]
+        labels=facts["labels"],  # type: ignore[arg-type]
+        default_embedder=str(facts["default_embedder"]),
+        indexed_embedders=facts["indexed_embedders"],  # type: ignore[arg-type]
+        index_type=str(facts["index_type"]),
+    )
+
+
+@router.get("/embedders", response_model=EmbeddersOut, summary="Embedders and which ones can be searched")
+def embedders(state: State) -> EmbeddersOut:
+    collection = state.collection
+    names = sorted(set(collection.available_embedders()) | set(state.ready_embedders))
+    return EmbeddersOut(
+        default=collection.default_embedder,
+        embedders=[
+            EmbedderOut(
+                name=name,
+                vectors=collection.catalog.count_vectors(name),
+                default=name == collection.default_embedder,
+                ready=name in state.ready_embedders,
+            )
+            for name in names
+        ],
+    )
+
+
+# --- app ----------------------------------------------------------------------------------------
+
+
+class SameOriginWritesMiddleware:
+    """Refuses a cross-site page's writes (adding or deleting images) even when CORS is off.
+
+    A browser sends a multipart POST to any site without asking first; only the Origin
+    header tells the server that a foreign page sent it.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_origins: list[str]):
+        self.app = app
+        self.allowed_origins = set(allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            headers = dict(scope.get("headers", []))
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            host = headers.get(b"host", b"").decode("latin-1")
+            if origin and origin not in self.allowed_origins and urlsplit(origin).netloc != host:
+                response = JSONResponse({"detail": f"cross-origin request from {origin} refused"}, status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def load_embedders(collection: Collection) -> list[str]:
+    """Load every searchable embedder and its index now, and run each once, so no request pays for it."""
+    names = sorted(set(collection.catalog.embedders()) | {collection.default_embedder})
+    blank = Image.new("RGB", (64, 64))
+    ready = []
+    for name in names:
+        try:
+            collection.index(name)
+            collection.embedder(name).embed_images([blank])
+        except EmbedderError as exc:
+            if name == collection.default_embedder:
+                raise
+            log.warning("embedder %s cannot be loaded, searching with it is disabled: %s", name, exc)
+            continue
+        ready.append(name)
+    return ready
+
+
+def create_app(
+    collection: Collection,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    cors_origins: list[str] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
+    """The web app and API over an open collection (loads its embedders and indexes now).
+
+    `allowed_hosts`, when given, refuses requests for any other Host header (DNS rebinding).
+    """
+    app = FastAPI(
+        title="lookalike",
+        version="0.1.0",
+        description="Find the images in a collection that look like a given image.",
+    )
+    uploads_dir = collection.path / UPLOADS_DIR
+    app.state.lookalike = ServerState(
+        collection=collection,
+        ready_embedders=load_embedders(collection),
+        thumbnails=ThumbnailCache(collection.path / THUMBNAILS_DIR, max_pixels=max_pixels),
+        uploads_dir=uploads_dir,
+        max_upload_bytes=max_upload_bytes,
+        max_pixels=max_pixels,
+        index_lock=ReadWriteLock(),
+        embed_slots=threading.BoundedSemaphore(max(1, os.cpu_count() or 1)),
+    )
+    app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    def index_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_SECURITY_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    # Added last = runs first: refuse oversize bodies and foreign writes before any work.
+    app.add_middleware(SameOriginWritesMiddleware, allowed_origins=cors_origins or [])
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+        file_limit=max_upload_bytes,
+    )
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],
+        )
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    return app
+
+
+def serve(
+    collection_path: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    cors_origins: list[str] | None = None,
+) -> None:
+    """Run the web app on host:port until interrupted (loopback only unless told otherwise)."""
+    import uvicorn
+
+    collection = Collection.open(collection_path, create=False)
+    try:
+        # On loopback, only answer to loopback names: a foreign page cannot rebind its DNS name to us.
+        allowed_hosts = LOOPBACK_HOST_NAMES if host in LOOPBACK_HOST_NAMES else None
+        app = create_app(
+            collection, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins, allowed_hosts=allowed_hosts
+        )
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        collection.save()  # keep the in-memory index changes, so the next start needs no rebuild
+        collection.close()
