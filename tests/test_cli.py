@@ -49,5 +49,6 @@ def test_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "lookalike index" in capsys.readouterr().err
     assert main(["index", str(tmp_path / "missing"), "--collection", str(tmp_path / "c")]) == 2
     assert "not a folder" in capsys.readouterr().err
-    assert main(["index", str(tmp_path), "--collection", str(tmp_path / "c"), "--embedder", "nope"]) == 2
+    assert main(["index", str(tmp_path), "--collection", str(tmp_path / "d"), "--embedder", "nope"]) == 2
     assert "unknown embedder" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists(), "a collection is not created for an unknown embedder"

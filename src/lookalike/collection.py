@@ -125,6 +125,10 @@ class Collection:
         elif not create:
             raise FileNotFoundError(f"no lookalike collection at {path} (run `lookalike index FOLDER` first)")
         else:
+            if embedder is not None and embedder not in embedder_registry.available(path / "models"):
+                raise embedder_registry.EmbedderError(
+                    f"unknown embedder {embedder!r}; available: {', '.join(embedder_registry.available())}"
+                )
             path.mkdir(parents=True, exist_ok=True)
             config = {"version": 1, "default_embedder": embedder or DEFAULT_EMBEDDER, "index": index or DEFAULT_INDEX}
             write_json(config_path, config)
