@@ -1,0 +1,504 @@
+"""The REST API, through FastAPI's TestClient, on real photos."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import sample_files
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from lookalike import Collection
+from lookalike import embedders as embedder_registry
+from lookalike.server import create_app
+
+# Photos outside the 12+12 sample, so they are new to every collection built here.
+NEW_CAT = "cat/cat.100.jpg"
+NEW_CAT_2 = "cat/cat.101.jpg"
+NEW_DOG = "dog/dog.100.jpg"
+
+
+def jpeg_upload(data: bytes, name: str = "query.jpg") -> dict[str, tuple[str, bytes, str]]:
+    return {"file": (name, data, "image/jpeg")}
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 30, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Collection]:
+    """Its own collection of the 24 sample photos: the API writes thumbnails into it."""
+    root = tmp_path_factory.mktemp("api") / "photos"
+    for src in sample_files(data_dir):
+        dst = root / src.parent.name / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    collection = Collection.open(root.parent / "collection")
+    collection.sync(root)
+    yield collection
+    collection.close()
+
+
+@pytest.fixture(scope="module")
+def client(collection: Collection) -> TestClient:
+    return TestClient(create_app(collection))
+
+
+@pytest.fixture()
+def small_collection(tmp_path: Path, data_dir: Path) -> Iterator[Collection]:
+    """A writable collection of 3 cats and 3 dogs, for tests that add and delete."""
+    root = tmp_path / "photos"
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(1, 4):
+            shutil.copy2(data_dir / label / f"{label}.{i}.jpg", root / label)
+    collection = Collection.open(tmp_path / "collection")
+    collection.sync(root)
+    yield collection
+    collection.close()
+
+
+# --- search -------------------------------------------------------------------------------------
+
+
+def test_search_by_upload_returns_mostly_the_same_kind(client: TestClient, data_dir: Path) -> None:
+    response = client.post("/api/search?k=6", files=jpeg_upload((data_dir / NEW_CAT).read_bytes()))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["embedder"] == "efficientnet-lite0"
+    assert body["query"] == {"id": None, "width": 403, "height": 499, "box": None}
+    labels = [hit["label"] for hit in body["results"]]
+    assert len(labels) == 6
+    assert labels.count("cat") >= 5, labels
+    scores = [hit["score"] for hit in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert [hit["rank"] for hit in body["results"]] == list(range(1, 7))
+    assert all("/" not in hit["name"] for hit in body["results"])  # file names only, never server paths
+
+
+def test_search_by_upload_matches_the_library(client: TestClient, collection: Collection, data_dir: Path) -> None:
+    data = (data_dir / NEW_DOG).read_bytes()
+    body = client.post("/api/search?k=5", files=jpeg_upload(data)).json()
+    expected = collection.search(data, k=5)
+    assert [hit["id"] for hit in body["results"]] == [r.id for r in expected]
+    assert [hit["score"] for hit in body["results"]] == pytest.approx([r.score for r in expected], abs=1e-5)
+
+
+def test_uploading_an_indexed_photo_finds_it_first(client: TestClient, collection: Collection) -> None:
+    record = collection.catalog.records()[3]
+    body = client.post("/api/search?k=3", files=jpeg_upload(Path(record.path).read_bytes())).json()
+    assert body["results"][0]["id"] == record.id
+    assert body["results"][0]["score"] > 0.999
+
+
+def test_search_by_id_excludes_the_query(client: TestClient, collection: Collection) -> None:
+    record = collection.catalog.records()[0]
+    response = client.get(f"/api/images/{record.id}/similar", params={"k": 5})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["query"]["id"] == record.id
+    ids = [hit["id"] for hit in body["results"]]
+    assert record.id not in ids
+    assert ids == [r.id for r in collection.search_id(record.id, k=5)]
+
+
+def test_label_filter_only_returns_that_label(client: TestClient, data_dir: Path) -> None:
+    body = client.post("/api/search?k=8&label=dog", files=jpeg_upload((data_dir / NEW_CAT).read_bytes())).json()
+    assert len(body["results"]) == 8
+    assert {hit["label"] for hit in body["results"]} == {"dog"}
+    record_id = body["results"][0]["id"]
+    by_id = client.get(f"/api/images/{record_id}/similar", params={"k": 20, "label": "cat"}).json()
+    assert len(by_id["results"]) == 12
+    assert {hit["label"] for hit in by_id["results"]} == {"cat"}
+
+
+def test_box_searches_only_that_region(client: TestClient, collection: Collection, data_dir: Path) -> None:
+    data = (data_dir / NEW_CAT).read_bytes()
+    box = (40.0, 60.0, 300.0, 320.0)
+    response = client.post("/api/search", params={"k": 5, "box": "40,60,300,320"}, files=jpeg_upload(data))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["query"]["box"] == list(box)
+    expected = collection.search(data, k=5, box=box)
+    assert [hit["id"] for hit in body["results"]] == [r.id for r in expected]
+    assert [hit["score"] for hit in body["results"]] == pytest.approx([r.score for r in expected], abs=1e-5)
+    whole = client.post("/api/search", params={"k": 5}, files=jpeg_upload(data)).json()
+    assert [h["score"] for h in whole["results"]] != pytest.approx([h["score"] for h in body["results"]], abs=1e-3)
+
+
+def test_box_on_an_indexed_image(client: TestClient, collection: Collection) -> None:
+    record = collection.catalog.records()[15]
+    response = client.get(f"/api/images/{record.id}/similar", params={"k": 4, "box": "0,0,120,100"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["query"]["box"] == [0, 0, 120, 100]
+    expected = collection.search(Image.open(record.path), k=5, box=(0, 0, 120, 100))
+    assert [h["id"] for h in body["results"]] == [r.id for r in expected if r.id != record.id][:4]
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ("1,2,3", "four numbers"),
+        ("a,b,c,d", "four numbers"),
+        ("10,10,nan,40", "four numbers"),
+        ("50,10,20,40", "x1 > x0"),
+        ("5000,5000,6000,6000", "outside"),
+    ],
+)
+def test_bad_boxes_are_refused(client: TestClient, data_dir: Path, box: str, message: str) -> None:
+    response = client.post("/api/search", params={"box": box}, files=jpeg_upload((data_dir / NEW_CAT).read_bytes()))
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("k", "status", "count"), [(0, 422, None), (101, 422, None), (3, 200, 3), (100, 200, 23)])
+def test_k_is_bounded(client: TestClient, collection: Collection, k: int, status: int, count: int | None) -> None:
+    record_id = collection.catalog.records()[0].id
+    response = client.get(f"/api/images/{record_id}/similar", params={"k": k})
+    assert response.status_code == status
+    if count is not None:
+        assert len(response.json()["results"]) == count
+
+
+def test_unknown_or_unindexed_embedder_is_refused(client: TestClient, collection: Collection) -> None:
+    record_id = collection.catalog.records()[0].id
+    for name in ("no-such-embedder", "resnet50"):  # resnet50 exists but this collection has no vectors of it
+        response = client.get(f"/api/images/{record_id}/similar", params={"embedder": name})
+        assert response.status_code == 422
+        assert "efficientnet-lite0" in response.json()["detail"]
+
+
+def test_embedders_are_loaded_at_startup_not_per_request(
+    collection: Collection, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_client = TestClient(create_app(collection))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an embedder was built while serving a request")
+
+    monkeypatch.setattr(embedder_registry, "create", refuse)
+    response = app_client.post("/api/search", files=jpeg_upload((data_dir / NEW_CAT).read_bytes()))
+    assert response.status_code == 200
+
+
+# --- bad uploads --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "make_data", "reason"),
+    [
+        ("empty.jpg", lambda cat: b"", "empty file"),
+        ("notes.txt", lambda cat: b"just some text, not an image\n" * 20, "not a recognised image format"),
+        ("truncated.jpg", lambda cat: cat[: len(cat) // 2], "truncated"),
+        ("garbage.png", lambda cat: b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "image"),
+    ],
+)
+def test_unreadable_uploads_get_a_clear_422(client: TestClient, data_dir: Path, name, make_data, reason) -> None:
+    data = make_data((data_dir / NEW_CAT).read_bytes())
+    for url in ("/api/search", "/api/images"):
+        response = client.post(url, files={"file": (name, data, "application/octet-stream")})
+        assert response.status_code == 422, (url, response.text)
+        assert response.headers["content-type"] == "application/json"
+        detail = response.json()["detail"]
+        assert "not a readable image" in detail
+        assert reason in detail
+
+
+def test_missing_file_field_is_a_422(client: TestClient) -> None:
+    assert client.post("/api/search").status_code == 422
+
+
+def test_oversize_uploads_get_413(collection: Collection, data_dir: Path) -> None:
+    data = (data_dir / NEW_CAT).read_bytes()  # about 30 KB
+    limited = TestClient(create_app(collection, max_upload_bytes=len(data) - 1))
+    for url in ("/api/search", "/api/images"):
+        # Just over the limit: seen when the file is read.
+        response = limited.post(url, files=jpeg_upload(data))
+        assert response.status_code == 413
+        assert "too large" in response.json()["detail"]
+        # Far over: refused from Content-Length before the body is read.
+        response = limited.post(url, files=jpeg_upload(data * 20))
+        assert response.status_code == 413
+        assert "too large" in response.json()["detail"]
+    assert limited.post("/api/search", files=jpeg_upload(data[: len(data) - 1])).status_code == 422  # within limit
+
+
+def test_streamed_oversize_body_without_length_gets_413(collection: Collection, data_dir: Path) -> None:
+    limited = TestClient(create_app(collection, max_upload_bytes=1000))
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(200):
+            yield b"x" * 1024  # 200 KB with no Content-Length: chunked transfer
+
+    response = limited.post(
+        "/api/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=zzz"}
+    )
+    assert response.status_code == 413
+
+
+def test_too_many_pixels_gets_413(collection: Collection) -> None:
+    limited = TestClient(create_app(collection, max_pixels=300 * 300))
+    response = limited.post("/api/search", files={"file": ("big.png", png_bytes(400, 300), "image/png")})
+    assert response.status_code == 413
+    assert "image too large" in response.json()["detail"]
+    assert "120000 pixels" in response.json()["detail"]
+    ok = limited.post("/api/search", files={"file": ("ok.png", png_bytes(300, 300), "image/png")})
+    assert ok.status_code == 200
+
+
+# --- serving images -----------------------------------------------------------------------------
+
+
+def test_image_file_is_the_indexed_file(client: TestClient, collection: Collection) -> None:
+    record = collection.catalog.records()[2]
+    info = client.get(f"/api/images/{record.id}").json()
+    assert info["name"] == Path(record.path).name
+    assert info["label"] == record.label
+    response = client.get(info["image_url"])
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/jpeg"
+    assert response.content == Path(record.path).read_bytes()
+
+
+def test_thumbnail_is_made_once_and_cached_in_the_collection(client: TestClient, collection: Collection) -> None:
+    record = collection.catalog.records()[5]
+    url = client.get(f"/api/images/{record.id}").json()["thumbnail_url"]
+    first = client.get(url)
+    assert first.status_code == 200
+    assert first.headers["content-type"] == "image/jpeg"
+    thumbnail = Image.open(io.BytesIO(first.content))
+    assert max(record.width, record.height) > 256
+    assert max(thumbnail.size) == 256
+    cached = list((collection.path / "thumbnails").glob(f"{record.id}-*.jpg"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    second = client.get(url)
+    assert second.content == first.content
+    assert cached[0].stat().st_mtime_ns == stamp  # served from the cache, not remade
+    assert not list((collection.path / "thumbnails").glob(".*.tmp"))  # no leftovers from the atomic write
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/images/../../etc/passwd",
+        "/api/images/..%2F..%2Fetc%2Fpasswd",
+        "/api/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd/file",
+        "/api/images/..%2F..%2Fetc%2Fpasswd/thumbnail",
+        "/api/images/etc/passwd/file",
+        "/static/../../../../etc/passwd",
+        "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "/api/images/abc/file",
+        "/api/images/1.5/file",
+        "/api/images/-1/file",
+        "/api/images/0/thumbnail",
+        "/api/images/999999/file",
+        "/api/images/999999/thumbnail",
+        "/api/images/999999/similar",
+        "/api/images/1e3/file",
+    ],
+)
+def test_no_path_from_a_client_is_ever_opened(client: TestClient, url: str) -> None:
+    response = client.get(url)
+    assert response.status_code in (404, 422), response.status_code
+    assert b"root:" not in response.content
+    assert response.headers["content-type"] == "application/json"
+
+
+def test_deleting_an_unknown_id_is_a_404(client: TestClient) -> None:
+    assert client.delete("/api/images/999999").status_code == 404
+    assert client.delete("/api/images/abc").status_code == 422
+
+
+# --- facts --------------------------------------------------------------------------------------
+
+
+def test_stats_and_embedders(client: TestClient) -> None:
+    stats = client.get("/api/stats").json()
+    assert stats["images"] == 24
+    assert stats["labels"] == {"cat": 12, "dog": 12}
+    assert stats["indexed_embedders"] == {"efficientnet-lite0": 24}
+    assert "path" not in stats
+    embedders = client.get("/api/embedders").json()
+    assert embedders["default"] == "efficientnet-lite0"
+    by_name = {e["name"]: e for e in embedders["embedders"]}
+    assert by_name["efficientnet-lite0"] == {
+        "name": "efficientnet-lite0",
+        "vectors": 24,
+        "default": True,
+        "ready": True,
+    }
+    assert by_name["resnet50"]["ready"] is False
+
+
+def test_browsing_pages_through_every_image_once(client: TestClient) -> None:
+    seen: list[int] = []
+    offset = 0
+    while True:
+        page = client.get("/api/images", params={"offset": offset, "limit": 10}).json()
+        assert page["total"] == 24
+        seen += [item["id"] for item in page["items"]]
+        offset += 10
+        if offset >= page["total"]:
+            break
+    assert len(seen) == 24 == len(set(seen))
+    dogs = client.get("/api/images", params={"label": "dog", "limit": 200}).json()
+    assert dogs["total"] == 12
+    assert {item["label"] for item in dogs["items"]} == {"dog"}
+    assert client.get("/api/images", params={"limit": 0}).status_code == 422
+
+
+def test_page_docs_and_static_files_are_served(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert 'id="file-input"' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/search", "/api/images/{image_id}/similar", "/api/images", "/api/stats"} <= set(paths)
+
+
+# --- cross-origin rules -------------------------------------------------------------------------
+
+
+def test_cors_is_off_unless_origins_are_given(collection: Collection) -> None:
+    origin = "http://localhost:3000"
+    closed = TestClient(create_app(collection))
+    response = closed.get("/api/stats", headers={"Origin": origin})
+    assert "access-control-allow-origin" not in response.headers
+    opened = TestClient(create_app(collection, cors_origins=[origin]))
+    response = opened.get("/api/stats", headers={"Origin": origin})
+    assert response.headers["access-control-allow-origin"] == origin
+    preflight = opened.options("/api/images/1", headers={"Origin": origin, "Access-Control-Request-Method": "DELETE"})
+    assert preflight.status_code == 200
+    assert (
+        opened.get("/api/stats", headers={"Origin": "http://evil.test"}).headers.get("access-control-allow-origin")
+        is None
+    )
+
+
+def test_a_foreign_page_cannot_add_images(client: TestClient, collection: Collection, data_dir: Path) -> None:
+    before = collection.catalog.count()
+    response = client.post(
+        "/api/images", files=jpeg_upload((data_dir / NEW_CAT).read_bytes()), headers={"Origin": "http://evil.test"}
+    )
+    assert response.status_code == 403
+    assert collection.catalog.count() == before
+    same_site = client.post(
+        "/api/search", files=jpeg_upload((data_dir / NEW_CAT).read_bytes()), headers={"Origin": "http://testserver"}
+    )
+    assert same_site.status_code == 200
+
+
+def test_unknown_host_names_are_refused_when_hosts_are_restricted(collection: Collection) -> None:
+    app = create_app(collection, allowed_hosts=["127.0.0.1", "localhost"])
+    assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/stats").status_code == 200
+    assert TestClient(app, base_url="http://rebound.example").get("/api/stats").status_code == 400
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def test_add_search_delete_round_trip(small_collection: Collection, data_dir: Path) -> None:
+    client = TestClient(create_app(small_collection))
+    data = (data_dir / NEW_CAT).read_bytes()
+    # A hostile file name must not choose where the upload is stored.
+    response = client.post("/api/images?label=cat", files=jpeg_upload(data, name="../../../evil.jpg"))
+    assert response.status_code == 201
+    added = response.json()
+    assert added["label"] == "cat"
+    assert (added["width"], added["height"]) == (403, 499)
+    stored = list((small_collection.path / "uploads").iterdir())
+    assert len(stored) == 1
+    assert stored[0].read_bytes() == data
+    assert stored[0].suffix == ".jpg" and "evil" not in stored[0].name
+    assert not (small_collection.path.parent / "evil.jpg").exists()
+    assert client.get("/api/stats").json()["images"] == 7
+
+    hits = client.post("/api/search?k=3", files=jpeg_upload(data)).json()["results"]
+    assert hits[0]["id"] == added["id"]
+    assert hits[0]["score"] > 0.999
+    assert client.get(added["image_url"]).content == data
+    assert client.get(added["thumbnail_url"]).status_code == 200
+    similar = client.get(f"/api/images/{added['id']}/similar?k=3").json()["results"]
+    assert added["id"] not in [h["id"] for h in similar]
+
+    assert client.delete(f"/api/images/{added['id']}").status_code == 204
+    assert client.get(f"/api/images/{added['id']}").status_code == 404
+    assert client.get(added["image_url"]).status_code == 404
+    hits = client.post("/api/search?k=6", files=jpeg_upload(data)).json()["results"]
+    assert added["id"] not in [h["id"] for h in hits]
+    assert len(hits) == 6
+    assert not list((small_collection.path / "uploads").iterdir())  # the server's own copy is gone
+    assert not list((small_collection.path / "thumbnails").glob(f"{added['id']}-*"))
+    assert client.delete(f"/api/images/{added['id']}").status_code == 404
+
+
+def test_deleting_an_indexed_photo_leaves_the_users_file(small_collection: Collection) -> None:
+    client = TestClient(create_app(small_collection))
+    record = small_collection.catalog.records()[0]
+    assert client.delete(f"/api/images/{record.id}").status_code == 204
+    assert Path(record.path).is_file()
+    assert client.get("/api/stats").json()["images"] == 5
+
+
+def test_adding_without_a_label_and_twice_the_same_bytes(small_collection: Collection, data_dir: Path) -> None:
+    client = TestClient(create_app(small_collection))
+    data = (data_dir / NEW_CAT_2).read_bytes()
+    first = client.post("/api/images", files=jpeg_upload(data)).json()
+    second = client.post("/api/images", files=jpeg_upload(data, name="other.jpg")).json()
+    assert first["id"] == second["id"]  # stored by content hash: one copy, one entry
+    assert first["label"] == "uploads"
+    assert client.get("/api/stats").json()["images"] == 7
+    assert client.post("/api/images?label=%0Abad", files=jpeg_upload(data)).status_code == 422
+
+
+def test_searches_run_safely_while_images_are_added_and_deleted(small_collection: Collection, data_dir: Path) -> None:
+    client = TestClient(create_app(small_collection))
+    query = (data_dir / NEW_DOG).read_bytes()
+    record_ids = [r.id for r in small_collection.catalog.records()]
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def search_until_stopped() -> None:
+        while not stop.is_set():
+            for response in (
+                client.post("/api/search?k=4", files=jpeg_upload(query)),
+                client.get(f"/api/images/{record_ids[0]}/similar?k=4"),
+            ):
+                if response.status_code != 200 or len(response.json()["results"]) != 4:
+                    failures.append(response.text)
+
+    searchers = [threading.Thread(target=search_until_stopped) for _ in range(3)]
+    for thread in searchers:
+        thread.start()
+    try:
+        for name in (NEW_CAT, NEW_CAT_2):
+            added = client.post("/api/images?label=cat", files=jpeg_upload((data_dir / name).read_bytes()))
+            assert added.status_code == 201
+            assert client.delete(f"/api/images/{added.json()['id']}").status_code == 204
+    finally:
+        stop.set()
+        for thread in searchers:
+            thread.join()
+    assert failures == []
+    assert client.get("/api/stats").json()["images"] == 6
+
+
+def test_a_refused_upload_writes_nothing(small_collection: Collection) -> None:
+    client = TestClient(create_app(small_collection))
+    response = client.post("/api/images", files={"file": ("a.txt", b"hello", "text/plain")})
+    assert response.status_code == 422
+    uploads = small_collection.path / "uploads"
+    assert not uploads.exists() or not list(uploads.iterdir())
+    assert small_collection.catalog.count() == 6
