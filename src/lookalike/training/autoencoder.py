@@ -1,0 +1,172 @@
+"""Autoencoders: the bottleneck of a network trained to reconstruct its input is the embedding.
+
+- `pixels` (default): a convolutional autoencoder on 64x64 images (encoder `SmallConvNet`,
+  decoder `ConvDecoder`); no labels needed.
+- `features` (the compact variant): an MLP autoencoder of the frozen EfficientNet-Lite0 pooled
+  features (1280 floats) into a small code (128 floats by default), 10x less memory per image.
+
+Denoising (Vincent et al. 2008): with `noise="mask"` a random `noise_level` share of the input
+values is zeroed, with `noise="gaussian"` Gaussian noise of that standard deviation is added;
+the target is always the clean input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import FeatureCache, PixelCache, pixel_batch
+from .loop import Task
+from .models import EFFICIENTNET_FEATURES, ConvDecoder, EfficientNetBackbone, Embedding, SmallConvNet
+from .prepared import Prepared, batched, validation_figures
+
+VARIANTS = ("pixels", "features")
+NOISE = ("none", "mask", "gaussian")
+
+
+@dataclass(frozen=True)
+class AutoencoderSpec:
+    variant: str = "pixels"
+    dim: int = 256  # code size; the features variant defaults to 128 (see `with_defaults`)
+    hidden: int = 512
+    batch_size: int = 64
+    noise: str = "none"
+    noise_level: float = 0.25
+    augment: bool = False  # pixels only: random crop and flip on the fly
+    views: int = 3  # features only: cached views per image (shared with the frozen metric-learning cache)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"autoencoder variant must be one of {', '.join(VARIANTS)}")
+        if self.noise not in NOISE:
+            raise ValueError(f"noise must be one of {', '.join(NOISE)}")
+
+    def architecture(self) -> dict[str, object]:
+        if self.variant == "pixels":
+            return {"backbone": "small-cnn", "features": self.dim, "head": "identity", "dim": self.dim}
+        return {
+            "backbone": "efficientnet-lite0",
+            "trainable_blocks": 0,
+            "head": "feature-encoder",
+            "hidden": self.hidden,
+            "dim": self.dim,
+        }
+
+
+class FeatureEncoder(nn.Module):
+    """L2-normalised features (scaled to unit variance per value) -> code.
+
+    Normalising first makes the autoencoder preserve the cosine geometry the pretrained
+    embedder is searched with.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, dim: int):
+        super().__init__()
+        self.scale = math.sqrt(in_dim)
+        self.layers = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+    def normalise(self, features: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(features, dim=1) * self.scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.normalise(features))
+
+
+def build_network(spec: AutoencoderSpec, pretrained: bool = True) -> Embedding:
+    if spec.variant == "pixels":
+        return Embedding(SmallConvNet(spec.dim), nn.Identity())
+    return Embedding(
+        EfficientNetBackbone(0, pretrained=pretrained), FeatureEncoder(EFFICIENTNET_FEATURES, spec.hidden, spec.dim)
+    )
+
+
+def build_decoder(spec: AutoencoderSpec) -> nn.Module:
+    if spec.variant == "pixels":
+        return ConvDecoder(spec.dim)
+    return nn.Sequential(
+        nn.Linear(spec.dim, spec.hidden), nn.ReLU(inplace=True), nn.Linear(spec.hidden, EFFICIENTNET_FEATURES)
+    )
+
+
+class Autoencoder(nn.Module):
+    """The trained pair; only `encoder` (an `Embedding`) is kept for search."""
+
+    def __init__(self, encoder: Embedding, decoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+
+def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:
+    if noise == "mask":
+        return x * (torch.rand_like(x) >= level)
+    if noise == "gaussian":
+        return x + level * torch.randn_like(x)
+    return x
+
+
+class AutoencoderTask(Task):
+    def __init__(self, spec: AutoencoderSpec, encoder: Embedding, prepared: Prepared):
+        self.spec = spec
+        self.model = Autoencoder(encoder, build_decoder(spec))
+        self.prepared = prepared
+        self.monitor = "MAP@R" if prepared.labelled_validation() else "neg_val_loss"
+        self.batch_size = max(1, min(spec.batch_size, len(prepared.train)))
+        self.cache_seconds = 0.0
+        p = prepared
+        if spec.variant == "pixels":
+            train, val = PixelCache(p.cache_root, p.train), PixelCache(p.cache_root, p.val)
+            self.train_inputs = train.load(p.report("caching pixels (train)"))
+            self.val_inputs = val.load(p.report("caching pixels (val)"))
+        else:
+            backbone = encoder.backbone
+            train = FeatureCache(p.cache_root, backbone, "efficientnet-lite0-pooled", p.train, spec.views, p.seed)
+            val = FeatureCache(p.cache_root, backbone, "efficientnet-lite0-pooled", p.val, 1, p.seed)
+            self.train_inputs = train.load(p.report("caching features (train)"))
+            self.val_inputs = val.load(p.report("caching features (val)"))[:, 0]
+        self.cache_seconds = train.seconds + val.seconds
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_inputs) / self.batch_size)
+
+    def _inputs(self, idx: np.ndarray, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        source = self.train_inputs if train else self.val_inputs
+        if self.spec.variant == "pixels":
+            return pixel_batch(source[idx], generator)
+        rows = source[idx]
+        if train:  # one cached view of each image: clean or augmented
+            rows = rows[np.arange(len(idx)), np.random.randint(0, source.shape[1], size=len(idx))]
+        return self.model.encoder.head.normalise(torch.from_numpy(np.asarray(rows, dtype=np.float32)))
+
+    def batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        order = np.random.permutation(len(self.train_inputs))
+        augment = self.spec.augment and self.spec.variant == "pixels"
+        generator = torch.Generator().manual_seed(int(np.random.randint(2**31))) if augment else None
+        for idx in batched(len(order), self.batch_size):
+            yield self._inputs(order[idx], True, generator)
+
+    def _reconstruction_loss(self, clean: torch.Tensor, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        encoder = self.model.encoder
+        code = encoder.backbone(noisy) if self.spec.variant == "pixels" else encoder.head.layers(noisy)
+        return nn.functional.mse_loss(self.model.decoder(code), clean), code
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._reconstruction_loss(batch, corrupt(batch, self.spec.noise, self.spec.noise_level))[0]
+
+    def validate(self) -> dict[str, float]:
+        codes, total = [], 0.0
+        for idx in batched(len(self.val_inputs), 128):
+            clean = self._inputs(idx, False)
+            loss, code = self._reconstruction_loss(clean, clean)
+            codes.append(code)
+            total += float(loss) * len(idx)
+        figures = {"val_loss": total / max(len(self.val_inputs), 1)}
+        figures["neg_val_loss"] = -figures["val_loss"]
+        if self.monitor == "MAP@R":
+            figures.update(validation_figures(torch.cat(codes), self.prepared.val_labels))
+        return figures

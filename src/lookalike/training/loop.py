@@ -1,0 +1,225 @@
+"""The one training loop every method uses.
+
+A method supplies a `Task` (its module, its batches, its loss, its validation); the loop
+owns everything else: the optimiser, seeding, tqdm progress with the running loss, an
+atomic checkpoint after every epoch, resuming from it, early stopping on the validation
+score (MAP@R when labels exist) and restoring the best epoch's weights at the end.
+
+Determinism: every epoch reseeds torch, numpy and `random` from (seed, epoch), so an
+interrupted-and-resumed run gives the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..storage import atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class Task(ABC):
+    """What one training method provides to the loop."""
+
+    #: the module whose trainable parameters are optimised and checkpointed
+    model: nn.Module
+    #: the validation figure early stopping maximises
+    monitor: str = "MAP@R"
+
+    @abstractmethod
+    def batches(self, epoch: int) -> Iterable[object]:
+        """This epoch's training batches (global RNGs are already seeded for the epoch)."""
+
+    @abstractmethod
+    def loss(self, batch: object) -> torch.Tensor:
+        """The loss of one batch, with gradients."""
+
+    @abstractmethod
+    def validate(self) -> dict[str, float]:
+        """Figures on the validation images (must include `monitor`); the model is in eval mode."""
+
+    def steps_per_epoch(self) -> int | None:
+        return None
+
+    def parameter_groups(self, lr: float) -> list[dict[str, object]]:
+        """Optimiser groups; by default every trainable parameter at `lr`."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 3  # epochs without a better validation score before stopping
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    seconds: float
+    validation: dict[str, float]
+
+
+@dataclass
+class LoopResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = float("-inf")
+    seconds: float = 0.0  # training time summed over every run (resumes included)
+    resumed_from: int | None = None
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def seed_everything(seed: int, epoch: int = 0) -> None:
+    derived = int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:4], "big")
+    random.seed(derived)
+    np.random.seed(derived)  # pytorch-metric-learning's samplers draw from numpy's global RNG
+    torch.manual_seed(derived)
+
+
+def _fingerprint(config: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fit(
+    task: Task,
+    work_dir: Path,
+    config: LoopConfig,
+    *,
+    run_config: dict[str, object] | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> LoopResult:
+    """Train `task.model` in `work_dir` (checkpoint there), resuming if a matching checkpoint exists.
+
+    `run_config` describes the whole run; a checkpoint from a different run is refused rather
+    than silently continued.
+    """
+    torch.set_num_threads(config.threads)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = work_dir / CHECKPOINT
+    fingerprint = _fingerprint({"loop": asdict(config), "run": run_config or {}})
+    model = task.model
+    optimizer = torch.optim.AdamW(task.parameter_groups(config.lr), lr=config.lr, weight_decay=config.weight_decay)
+    result = LoopResult()
+    best_state = copy.deepcopy(model.state_dict())
+    bad_epochs = 0
+    start_epoch = 0
+
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{checkpoint_path} belongs to a run with other settings; use the same options to resume, "
+                "or --restart to start over"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        best_state = state["best_state"]
+        bad_epochs = state["bad_epochs"]
+        result = LoopResult(**{**state["result"], "history": [EpochRecord(**h) for h in state["result"]["history"]]})
+        start_epoch = result.history[-1].epoch if result.history else 0
+        result.resumed_from = start_epoch
+    else:
+        # Score the untrained model too: training must beat it to be kept (epoch 0).
+        seed_everything(config.seed, 0)
+        model.eval()
+        with torch.no_grad():
+            result.best_score = float(task.validate()[task.monitor])
+
+    stopped = bad_epochs >= config.patience
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        if stopped:
+            break
+        started = time.perf_counter()
+        seed_everything(config.seed, epoch)
+        model.train()
+        total, count = 0.0, 0
+        bar = _bar(task, epoch, config.epochs, progress)
+        for batch in task.batches(epoch):
+            loss = task.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            count += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        model.eval()
+        with torch.no_grad():
+            figures = {k: float(v) for k, v in task.validate().items()}
+        record = EpochRecord(epoch, total / max(count, 1), time.perf_counter() - started, figures)
+        result.history.append(record)
+        result.seconds += record.seconds
+        score = figures[task.monitor]
+        if score > result.best_score:
+            result.best_score, result.best_epoch, bad_epochs = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+        stopped = bad_epochs >= config.patience
+        result.stopped_early = stopped and epoch < config.epochs
+        bar.set_postfix(loss=f"{record.train_loss:.4f}", **{task.monitor: f"{score:.4f}"})
+        bar.close()
+        _save_checkpoint(checkpoint_path, model, optimizer, best_state, bad_epochs, result, fingerprint)
+        if on_epoch:
+            on_epoch(record)
+    model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+def _bar(task: Task, epoch: int, epochs: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=task.steps_per_epoch(),
+        desc=f"epoch {epoch}/{epochs}",
+        unit="batch",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=not enabled,
+        leave=True,
+    )
+
+
+def _save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    best_state: dict,
+    bad_epochs: int,
+    result: LoopResult,
+    fingerprint: str,
+) -> None:
+    """Written beside the target and renamed: a kill mid-write leaves the previous checkpoint intact."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "best_state": best_state,
+        "bad_epochs": bad_epochs,
+        "result": result.to_dict(),
+        "fingerprint": fingerprint,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)

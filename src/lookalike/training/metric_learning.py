@@ -1,0 +1,189 @@
+"""Siamese (contrastive loss on pairs) and triplet (triplet margin loss) networks.
+
+Both are one weight-sharing network applied to every image of a batch; the pairs or
+triplets are index tuples into the batch, so "two branches" never need two copies of the
+weights. Pair/triplet selection, losses and distances are pytorch-metric-learning's:
+
+- siamese, `--mining random`: random positive and negative pairs of the batch (the seed's
+  approach), `--mining hard`: BatchHardMiner (hardest positive and negative per anchor);
+- triplet: TripletMarginMiner(type_of_triplets="semihard") + TripletMarginLoss.
+
+Backbones: `frozen` (EfficientNet-Lite0 pretrained, only the projection head trains, on
+cached pooled features), `finetune` (the last k MBConv blocks and the head conv train too,
+on cached activations before them), `scratch` (a small CNN on 64x64 pixels, every weight trains).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pytorch_metric_learning import losses, miners, samplers
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+from .data import Augmentation, FeatureCache, PixelCache, pixel_batch
+from .loop import Task
+from .models import EFFICIENTNET_FEATURES, EfficientNetBackbone, Embedding, SmallConvNet, projection_head
+from .prepared import Prepared, batched, validation_figures
+
+BACKBONES = ("frozen", "finetune", "scratch")
+MINING = ("random", "hard")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """Everything that defines a siamese or triplet network and how it is trained."""
+
+    method: str  # "siamese" | "triplet"
+    backbone: str = "finetune"
+    trainable_blocks: int = 2
+    mining: str = "hard"  # siamese only
+    dim: int = 128
+    hidden: int = 512
+    batch_size: int = 64
+    views: int = 3  # cached views per training image: the clean one + augmented ones
+    augment: bool = True
+    margin: float = 0.2  # triplet margin; the contrastive loss uses pos 0, neg 1 (pml defaults)
+    scratch_features: int = 256
+
+    def __post_init__(self) -> None:
+        if self.method not in ("siamese", "triplet"):
+            raise ValueError(f"unknown metric-learning method {self.method!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}")
+        if self.mining not in MINING:
+            raise ValueError(f"mining must be one of {', '.join(MINING)}")
+
+    def architecture(self) -> dict[str, object]:
+        """What `saved.build_module` needs to rebuild the inference network."""
+        if self.backbone == "scratch":
+            return {
+                "backbone": "small-cnn",
+                "features": self.scratch_features,
+                "head": "mlp",
+                "hidden": self.hidden,
+                "dim": self.dim,
+            }
+        blocks = self.trainable_blocks if self.backbone == "finetune" else 0
+        return {
+            "backbone": "efficientnet-lite0",
+            "trainable_blocks": blocks,
+            "head": "mlp",
+            "hidden": self.hidden,
+            "dim": self.dim,
+        }
+
+
+def build_network(spec: MetricSpec, pretrained: bool = True) -> Embedding:
+    if spec.backbone == "scratch":
+        return Embedding(
+            SmallConvNet(spec.scratch_features), projection_head(spec.scratch_features, spec.dim, spec.hidden)
+        )
+    blocks = spec.trainable_blocks if spec.backbone == "finetune" else 0
+    return Embedding(
+        EfficientNetBackbone(blocks, pretrained=pretrained),
+        projection_head(EFFICIENTNET_FEATURES, spec.dim, spec.hidden),
+    )
+
+
+def m_per_class(batch_size: int, classes: int) -> int:
+    """Images per label in a batch: enough to fill it, and a divisor of it (MPerClassSampler's rules)."""
+    m = max(2, -(-batch_size // classes))
+    while batch_size % m:
+        m += 1
+    return m
+
+
+class MetricTask(Task):
+    def __init__(self, spec: MetricSpec, model: Embedding, prepared: Prepared):
+        if len(np.unique(prepared.train_labels)) < 2:
+            raise ValueError(f"{spec.method} training needs at least two labels (sub-folders) among training images")
+        if not prepared.labelled_validation():
+            raise ValueError("the validation split needs two labels with two images of one; raise --val-fraction")
+        self.spec = spec
+        self.model = model
+        self.prepared = prepared
+        self.pixels = spec.backbone == "scratch"
+        self.train_inputs, self.val_inputs = self._inputs()
+        batch = min(spec.batch_size, len(prepared.train))
+        self.batch_size = batch - batch % 2 if batch > 2 else batch
+        if spec.method == "siamese":
+            self.loss_fn = losses.ContrastiveLoss()  # LpDistance on L2-normalised embeddings
+            self.miner = miners.BatchHardMiner() if spec.mining == "hard" else None
+        else:
+            self.loss_fn = losses.TripletMarginLoss(margin=spec.margin)
+            self.miner = miners.TripletMarginMiner(margin=spec.margin, type_of_triplets="semihard")
+
+    def _inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        p = self.prepared
+        if self.pixels:
+            return PixelCache(p.cache_root, p.train).load(p.report("caching pixels (train)")), PixelCache(
+                p.cache_root, p.val
+            ).load(p.report("caching pixels (val)"))
+        backbone = self.model.backbone
+        assert isinstance(backbone, EfficientNetBackbone)
+        backbone_id = (
+            f"efficientnet-lite0-cut{backbone.cut}" if backbone.trainable_blocks else "efficientnet-lite0-pooled"
+        )
+        views = self.spec.views if self.spec.augment else 1
+        train = FeatureCache(p.cache_root, backbone, backbone_id, p.train, views, p.seed, Augmentation())
+        val = FeatureCache(p.cache_root, backbone, backbone_id, p.val, 1, p.seed)
+        data = train.load(p.report("caching features (train)")), val.load(p.report("caching features (val)"))
+        self.cache_seconds = train.seconds + val.seconds
+        return data
+
+    def parameter_groups(self, lr: float) -> list[dict[str, object]]:
+        # Pretrained blocks move ten times slower than the new head, so fine-tuning does not wreck them.
+        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        groups = [{"params": list(self.model.head.parameters()), "lr": lr}]
+        if backbone:
+            groups.append({"params": backbone, "lr": lr if self.pixels else lr * 0.1})
+        return groups
+
+    def steps_per_epoch(self) -> int:
+        return len(self.prepared.train) // self.batch_size
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        labels = self.prepared.train_labels
+        m = m_per_class(self.batch_size, len(np.unique(labels)))
+        length = max(self.batch_size, len(labels) - len(labels) % self.batch_size)
+        sampler = samplers.MPerClassSampler(labels, m, batch_size=self.batch_size, length_before_new_iter=length)
+        order = np.fromiter(iter(sampler), dtype=np.int64)
+        generator = torch.Generator().manual_seed(int(np.random.randint(2**31)))
+        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self._batch(idx, generator), torch.from_numpy(labels[idx])
+
+    def _batch(self, idx: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        if self.pixels:
+            return pixel_batch(self.train_inputs[idx], generator if self.spec.augment else None)
+        views = self.train_inputs.shape[1]
+        chosen = np.random.randint(0, views, size=len(idx))  # one cached view of each image
+        return torch.from_numpy(np.asarray(self.train_inputs[idx, chosen], dtype=np.float32))
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, labels = batch
+        embeddings = self.model.from_cached(inputs)
+        if self.miner is not None:
+            return self.loss_fn(embeddings, labels, self.miner(embeddings, labels))
+        return self.loss_fn(embeddings, labels, random_pairs(labels, len(labels)))
+
+    def validate(self) -> dict[str, float]:
+        out = []
+        for idx in batched(len(self.val_inputs), 128):
+            if self.pixels:
+                inputs = pixel_batch(self.val_inputs[idx], None)
+            else:
+                inputs = torch.from_numpy(np.asarray(self.val_inputs[idx, 0], dtype=np.float32))
+            out.append(self.model.from_cached(inputs))
+        return validation_figures(torch.cat(out), self.prepared.val_labels)
+
+
+def random_pairs(labels: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """n/2 positive and n/2 negative pairs drawn at random from all pairs of the batch (no mining)."""
+    a1, p, a2, neg = lmu.get_all_pairs_indices(labels)
+    keep_pos = torch.randperm(len(a1))[: n // 2]
+    keep_neg = torch.randperm(len(a2))[: n // 2]
+    return a1[keep_pos], p[keep_pos], a2[keep_neg], neg[keep_neg]
