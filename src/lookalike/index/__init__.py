@@ -1,23 +1,48 @@
-"""Vector index backends behind one interface (`VectorIndex`), chosen by name."""
+"""Vector index backends behind one interface (`VectorIndex`), chosen by name or automatically.
+
+Kinds: "flat" (exact), "hnsw", "hnsw-sq8", "ivf", "ivf-sq8", "ivf-pq", "ivf-pq-flat" (see specs.py),
+and "auto", which follows `choose_index_kind` as the collection grows.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .base import IndexError_, VectorIndex
-from .flat import FlatIndex
+from .choose import choose_index_kind
+from .faiss_index import MAGIC, FaissIndex
+from .flat import FlatIndex, load_legacy
+from .specs import SPECS
 
 DEFAULT_INDEX = "flat"
+INDEX_KINDS = ("auto", *SPECS)
 
 
 def create_index(kind: str, dim: int) -> VectorIndex:
-    if kind == "flat":
-        return FlatIndex(dim)
-    raise IndexError_(f"unknown index type {kind!r}; available: flat")
+    """An empty index of `kind` (a name in INDEX_KINDS).
+
+    "auto" needs no expected size: the first `add` builds the structure `choose_index_kind` picks for
+    that many vectors, and later growth moves it up (flat -> hnsw -> hnsw-sq8) by a rebuild.
+    """
+    if kind not in INDEX_KINDS:
+        raise IndexError_(f"unknown index type {kind!r}; available: {', '.join(INDEX_KINDS)}")
+    return FaissIndex(dim, kind)
 
 
 def load_index(path: Path) -> VectorIndex:
-    return FlatIndex.load(path)
+    with open(path, "rb") as f:
+        is_ours = f.read(len(MAGIC)) == MAGIC
+    return FaissIndex.load(path) if is_ours else load_legacy(path)
 
 
-__all__ = ["DEFAULT_INDEX", "FlatIndex", "IndexError_", "VectorIndex", "create_index", "load_index"]
+__all__ = [
+    "DEFAULT_INDEX",
+    "INDEX_KINDS",
+    "FaissIndex",
+    "FlatIndex",
+    "IndexError_",
+    "VectorIndex",
+    "choose_index_kind",
+    "create_index",
+    "load_index",
+]

@@ -1,0 +1,67 @@
+"""The named index kinds: which faiss structure each name builds, and its search knobs.
+
+Every kind uses METRIC_INNER_PRODUCT on L2-normalised vectors (score = cosine).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .base import IndexError_
+
+
+def ivf_lists(n: int) -> int:
+    """Number of IVF lists for `n` vectors: ~4*sqrt(n), a power of two, with >= 39 training points per list."""
+    target = min(4 * math.sqrt(max(n, 1)), n / 39)
+    return int(min(65536, max(1, 2 ** math.floor(math.log2(max(target, 1))))))
+
+
+def pq_subquantizers(dim: int) -> int:
+    """PQ sub-vectors of ~8 dimensions each (4-bit fast-scan codes: dim/16 bytes per vector)."""
+    for m in (dim // 8, dim // 4, dim // 2, dim):
+        if m >= 1 and dim % m == 0:
+            return m
+    return dim
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    name: str
+    #: faiss index_factory string; "{nlist}" and "{m}" are filled in from the collection size and dimension
+    factory: str
+    #: IVF/PQ/SQ need training; until `min_train` vectors exist the index stays exact (flat)
+    min_train: int = 0
+    #: rebuild (retrain) when the collection has grown this many times since training (IVF list count follows n)
+    regrow: float = 0.0
+    #: searched graph nodes / IVF lists probed / refine candidates per result, overridable per index
+    ef_search: int = 0
+    nprobe: int = 0
+    k_factor: float = 0.0
+
+    def factory_for(self, dim: int, n: int) -> str:
+        return self.factory.format(nlist=ivf_lists(n), m=pq_subquantizers(dim))
+
+
+# Defaults chosen from benchmarks/README.md (recall@10 >= 0.95 on clustered 1280-d data).
+SPECS: dict[str, IndexSpec] = {
+    s.name: s
+    for s in (
+        IndexSpec("flat", "Flat"),
+        IndexSpec("hnsw", "HNSW32,Flat", ef_search=64),
+        IndexSpec("hnsw-sq8", "HNSW32,SQ8", min_train=1000, ef_search=64),
+        IndexSpec("ivf", "IVF{nlist},Flat", min_train=1000, regrow=8, nprobe=16),
+        IndexSpec("ivf-sq8", "IVF{nlist},SQ8", min_train=1000, regrow=8, nprobe=16),
+        # 4-bit fast-scan PQ finds candidates, SQ8 codes re-rank them (faiss IndexRefine)
+        IndexSpec("ivf-pq", "IVF{nlist},PQ{m}x4fs,Refine(SQ8)", min_train=1000, regrow=8, nprobe=16, k_factor=4),
+        # the same with full float vectors for re-ranking: best recall, but 4*dim bytes per vector
+        IndexSpec("ivf-pq-flat", "IVF{nlist},PQ{m}x4fs,RFlat", min_train=1000, regrow=8, nprobe=16, k_factor=4),
+    )
+}
+
+
+def get_spec(kind: str) -> IndexSpec:
+    try:
+        return SPECS[kind]
+    except KeyError:
+        raise IndexError_(f"unknown index type {kind!r}; available: auto, {', '.join(SPECS)}") from None
