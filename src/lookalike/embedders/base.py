@@ -4,8 +4,11 @@ An embedder turns RGB images into L2-normalised float32 vectors, in two steps so
 that decoding and preprocessing (CPU, Pillow, runs in worker threads) can overlap
 with the model (ONNX Runtime or PyTorch):
 
-    arrays = [embedder.preprocess(img) for img in images]   # CHW float32 each
+    arrays = [embedder.preprocess(img) for img in images]   # one array per image
     vectors = embedder.embed_arrays(np.stack(arrays))        # (n, dim), unit length
+
+What `preprocess` returns is the embedder's business: pretrained CNNs return the
+resized crop as uint8 and normalise inside the model, where it is cheap.
 """
 
 from __future__ import annotations
@@ -32,17 +35,27 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
+    def resize_and_crop(self, image: Image.Image) -> np.ndarray:
+        """The crop as (crop, crop, 3) uint8: all the CPU work that must happen outside the model."""
         w, h = image.size
         scale = self.resize / min(w, h)
         size = (max(self.crop, round(w * scale)), max(self.crop, round(h * scale)))
-        image = image.resize(size, self.resample)
         left = (size[0] - self.crop) // 2
         top = (size[1] - self.crop) // 2
-        image = image.crop((left, top, left + self.crop, top + self.crop))
-        arr = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
+        # Resample straight into the crop window: no full-size intermediate image.
+        box = (left / scale, top / scale, (left + self.crop) / scale, (top + self.crop) / scale)
+        image = image.resize((self.crop, self.crop), self.resample, box=box)
+        return np.asarray(image, dtype=np.uint8)
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """(..., H, W, 3) uint8 -> (..., 3, H, W) float32, scaled and normalised per channel."""
+        arr = pixels.astype(np.float32) * (1.0 / 255.0)
         arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        return np.ascontiguousarray(np.moveaxis(arr, -1, -3))
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """(3, crop, crop) float32, normalised: the network's input."""
+        return self.normalise(self.resize_and_crop(image))
 
     @property
     def draft_size(self) -> tuple[int, int]:
@@ -70,7 +83,7 @@ class Embedder(ABC):
 
     @abstractmethod
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """(n, 3, H, W) preprocessed float32 -> (n, dim) L2-normalised float32."""
+        """A stack of `preprocess` outputs -> (n, dim) L2-normalised float32."""
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         out = [
