@@ -18,6 +18,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--embedders", default=None, help="comma-separated names (default: the collection's)")
     parser.add_argument("--k", type=int, default=5, help="the k of the headline figures (default 5)")
     parser.add_argument("--out", type=Path, default=Path("reports/evaluation"), help="report folder")
+    parser.add_argument(
+        "--held-out",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="only the test split no evaluated model was trained on (default: on when a trained embedder is evaluated)",
+    )
+    parser.add_argument(
+        "--visuals",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a 2-D map and example queries to the report (default: with --held-out)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.set_defaults(run=run)
 
@@ -27,12 +39,15 @@ def run(args: argparse.Namespace) -> int:
         names = args.embedders.split(",") if args.embedders else [collection.default_embedder]
         ks = tuple(sorted({1, args.k, 10}))
         with progress_bars(not args.json) as progress:
-            evaluation = evaluate_folder(args.folder, collection, names, ks=ks, progress=progress)
-    md_path, json_path = write_report(evaluation, args.out, k=args.k)
+            evaluation = evaluate_folder(
+                args.folder, collection, names, ks=ks, progress=progress, held_out=args.held_out
+            )
+    md_path, json_path = write_report(evaluation, args.out, k=args.k, visuals=args.visuals)
     if args.json:
         print_json(evaluation.to_dict())
         return 0
-    print(f"{evaluation.images} images in {evaluation.folder}, leave-one-out, {evaluation.wall_seconds:.1f} s")
+    scope = "held-out test split, leave-one-out" if evaluation.held_out else "leave-one-out"
+    print(f"{evaluation.images} images in {evaluation.folder}, {scope}, {evaluation.wall_seconds:.1f} s")
     print(summary_table(evaluation, args.k))
     if evaluation.duplicate_groups:
         print(f"note: {len(evaluation.duplicate_groups)} group(s) of identical files in the gallery (see the report)")

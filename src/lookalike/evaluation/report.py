@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..storage import atomic_path, write_json
-from .runner import Evaluation
+from .runner import Evaluation, RetrievalSample
+
+MAP_POINTS = 1500  # t-SNE on more points adds minutes and no readability
+EXAMPLE_QUERIES = 6
+THUMB = 112
 
 TABLE_COLUMNS = [
     "precision@1",
@@ -22,13 +28,25 @@ TABLE_COLUMNS = [
 def summary_table(evaluation: Evaluation, k: int = 5) -> str:
     columns = [c.replace("@5", f"@{k}") for c in TABLE_COLUMNS]
     columns = [c for c in columns if evaluation.results and c in evaluation.results[0].figures]
+    # Training time only when a trained embedder is in the table (pretrained-only tables stay as they were).
+    trained = any(r.training_seconds is not None for r in evaluation.results)
     header = "| embedder | " + " | ".join(columns) + " | dims | bytes/image | images/s |"
-    lines = [header, "|" + "---|" * (len(columns) + 4)]
+    header += " training time |" if trained else ""
+    lines = [header, "|" + "---|" * (len(columns) + 4 + trained)]
     for result in evaluation.results:
         speed = f"{result.images_per_second:.1f}" if result.images_per_second else "n/a"
         cells = " | ".join(f"{result.figures[c]:.4f}" for c in columns)
-        lines.append(f"| {result.embedder} | {cells} | {result.dim} | {result.bytes_per_image} | {speed} |")
+        line = f"| {result.embedder} | {cells} | {result.dim} | {result.bytes_per_image} | {speed} |"
+        if trained:
+            line += f" {_duration(result.training_seconds)} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "none (pretrained)"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def plot_precision_curves(evaluation: Evaluation, path: Path) -> None:
@@ -51,19 +69,96 @@ def plot_precision_curves(evaluation: Evaluation, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5) -> tuple[Path, Path]:
-    """Write report.md, results.json and precision_at_k.png into `out_dir`."""
+def embedding_map(evaluation: Evaluation, path: Path, points: int = MAP_POINTS) -> None:
+    """One t-SNE panel per embedder, the same (deterministic) images in each, coloured by label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    results = evaluation.results
+    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 4), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        sample = evaluation.samples[result.embedder]
+        n = len(sample.vectors)
+        chosen = np.sort(np.random.default_rng(0).permutation(n)[: min(points, n)])
+        labels = np.asarray(sample.labels)[chosen]
+        xy = TSNE(2, init="pca", random_state=0, perplexity=min(30.0, max(2.0, (len(chosen) - 1) / 3))).fit_transform(
+            sample.vectors[chosen]
+        )
+        for label in sorted(set(labels.tolist())):
+            mask = labels == label
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=4, alpha=0.6, label=label)
+        ax.set_title(result.embedder)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if len(set(evaluation.labels)) <= 12:
+        axes[0][0].legend(markerscale=3, fontsize="small")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def example_queries(sample: RetrievalSample, count: int = EXAMPLE_QUERIES) -> list[int]:
+    """The same queries for every embedder: evenly spread over the images sorted by path."""
+    order = np.argsort(np.asarray(sample.paths), kind="stable")
+    picks = np.linspace(0, len(order) - 1, num=min(count, len(order))).round().astype(int)
+    return [int(order[i]) for i in picks]
+
+
+def example_grid(sample: RetrievalSample, path: Path, top: int = 5) -> None:
+    """Rows of query + top results as thumbnails, framed green (same label) or red."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    from ..images import ImageError, open_image
+
+    queries = example_queries(sample)
+    pad = 6
+    grid = Image.new("RGB", ((top + 1) * (THUMB + pad) + pad, len(queries) * (THUMB + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, q in enumerate(queries):
+        for col, i in enumerate([q, *sample.ranking[q, :top].tolist()]):
+            try:
+                thumb = ImageOps.fit(open_image(sample.paths[i], draft_size=(THUMB, THUMB)), (THUMB, THUMB))
+            except ImageError:
+                thumb = Image.new("RGB", (THUMB, THUMB), "grey")
+            x = pad + col * (THUMB + pad) + (pad if col else 0) // 2
+            y = pad + row * (THUMB + pad)
+            grid.paste(thumb, (x, y))
+            if col:
+                colour = "#1a9641" if sample.labels[i] == sample.labels[q] else "#d7191c"
+                draw.rectangle([x - 2, y - 2, x + THUMB + 1, y + THUMB + 1], outline=colour, width=3)
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
+
+
+def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: bool | None = None) -> tuple[Path, Path]:
+    """Write report.md, results.json and precision_at_k.png into `out_dir`.
+
+    `visuals` (default: when the evaluation is on a held-out split) adds a 2-D map of the
+    embeddings and a grid of example queries per embedder (see `visuals.py`).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path, plot_path = out_dir / "results.json", out_dir / "report.md", out_dir / "precision_at_k.png"
     write_json(json_path, evaluation.to_dict())
     plot_precision_curves(evaluation, plot_path)
     m = evaluation.machine
+    scope = "Leave-one-out: every image queries all the others; metric definitions in docs/metrics.md."
+    if evaluation.held_out is not None:
+        rule = evaluation.held_out["rule"]
+        scope = (
+            f"Held-out test split only (the {rule['test_fraction']:.0%} of images chosen by content hash, minus any "
+            f"image a trained model saw): no evaluated model was trained or validated on these images. " + scope
+        )
     lines = [
         "# lookalike evaluation",
         "",
         f"Folder `{evaluation.folder}`: {evaluation.images} images, labels "
         + ", ".join(f"{label} ({n})" for label, n in evaluation.labels.items())
-        + ". Leave-one-out: every image queries all the others; metric definitions in docs/metrics.md.",
+        + ". "
+        + scope,
         "",
         summary_table(evaluation, k),
         "",
@@ -76,6 +171,16 @@ def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5) -> tuple[Pat
     for result in evaluation.results:
         speed = f"{result.images_per_second:.1f} images/s" if result.images_per_second else "n/a"
         lines.append(f"- {result.embedder}: embedding throughput {speed}, {result.throughput_note}.")
+    if visuals is None:
+        visuals = evaluation.held_out is not None
+    if visuals and evaluation.samples:
+        embedding_map(evaluation, out_dir / "embedding_map.png")
+        lines += ["", "## 2-D map of the embeddings (t-SNE, coloured by label)", "", "![map](embedding_map.png)"]
+        lines += ["", "## Example queries (first column) and their top 5 (green: same label, red: other)"]
+        for result in evaluation.results:
+            path = out_dir / f"examples-{result.embedder}.png"
+            example_grid(evaluation.samples[result.embedder], path)
+            lines += ["", f"### {result.embedder}", "", f"![{result.embedder}]({path.name})"]
     if evaluation.duplicate_groups:
         lines += [
             "",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..catalog import ImageRecord
 from ..collection import Collection, Progress
 from .metrics import evaluate_rankings, precision_curve, rank_gallery
 
@@ -25,6 +26,19 @@ class EmbedderEvaluation:
     images_per_second: float | None
     throughput_note: str
     eval_seconds: float
+    #: for embedders trained on the collection: training method and wall time (feature caching included)
+    method: str | None = None
+    training_seconds: float | None = None
+
+
+@dataclass
+class RetrievalSample:
+    """What the report's 2-D map and example grid need (kept out of results.json)."""
+
+    vectors: np.ndarray
+    labels: list[str]
+    paths: list[str]
+    ranking: np.ndarray  # (n, depth) indices into paths, best first
 
 
 @dataclass
@@ -39,9 +53,14 @@ class Evaluation:
     results: list[EmbedderEvaluation] = field(default_factory=list)
     started: str = ""
     wall_seconds: float = 0.0
+    #: set when the evaluation is restricted to images no evaluated model was trained or validated on
+    held_out: dict[str, object] | None = None
+    samples: dict[str, RetrievalSample] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("samples")
+        return data
 
 
 def machine_info() -> dict[str, str]:
@@ -74,6 +93,39 @@ def _throughput(collection: Collection, name: str, embedded: int, seconds: float
     return None, "not measured (vectors were already cached)"
 
 
+def trained_models(collection: Collection, names: list[str]) -> dict[str, dict]:
+    """model.json of each embedder in `names` that was trained into this collection."""
+    found = {}
+    for name in names:
+        path = collection.models_dir / name / "model.json"
+        if path.is_file():
+            found[name] = {**json.loads(path.read_text()), "model_dir": str(path.parent)}
+    return found
+
+
+def held_out_split(records: list[ImageRecord], trained: dict[str, dict]) -> tuple[set[str], dict[str, object]]:
+    """Paths of the test images shared by every trained model, and a description for the report."""
+    from ..training.saved import read_split
+    from ..training.split import held_out_paths
+
+    rules = {name: read_split(Path(info["model_dir"])).rule for name, info in trained.items()}
+    first = next(iter(rules.values()))
+    if any(rule != first for rule in rules.values()):
+        raise ValueError("the trained embedders were split with different rules; retrain them with the same fractions")
+    seen: set[str] = set()
+    for info in trained.values():
+        split = read_split(Path(info["model_dir"]))
+        seen.update(split.train)
+        seen.update(split.val)
+    paths = held_out_paths(records, seen, first)
+    description = {
+        "rule": {"test_fraction": first.test_fraction, "val_fraction": first.val_fraction, "salt": first.salt},
+        "images": len(paths),
+        "models": sorted(trained),
+    }
+    return paths, description
+
+
 def evaluate_folder(
     folder: str | os.PathLike[str],
     collection: Collection,
@@ -82,17 +134,29 @@ def evaluate_folder(
     curve_k: int = 50,
     progress: Progress | None = None,
     only_paths: set[str] | None = None,
+    held_out: bool | None = None,
 ) -> Evaluation:
     """Index `folder` with each embedder (incrementally) and score leave-one-out retrieval.
 
     Every image queries all the others of the folder (or of `only_paths`, e.g. a held-out split).
+    `held_out` (default: whenever a trained embedder is among `embedders`) restricts every
+    embedder, pretrained ones included, to the test split of the trained models, minus any
+    image one of them was trained or validated on.
     """
     started = time.perf_counter()
     root = Path(folder).expanduser().resolve()
     evaluation: Evaluation | None = None
+    trained = trained_models(collection, embedders)
+    held_out_info: dict[str, object] | None = None
+    if held_out is None:
+        held_out = bool(trained)
+    if held_out and not trained:
+        raise ValueError("--held-out needs at least one trained embedder (its split defines the test images)")
     for name in embedders:
         sync = collection.sync(root, embedder=name, progress=progress)
         records = collection.catalog.records(status="ok", under=str(root))
+        if held_out and only_paths is None:
+            only_paths, held_out_info = held_out_split(records, trained)
         if only_paths is not None:
             records = [r for r in records if r.path in only_paths]
         ids, vectors = collection.catalog.vectors(name, [r.id for r in records])
@@ -110,6 +174,7 @@ def evaluate_folder(
                 ks=list(ks),
                 machine=machine_info(),
                 started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                held_out=held_out_info,
             )
         if len(ids) < 2:
             raise ValueError(f"need at least two readable images to evaluate, found {len(ids)} in {root}")
@@ -119,6 +184,8 @@ def evaluate_folder(
         figures = evaluate_rankings(ranking, labels, ks)
         curve = precision_curve(ranking, labels, curve_k)
         speed, note = _throughput(collection, name, sync.embedded, sync.embed_seconds)
+        info = trained.get(name, {})
+        evaluation.samples[name] = RetrievalSample(vectors, labels, [by_id[int(i)].path for i in ids], ranking)
         evaluation.results.append(
             EmbedderEvaluation(
                 embedder=name,
@@ -129,6 +196,8 @@ def evaluate_folder(
                 images_per_second=speed,
                 throughput_note=note,
                 eval_seconds=time.perf_counter() - t0,
+                method=info.get("method"),
+                training_seconds=info.get("training_seconds"),
             )
         )
     assert evaluation is not None, "no embedder given"
