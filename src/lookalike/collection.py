@@ -101,6 +101,8 @@ class Collection:
         self._embedders: dict[str, Embedder] = {}
         self._indexes: dict[str, VectorIndex] = {}
         self._lock = threading.RLock()  # guards index loading and every write
+        #: decode JPEGs in draft mode when indexing (see benchmarks/bench_indexing.py for its effect)
+        self.draft = True
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -240,7 +242,8 @@ class Collection:
         if known is not None and known.status == "ok" and known.sha256 == item.sha256 and has_vector:
             return item  # same bytes under a new mtime: nothing to embed
         try:
-            image = open_image(data)
+            # JPEG draft mode decodes large photos at 1/2..1/8 scale, never below the resize target.
+            image = open_image(data, draft_size=embedder.preprocessing.draft_size if self.draft else None)
         except ImageError as exc:
             item.error = exc.reason
             return item

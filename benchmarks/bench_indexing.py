@@ -1,0 +1,143 @@
+"""Indexing throughput, end to end (read + decode + embed + insert), ONNX Runtime vs eager PyTorch.
+
+Measured in one run, medians over repeats:
+- model only: ONNX Runtime on ready-made uint8 batches of 32 (the ceiling for the pipeline);
+- pipeline, ONNX Runtime: `Collection.sync` of N photos into a fresh collection;
+- pipeline, eager PyTorch: the same with the PyTorch runtime (fewer photos: it is slow);
+- JPEG draft decoding: how far vectors move when large JPEGs are decoded at reduced scale.
+
+    python -m benchmarks.bench_indexing            # full (about 10 minutes on 2 cores)
+    python -m benchmarks.bench_indexing --smoke    # seconds; for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lookalike import Collection, embedders
+from lookalike.evaluation.runner import machine_info
+from lookalike.images import open_image
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "catsdogs"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def photo_subset(n: int) -> list[Path]:
+    per_label = n // 2
+    return [DATA / label / f"{label}.{i}.jpg" for label in ("cat", "dog") for i in range(1, per_label + 1)]
+
+
+def model_only(embedder, repeats: int, batch: int = 32) -> float:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(batch, 224, 224, 3), dtype=np.uint8)
+    embedder.embed_arrays(pixels)  # warm-up (and ONNX export on first use)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        embedder.embed_arrays(pixels)
+        rates.append(batch / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def pipeline(paths: list[Path], runtime: str, repeats: int) -> tuple[float, list[float]]:
+    """Median images/s of a full sync of `paths` into a fresh collection."""
+    rates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        for path in paths:
+            (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / path.parent.name / path.name)
+        embedder = embedders.create("efficientnet-lite0", runtime=runtime)
+        embedder.embed_images([open_image(paths[0])])  # warm-up outside the timing
+        for repeat in range(repeats):
+            with Collection.open(Path(tmp) / f"col{repeat}") as collection:
+                collection.use_embedder(embedder)
+                t0 = time.perf_counter()
+                report = collection.sync(folder)
+                elapsed = time.perf_counter() - t0
+                assert report.embedded == len(paths), report.to_dict()
+            rates.append(len(paths) / elapsed)
+    return statistics.median(rates), rates
+
+
+def draft_effect(limit: int) -> dict[str, float | int]:
+    """Cosine similarity between vectors of large JPEGs decoded fully and in draft mode."""
+    embedder = embedders.create("efficientnet-lite0")
+    big = []
+    for path in sorted(DATA.glob("*/*.jpg")):
+        if len(big) >= limit:
+            break
+        with open(path, "rb") as f:
+            data = f.read()
+        image = open_image(data)
+        if min(image.size) >= 2 * embedder.preprocessing.resize:  # draft mode only changes these
+            big.append(data)
+    if not big:
+        return {"images": 0}
+    full = embedder.embed_images([open_image(d) for d in big])
+    draft = embedder.embed_images([open_image(d, draft_size=embedder.preprocessing.draft_size) for d in big])
+    cos = (full * draft).sum(axis=1)
+    t0 = time.perf_counter()
+    for d in big:
+        open_image(d)
+    t_full = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for d in big:
+        open_image(d, draft_size=embedder.preprocessing.draft_size)
+    t_draft = time.perf_counter() - t0
+    return {
+        "images": len(big),
+        "cosine_median": float(np.median(cos)),
+        "cosine_min": float(cos.min()),
+        "decode_ms_full": 1000 * t_full / len(big),
+        "decode_ms_draft": 1000 * t_draft / len(big),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
+    parser.add_argument("--onnx-images", type=int, default=2000)
+    parser.add_argument("--torch-images", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.smoke:
+        args.onnx_images, args.torch_images, args.repeats = 32, 16, 1
+
+    onnx = embedders.create("efficientnet-lite0", runtime="onnx")
+    torch_embedder = embedders.create("efficientnet-lite0", runtime="torch")
+    results = {
+        "machine": machine_info(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "model_only_onnx_images_per_s": model_only(onnx, repeats=max(3, 3 * args.repeats)),
+        "model_only_torch_images_per_s": model_only(torch_embedder, repeats=max(1, args.repeats)),
+    }
+    results["pipeline_onnx_images_per_s"], results["pipeline_onnx_runs"] = pipeline(
+        photo_subset(args.onnx_images), "onnx", args.repeats
+    )
+    results["pipeline_torch_images_per_s"], results["pipeline_torch_runs"] = pipeline(
+        photo_subset(args.torch_images), "torch", args.repeats
+    )
+    results["pipeline_onnx_over_model_only"] = (
+        results["pipeline_onnx_images_per_s"] / results["model_only_onnx_images_per_s"]
+    )
+    results["pipeline_onnx_over_pipeline_torch"] = (
+        results["pipeline_onnx_images_per_s"] / results["pipeline_torch_images_per_s"]
+    )
+    results["draft_decoding"] = draft_effect(limit=20 if args.smoke else 200)
+    results["settings"] = vars(args)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("indexing_smoke.json" if args.smoke else "indexing.json")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
