@@ -118,6 +118,9 @@ def test_label_filter_only_returns_that_label(client: TestClient, data_dir: Path
     by_id = client.get(f"/api/images/{record_id}/similar", params={"k": 20, "label": "cat"}).json()
     assert len(by_id["results"]) == 12
     assert {hit["label"] for hit in by_id["results"]} == {"cat"}
+    nothing = client.get(f"/api/images/{record_id}/similar", params={"label": "horse"})
+    assert nothing.status_code == 200
+    assert nothing.json()["results"] == []
 
 
 def test_box_searches_only_that_region(client: TestClient, collection: Collection, data_dir: Path) -> None:
@@ -430,6 +433,9 @@ def test_add_search_delete_round_trip(small_collection: Collection, data_dir: Pa
     assert hits[0]["score"] > 0.999
     assert client.get(added["image_url"]).content == data
     assert client.get(added["thumbnail_url"]).status_code == 200
+    cats = client.post("/api/search?k=4&label=cat", files=jpeg_upload(data)).json()["results"]
+    assert [h["id"] for h in cats][:1] == [added["id"]]
+    assert len(cats) == 4
     similar = client.get(f"/api/images/{added['id']}/similar?k=3").json()["results"]
     assert added["id"] not in [h["id"] for h in similar]
 
@@ -439,6 +445,9 @@ def test_add_search_delete_round_trip(small_collection: Collection, data_dir: Pa
     hits = client.post("/api/search?k=6", files=jpeg_upload(data)).json()["results"]
     assert added["id"] not in [h["id"] for h in hits]
     assert len(hits) == 6
+    cats = client.post("/api/search?k=4&label=cat", files=jpeg_upload(data)).json()["results"]
+    assert len(cats) == 3  # the label filter forgot the deleted image too
+    assert added["id"] not in [h["id"] for h in cats]
     assert not list((small_collection.path / "uploads").iterdir())  # the server's own copy is gone
     assert not list((small_collection.path / "thumbnails").glob(f"{added['id']}-*"))
     assert client.delete(f"/api/images/{added['id']}").status_code == 404

@@ -33,7 +33,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog import ImageRecord
-from ..collection import Collection, SearchResult, sha256_of
+from ..collection import Collection, sha256_of
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
 from .limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
@@ -155,6 +155,31 @@ class StatsOut(BaseModel):
 # --- server state -------------------------------------------------------------------------------
 
 
+class LabelIds:
+    """The ids of each label, for label-filtered search: one catalog scan, then kept until the server changes it.
+
+    Scanning 10,000 catalog rows per filtered query would cost more than the search itself.
+    """
+
+    def __init__(self, collection: Collection):
+        self._collection = collection
+        self._ids: dict[str, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def ids(self, label: str) -> np.ndarray:
+        with self._lock:
+            if self._ids is None:
+                grouped: dict[str, list[int]] = {}
+                for record in self._collection.catalog.records(status="ok"):
+                    grouped.setdefault(record.label or "", []).append(record.id)
+                self._ids = {name: np.asarray(ids, dtype=np.int64) for name, ids in grouped.items()}
+            return self._ids.get(label, np.zeros(0, dtype=np.int64))
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._ids = None
+
+
 @dataclass
 class ServerState:
     collection: Collection
@@ -167,6 +192,7 @@ class ServerState:
     index_lock: ReadWriteLock
     # Embeddings at once: more than the cores only makes every request slower.
     embed_slots: threading.BoundedSemaphore
+    labels: LabelIds
 
 
 def server_state(request: Request) -> ServerState:
@@ -312,14 +338,17 @@ def search_with_vector(
     started: float,
 ) -> SearchOut:
     with state.index_lock.reading():
-        results: list[SearchResult] = state.collection.search_vector(
-            vector, k, embedder=embedder, label=label, exclude=exclude
-        )
-        records = state.collection.catalog.get_many(r.id for r in results)
+        allowed = state.labels.ids(label) if label is not None else None
+        if allowed is not None and not len(allowed):
+            pairs: list[tuple[int, float]] = []
+        else:
+            index = state.collection.index(embedder)
+            scores, ids = index.search(vector[None, :], k + (exclude is not None), allowed_ids=allowed)
+            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i != exclude][:k]
+        records = state.collection.catalog.get_many(i for i, _ in pairs)
     hits = [
-        SearchHit(**image_out(records[r.id]).model_dump(), rank=r.rank, score=round(r.score, 6))
-        for r in results
-        if r.id in records
+        SearchHit(**image_out(records[i]).model_dump(), rank=rank, score=round(score, 6))
+        for rank, (i, score) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
     ]
     took_ms = (time.perf_counter() - started) * 1000
     return SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
@@ -438,6 +467,8 @@ def add_image(
             record = state.collection.add_image(data, target, label=label)
         except ImageError as exc:
             raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
+        finally:
+            state.labels.invalidate()
     return image_out(record)
 
 
@@ -491,6 +522,7 @@ def delete_image(state: State, image_id: ImageId) -> Response:
     with state.index_lock.writing():
         record = indexed_record(state, image_id)
         state.collection.remove([image_id])
+        state.labels.invalidate()
     state.thumbnails.discard(image_id)
     # Files this server stored are its to delete; files from the user's folders are left alone.
     stored = Path(record.path)
@@ -602,6 +634,7 @@ def create_app(
         max_pixels=max_pixels,
         index_lock=ReadWriteLock(),
         embed_slots=threading.BoundedSemaphore(max(1, os.cpu_count() or 1)),
+        labels=LabelIds(collection),
     )
     app.include_router(router)
 
