@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS images (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
+CREATE INDEX IF NOT EXISTS images_label ON images(label, status);
 CREATE TABLE IF NOT EXISTS vectors (
     image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
     embedder TEXT NOT NULL,
@@ -146,6 +147,11 @@ class Catalog:
 
     def delete_images(self, ids: Iterable[int]) -> None:
         self._db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in ids])
+
+    def ids_with_label(self, label: str) -> np.ndarray:
+        """Ids of readable images with `label` (an indexed lookup, for label-filtered search)."""
+        rows = self._db.execute("SELECT id FROM images WHERE label = ? AND status = 'ok'", (label,)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def count(self, status: str = "ok") -> int:
         return int(self._db.execute("SELECT count(*) FROM images WHERE status = ?", (status,)).fetchone()[0])

@@ -560,7 +560,9 @@ class Collection:
         index = self.index(embedder)
         allowed = None
         if label is not None:
-            allowed = np.asarray([r.id for r in self.catalog.records(status="ok") if r.label == label], np.int64)
+            allowed = self.catalog.ids_with_label(label)
+            if not len(allowed):
+                return []
         scores, ids = index.search(vector[None, :], k + (exclude is not None), allowed_ids=allowed)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i != exclude][:k]
         records = self.catalog.get_many(i for i, _ in pairs)
