@@ -135,3 +135,26 @@ def test_remove_by_id(sample_folder: Path, tmp_path: Path) -> None:
 def test_open_without_create_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="lookalike index"):
         Collection.open(tmp_path / "nothing", create=False)
+
+
+def test_vectors_an_index_refuses_are_not_committed(sample_folder: Path, tmp_path: Path) -> None:
+    """A backend that fails mid-sync (a remote engine going down) leaves no catalog rows behind."""
+    with Collection.open(tmp_path / "col") as collection:
+        index = collection.index()
+        calls = {"n": 0}
+        real_add = index.add
+
+        def flaky_add(ids: np.ndarray, vectors: np.ndarray) -> None:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise ConnectionError("vector engine unreachable")
+            real_add(ids, vectors)
+
+        index.add = flaky_add  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            collection.sync(sample_folder, batch_size=8)
+        assert collection.catalog.count() == 8, "only the batch the index accepted is committed"
+        assert collection.catalog.count_vectors("efficientnet-lite0") == 8
+        report = collection.sync(sample_folder, batch_size=8)  # a fresh index object, rebuilt from the catalog
+        assert report.embedded == 16 and report.unchanged == 8
+        assert len(collection.index()) == 24

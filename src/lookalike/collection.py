@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -206,17 +207,44 @@ class Collection:
         index.save(index_path)
         write_json(meta_path, {"generation": generation, "kind": index.kind, "dim": index.dim, "count": len(index)})
 
-    def _commit_vectors(
-        self, name: str, add_ids: np.ndarray, vectors: np.ndarray, remove_ids: Sequence[int] = ()
-    ) -> None:
-        """Apply a committed catalog change to the in-memory index of `name`, if it is loaded."""
-        index = self._indexes.get(name)
-        if index is None:
+    @contextmanager
+    def _change(self) -> Iterator[None]:
+        """One catalog transaction together with the index updates made inside it.
+
+        Index updates happen before the commit, so a backend that refuses vectors (a remote
+        engine that is down) rolls the catalog back. If anything fails, the in-memory indexes,
+        which may hold part of the change, are dropped and rebuilt from the catalog when next used.
+        """
+        try:
+            with self.catalog.transaction():
+                yield
+        except BaseException:
+            self._indexes.clear()
+            raise
+
+    def _forget(self, ids: Sequence[int], embedders: Iterable[str] | None = None) -> None:
+        """Inside `_change`: drop vectors of `ids` (of some or all embedders) from catalog and indexes."""
+        if not ids:
             return
-        if len(remove_ids):
-            index.remove(np.asarray(remove_ids, dtype=np.int64))
-        if len(add_ids):
-            index.add(add_ids, vectors)
+        names = set(self.catalog.embedders()) | set(self._indexes) if embedders is None else set(embedders)
+        if embedders is None:
+            self.catalog.delete_vectors(ids)
+        else:
+            for name in names:
+                self.catalog.delete_vectors(ids, name)
+        for name in names:
+            self.catalog.bump_generation(name)
+            if name in self._indexes:
+                self._indexes[name].remove(np.asarray(ids, dtype=np.int64))
+
+    def _store(self, name: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Inside `_change`: put vectors of one embedder into catalog and index."""
+        if not len(ids):
+            return
+        self.catalog.put_vectors(name, ids, vectors)
+        self.catalog.bump_generation(name)
+        if name in self._indexes:
+            self._indexes[name].add(np.asarray(ids, dtype=np.int64), vectors)
 
     def save(self) -> None:
         """Persist every loaded index (the catalog is always persisted)."""
@@ -305,7 +333,7 @@ class Collection:
             raise NotADirectoryError(f"not a folder: {root}")
         report = SyncReport(embedder=name)
         with self._lock:
-            index = self.index(name)
+            self.index(name)  # loaded now, so each batch updates it in place
             known = {r.path: r for r in self.catalog.records(under=str(root))}
             have_vectors = self.catalog.vector_ids(name)
             seen: set[str] = set()
@@ -330,13 +358,9 @@ class Collection:
 
             gone = [r for path, r in known.items() if path not in seen]
             if gone:
-                with self.catalog.transaction():
+                with self._change():
+                    self._forget([r.id for r in gone])
                     self.catalog.delete_images(r.id for r in gone)
-                    self._bump_all_generations()
-                for other in list(self._indexes):
-                    self._commit_vectors(
-                        other, np.zeros(0, np.int64), np.zeros((0, 0), np.float32), [r.id for r in gone]
-                    )
                 report.removed = [r.path for r in gone]
 
             done = 0
@@ -350,24 +374,18 @@ class Collection:
                 vectors = model.embed_arrays(np.stack([a.array for a in arrays])) if arrays else None
                 report.embed_seconds += time.perf_counter() - t0
                 report.embedded += len(arrays)
-                new_ids, new_vectors = self._write_batch(name, batch, arrays, vectors, known, report)
-                if len(new_ids):
-                    index.add(new_ids, new_vectors)
+                self._write_batch(name, batch, arrays, vectors, known, report)
                 done += len(batch)
                 if progress:
                     progress("embedding", done, len(todo))
             if todo or gone:
-                self._save_index(name, index, self.catalog.generation(name))
+                self._save_index(name, self.index(name), self.catalog.generation(name))
             if report.embedded >= 64:
                 self.catalog.set_meta(
                     f"throughput:{name}", json.dumps({"images": report.embedded, "seconds": report.embed_seconds})
                 )
         report.seconds = time.perf_counter() - started
         return report
-
-    def _bump_all_generations(self) -> None:
-        for name in set(self.catalog.embedders()) | set(self._indexes):
-            self.catalog.bump_generation(name)
 
     def _write_batch(
         self,
@@ -377,31 +395,23 @@ class Collection:
         vectors: np.ndarray | None,
         known: dict[str, ImageRecord],
         report: SyncReport,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Commit one decoded batch: rows, vectors and generation in one transaction."""
+    ) -> None:
+        """Commit one decoded batch: rows, vectors and index updates in one transaction."""
         vector_of = {id(item): v for item, v in zip(arrays, vectors if vectors is not None else [], strict=True)}
         new_ids: list[int] = []
         new_vectors: list[np.ndarray] = []
-        stale_other: list[int] = []
-        with self.catalog.transaction():
+        stale: list[int] = []  # rows whose content changed or became unreadable: every embedder's vectors go
+        with self._change():
             for item in batch:
                 key = str(item.path)
                 record = known.get(key)
                 label = item.path.parent.name
                 if item.error is not None:
                     image_id = self.catalog.upsert_image(
-                        path=key,
-                        sha256=item.sha256,
-                        size=item.size,
-                        mtime_ns=item.mtime_ns,
-                        label=label,
-                        width=None,
-                        height=None,
-                        status="error",
-                        error=item.error,
-                    )
-                    self.catalog.delete_vectors([image_id])
-                    stale_other.append(image_id)
+                        path=key, sha256=item.sha256, size=item.size, mtime_ns=item.mtime_ns, label=label,
+                        width=None, height=None, status="error", error=item.error,
+                    )  # fmt: skip
+                    stale.append(image_id)
                     report.skipped.append((key, item.error))
                     continue
                 if item.array is None and record is not None:
@@ -411,19 +421,11 @@ class Collection:
                     continue
                 content_changed = record is not None and record.sha256 != item.sha256
                 image_id = self.catalog.upsert_image(
-                    path=key,
-                    sha256=item.sha256,
-                    size=item.size,
-                    mtime_ns=item.mtime_ns,
-                    label=label,
-                    width=item.width,
-                    height=item.height,
-                    status="ok",
-                )
+                    path=key, sha256=item.sha256, size=item.size, mtime_ns=item.mtime_ns, label=label,
+                    width=item.width, height=item.height, status="ok",
+                )  # fmt: skip
                 if content_changed:
-                    # Vectors of other embedders describe the old content: drop them.
-                    self.catalog.delete_vectors([image_id])
-                    stale_other.append(image_id)
+                    stale.append(image_id)
                 new_ids.append(image_id)
                 new_vectors.append(vector_of[id(item)])
                 if record is None:
@@ -432,22 +434,9 @@ class Collection:
                     report.updated.append(key)
                 else:
                     report.added.append(key)  # known file, first vectors for this embedder
+            self._forget(stale)
             if new_ids:
-                self.catalog.put_vectors(name, new_ids, np.stack(new_vectors))
-            if new_ids or stale_other:
-                self.catalog.bump_generation(name)
-            if stale_other:
-                for other in set(self.catalog.embedders()) | set(self._indexes):
-                    if other != name:
-                        self.catalog.bump_generation(other)
-        for other in list(self._indexes):
-            if other != name and stale_other:
-                self._commit_vectors(other, np.zeros(0, np.int64), np.zeros((0, 0), np.float32), stale_other)
-        if stale_other:
-            self._indexes[name].remove(np.asarray(stale_other, dtype=np.int64))
-        if not new_ids:
-            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-        return np.asarray(new_ids, dtype=np.int64), np.stack(new_vectors)
+                self._store(name, new_ids, np.stack(new_vectors))
 
     # --- single images -----------------------------------------------------------------------
 
@@ -463,25 +452,14 @@ class Collection:
         names = sorted(set(self.catalog.embedders()) | {self.default_embedder})
         vectors = {n: self.embedder(n).embed_images([image]) for n in names}
         width, height = image.info.get("original_size", image.size)
-        with self._lock:
-            with self.catalog.transaction():
-                image_id = self.catalog.upsert_image(
-                    path=str(target),
-                    sha256=sha256_of(data),
-                    size=stat.st_size,
-                    mtime_ns=stat.st_mtime_ns,
-                    label=label if label is not None else target.parent.name,
-                    width=width,
-                    height=height,
-                    status="ok",
-                )
-                self.catalog.delete_vectors([image_id])
-                for n, v in vectors.items():
-                    self.catalog.put_vectors(n, [image_id], v)
-                    self.catalog.bump_generation(n)
+        with self._lock, self._change():
+            image_id = self.catalog.upsert_image(
+                path=str(target), sha256=sha256_of(data), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                label=label if label is not None else target.parent.name, width=width, height=height, status="ok",
+            )  # fmt: skip
+            self._forget([image_id])  # a replaced file's vectors of embedders not recomputed here go too
             for n, v in vectors.items():
-                if n in self._indexes:
-                    self._indexes[n].add(np.asarray([image_id], dtype=np.int64), v)
+                self._store(n, [image_id], v)
         record = self.catalog.get(image_id)
         assert record is not None
         return record
@@ -493,11 +471,9 @@ class Collection:
             present = list(self.catalog.get_many(ids))
             if not present:
                 return 0
-            with self.catalog.transaction():
+            with self._change():
+                self._forget(present)
                 self.catalog.delete_images(present)
-                self._bump_all_generations()
-            for index in self._indexes.values():
-                index.remove(np.asarray(present, dtype=np.int64))
         return len(present)
 
     # --- search ----------------------------------------------------------------------------------
