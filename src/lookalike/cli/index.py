@@ -16,6 +16,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_collection_option(parser)
     parser.add_argument("--embedder", help="embedder name (default: the collection's, efficientnet-lite0)")
     parser.add_argument("--weights", type=Path, help="local weights file for a pretrained embedder")
+    parser.add_argument(
+        "--index",
+        dest="index_kind",
+        help="index type of a new collection: auto (default), flat, hnsw, hnsw-sq8, ivf, ivf-sq8, ivf-pq, ...",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--log", type=Path, help="write the full summary (with skipped paths) as JSON here")
@@ -23,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with Collection.open(args.collection, embedder=args.embedder) as collection:
+    with Collection.open(args.collection, embedder=args.embedder, index=args.index_kind) as collection:
         if args.weights:
             collection.embedder(args.embedder, weights=args.weights)
         with progress_bars(not args.json) as progress:
