@@ -366,7 +366,12 @@ def test_page_docs_and_static_files_are_served(client: TestClient) -> None:
     assert 'id="file-input"' in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert client.get("/static/app.js").status_code == 200
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # Swagger UI comes from this server (fastapi-offline), so the docs work with no network.
+    assert "/static-offline-docs/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/search", "/api/images/{image_id}/similar", "/api/images", "/api/stats"} <= set(paths)
 

@@ -145,6 +145,14 @@ def test_upload_a_cat_and_see_cats(page, server_url: str, data_dir: Path, tmp_pa
     assert problems == []
 
 
+def test_api_docs_render_offline(page, server_url: str) -> None:
+    page.goto(f"{server_url}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("lookalike")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    paths = page.locator(".opblock-summary-path").all_text_contents()
+    assert any("/api/search" in p for p in paths), paths
+
+
 def test_a_text_file_shows_a_clear_error(page, server_url: str, tmp_path: Path) -> None:
     notes = tmp_path / "notes.png"  # an image name, text inside: the server decides
     notes.write_text("not an image at all\n")

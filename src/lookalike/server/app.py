@@ -40,6 +40,11 @@ from .limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
 from .locking import ReadWriteLock
 from .thumbnails import ThumbnailCache
 
+try:  # serves Swagger UI's files itself, so /docs works offline
+    from fastapi_offline import FastAPIOffline as make_fastapi
+except ImportError:  # plain FastAPI: /docs loads Swagger UI from a CDN
+    make_fastapi = FastAPI
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
@@ -619,7 +624,7 @@ def create_app(
 
     `allowed_hosts`, when given, refuses requests for any other Host header (DNS rebinding).
     """
-    app = FastAPI(
+    app = make_fastapi(
         title="lookalike",
         version="0.1.0",
         description="Find the images in a collection that look like a given image.",
