@@ -44,6 +44,7 @@ faiss.cvar.distance_compute_blas_threshold = 1
 MAGIC = b"LOOKALIKE-INDEX\n"
 FORMAT = 1
 HNSW_EF_CONSTRUCTION = 80  # faiss default is 40; 80 buys recall on 1280-d data for ~1.6x build time
+REFINE_MIN_CANDIDATES = 32
 CHUNK = 16384  # vectors per reconstruct/add step when rebuilding, bounding the temporary memory
 
 
@@ -313,7 +314,8 @@ class FaissIndex:
         spec = get_spec(self._active)
         ef = max(int((self.ef_search or spec.ef_search) * widen), k)
         nprobe = int((self.nprobe or spec.nprobe) * widen)
-        k_factor = float(self.k_factor or spec.k_factor or 1.0)
+        # re-rank at least REFINE_MIN_CANDIDATES: for small k, k * k_factor codes are too few to hold the answer
+        k_factor = max(float(self.k_factor or spec.k_factor or 1.0), REFINE_MIN_CANDIDATES / k)
 
         def params_for(index: faiss.Index) -> faiss.SearchParameters | None:
             if isinstance(index, faiss.IndexRefine):

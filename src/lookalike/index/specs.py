@@ -18,11 +18,9 @@ def ivf_lists(n: int) -> int:
 
 
 def pq_subquantizers(dim: int) -> int:
-    """PQ sub-vectors of ~8 dimensions each (4-bit fast-scan codes: dim/16 bytes per vector)."""
-    for m in (dim // 8, dim // 4, dim // 2, dim):
-        if m >= 1 and dim % m == 0:
-            return m
-    return dim
+    """PQ sub-vectors of 8 dimensions (4-bit fast-scan codes: dim/16 bytes), at least 32 of them for small dims."""
+    target = max(dim // 8, min(dim // 2, 32))
+    return next(m for m in range(max(target, 1), dim + 1) if dim % m == 0)
 
 
 @dataclass(frozen=True)
@@ -53,9 +51,9 @@ SPECS: dict[str, IndexSpec] = {
         IndexSpec("ivf", "IVF{nlist},Flat", min_train=1000, regrow=8, nprobe=16),
         IndexSpec("ivf-sq8", "IVF{nlist},SQ8", min_train=1000, regrow=8, nprobe=16),
         # 4-bit fast-scan PQ finds candidates, SQ8 codes re-rank them (faiss IndexRefine)
-        IndexSpec("ivf-pq", "IVF{nlist},PQ{m}x4fs,Refine(SQ8)", min_train=1000, regrow=8, nprobe=16, k_factor=4),
+        IndexSpec("ivf-pq", "IVF{nlist},PQ{m}x4fs,Refine(SQ8)", min_train=1000, regrow=8, nprobe=16, k_factor=8),
         # the same with full float vectors for re-ranking: best recall, but 4*dim bytes per vector
-        IndexSpec("ivf-pq-flat", "IVF{nlist},PQ{m}x4fs,RFlat", min_train=1000, regrow=8, nprobe=16, k_factor=4),
+        IndexSpec("ivf-pq-flat", "IVF{nlist},PQ{m}x4fs,RFlat", min_train=1000, regrow=8, nprobe=16, k_factor=8),
     )
 }
 

@@ -1,0 +1,74 @@
+"""Query expansion re-ranking: search, fold the best neighbours into the query, search again.
+
+alpha-QE (Radenović, Tolias & Chum, "Fine-tuning CNN image retrieval with no human annotation",
+TPAMI 2018): q' = normalise(q + sum_{i<=n} max(s_i, 0)^alpha * x_i) over the query's top-n neighbours
+x_i with cosine s_i. alpha = 0 is average query expansion (Chum et al. 2007): every neighbour weighs
+as much as the query. Large alpha lets only near-certain neighbours move the query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .base import VectorIndex
+
+
+def expand_queries(
+    queries: np.ndarray, neighbour_vectors: np.ndarray, neighbour_scores: np.ndarray, alpha: float
+) -> np.ndarray:
+    """alpha-QE queries: (n_queries, dim) from neighbours (n_queries, n, dim) and their scores (n_queries, n).
+
+    A neighbour with score -inf (a missing result) gets weight 0.
+    """
+    queries = np.asarray(queries, dtype=np.float32)
+    scores = np.where(np.isfinite(neighbour_scores), np.maximum(neighbour_scores, 0.0), 0.0)
+    weights = scores**alpha if alpha else np.isfinite(neighbour_scores).astype(np.float32)
+    expanded = queries + np.einsum("qn,qnd->qd", weights.astype(np.float32), neighbour_vectors)
+    norms = np.linalg.norm(expanded, axis=1, keepdims=True)
+    return (expanded / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def _search_excluding(
+    index: VectorIndex, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None, exclude_ids: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each query without its `exclude_ids` entry (e.g. the query image itself); -1 = none."""
+    if exclude_ids is None:
+        return index.search(queries, k, allowed_ids=allowed_ids)
+    scores, ids = index.search(queries, k + 1, allowed_ids=allowed_ids)
+    exclude = np.asarray(exclude_ids, dtype=np.int64)[:, None]
+    drop = (ids == exclude) & (exclude >= 0)
+    drop[:, -1] |= ~drop.any(axis=1)  # rows without the excluded id lose their (k+1)th result instead
+    keep = ~drop
+    return scores[keep].reshape(len(ids), k), ids[keep].reshape(len(ids), k)
+
+
+def alpha_query_expansion(
+    queries: np.ndarray,
+    index: VectorIndex,
+    k: int,
+    *,
+    n_expand: int = 5,
+    alpha: float = 3.0,
+    allowed_ids: np.ndarray | None = None,
+    exclude_ids: np.ndarray | None = None,
+    vectors_of: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) like `index.search`, re-ranked by one round of alpha-QE.
+
+    `vectors_of(ids)` gives stored vectors (default `index.reconstruct`); `exclude_ids` (one per query,
+    -1 for none) keeps each query's own image out of both the expansion and the results. Scores are
+    cosines to the expanded query.
+    """
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if n_expand <= 0:
+        return _search_excluding(index, queries, k, allowed_ids, exclude_ids)
+    vectors_of = vectors_of or index.reconstruct  # type: ignore[attr-defined]
+    scores, ids = _search_excluding(index, queries, n_expand, allowed_ids, exclude_ids)
+    found = ids >= 0
+    neighbours = np.zeros((*ids.shape, queries.shape[1]), dtype=np.float32)
+    if found.any():
+        neighbours[found] = vectors_of(ids[found])
+    expanded = expand_queries(queries, neighbours, np.where(found, scores, -np.inf), alpha)
+    return _search_excluding(index, expanded, k, allowed_ids, exclude_ids)

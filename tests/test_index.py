@@ -1,0 +1,308 @@
+"""Every index kind against exact numpy search: ids, replacement, removal, filters, saves, recall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from lookalike.index import (
+    INDEX_KINDS,
+    FaissIndex,
+    IndexError_,
+    VectorIndex,
+    choose_index_kind,
+    create_index,
+    load_index,
+)
+from lookalike.index import choose as choose_module
+from lookalike.index.specs import SPECS
+
+DIM = 32
+N = 2000
+KINDS = list(SPECS)
+# recall@10 vs exact on the clustered data below, measured with the default knobs: flat 1.0, hnsw 0.986,
+# hnsw-sq8 0.968, ivf 0.998, ivf-sq8 0.986, ivf-pq 0.948, ivf-pq-flat 0.956
+MIN_RECALL = {"flat": 1.0, "hnsw": 0.97, "hnsw-sq8": 0.94, "ivf": 0.97, "ivf-sq8": 0.95, "ivf-pq": 0.92}
+MIN_RECALL["ivf-pq-flat"] = MIN_RECALL["ivf-pq"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the machine is shared: OpenMP threads waiting on busy cores make tiny searches slow
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def clustered(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
+    """L2-normalised Gaussian mixture with low-rank clusters (so nearest neighbours are meaningful)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, dim))
+    bases = rng.standard_normal((20, 4, dim)) * 0.4
+    label = rng.integers(0, 20, n)
+    x = centres[label] + np.einsum("nr,nrd->nd", rng.standard_normal((n, 4)), bases[label])
+    x += 0.05 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
+    order = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]
+    return ids[order]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vectors = clustered(N)
+    ids = np.arange(N, dtype=np.int64) * 7 + 3  # ids are not positions
+    queries = clustered(50, seed=1)
+    return ids, vectors, queries
+
+
+def built(kind: str, ids: np.ndarray, vectors: np.ndarray, **options: object) -> FaissIndex:
+    index = FaissIndex(DIM, kind, **options)  # type: ignore[arg-type]
+    index.add(ids, vectors)
+    return index
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_builds_the_structure_asked_for(kind, data):
+    ids, vectors, _ = data
+    index = built(kind, ids, vectors)
+    assert isinstance(index, VectorIndex)
+    assert len(index) == N and index.dim == DIM
+    assert index.kind.startswith(SPECS[kind].factory.split("{")[0].split(",")[0])
+    assert sorted(index.ids()) == sorted(ids)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_search_order_and_scores_match_exact(kind, data):
+    ids, vectors, queries = data
+    index = built(kind, ids, vectors)
+    scores, found = index.search(queries, 10)
+    assert scores.shape == found.shape == (50, 10) and found.dtype == np.int64
+    assert (np.diff(scores, axis=1) <= 1e-6).all(), "best first"
+    # scores are cosines of the returned ids (up to quantisation error)
+    by_id = dict(zip(ids.tolist(), vectors, strict=True))
+    true_scores = np.array([[queries[q] @ by_id[i] for i in row] for q, row in enumerate(found)])
+    assert np.abs(true_scores - scores).max() < (1e-4 if kind in ("flat", "hnsw", "ivf") else 0.05)
+    if kind == "flat":
+        np.testing.assert_array_equal(found, exact(queries, ids, vectors, 10))
+    # a stored vector finds itself first
+    _, self_hit = index.search(vectors[:20], 1)
+    assert (self_hit[:, 0] == ids[:20]).mean() >= 0.95
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_recall_at_10_against_exact(kind, data):
+    ids, vectors, queries = data
+    _, found = built(kind, ids, vectors).search(queries, 10)
+    assert recall(found, exact(queries, ids, vectors, 10)) >= MIN_RECALL[kind]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_add_replaces_an_existing_id(kind, data):
+    ids, vectors, _ = data
+    index = built(kind, ids, vectors)
+    target, new_vector = int(ids[5]), vectors[1500]  # id 5 now holds the vector of position 1500
+    index.add(np.array([target]), new_vector[None, :])
+    assert len(index) == N
+    _, found = index.search(vectors[5][None, :], 5)
+    assert target not in found[0]
+    _, found = index.search(new_vector[None, :], 2)
+    assert set(found[0]) == {target, int(ids[1500])}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_repeated_id_in_one_batch_keeps_the_last_vector(kind, data):
+    ids, vectors, _ = data
+    index = FaissIndex(DIM, kind)
+    index.add(np.array([1, 2, 1]), vectors[[0, 1, 2]])
+    assert len(index) == 2
+    _, found = index.search(vectors[2][None, :], 1)
+    assert found[0, 0] == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_removed_ids_are_never_returned(kind, data):
+    ids, vectors, queries = data
+    index = built(kind, ids, vectors)
+    gone = ids[:200]  # 10%: below the compaction threshold, so these stay as dead slots
+    index.remove(np.concatenate([gone, [-5, 10**12]]))  # absent ids are ignored
+    assert len(index) == N - 200 and index.dead_fraction == pytest.approx(0.1)
+    _, found = index.search(np.vstack([queries, vectors[:200]]), 10)
+    assert not np.isin(found, gone).any()
+    assert (found >= 0).all(), "still k results"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_heavy_removal_compacts_and_stays_correct(kind, data):
+    ids, vectors, queries = data
+    index = built(kind, ids, vectors)
+    index.remove(ids[: N // 2])
+    assert index.dead_fraction == 0.0, "rebuilt without the dead vectors"
+    assert len(index) == N // 2 and sorted(index.ids()) == sorted(ids[N // 2 :])
+    _, found = index.search(queries, 10)
+    assert not np.isin(found, ids[: N // 2]).any()
+    assert recall(found, exact(queries, ids[N // 2 :], vectors[N // 2 :], 10)) >= MIN_RECALL[kind] - 0.05
+
+
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+def test_pads_with_minus_one_when_fewer_than_k(kind, data):
+    _, vectors, _ = data
+    index = create_index(kind, DIM)
+    scores, found = index.search(vectors[:2], 4)
+    assert (found == -1).all() and np.isneginf(scores).all()
+    index.add(np.array([10, 11, 12]), vectors[:3])
+    scores, found = index.search(vectors[:2], 5)
+    assert (found[:, :3] >= 10).all() and (found[:, 3:] == -1).all()
+    assert np.isfinite(scores[:, :3]).all() and np.isneginf(scores[:, 3:]).all()
+    index.remove(np.array([10, 11, 12]))
+    assert len(index) == 0 and (index.search(vectors[:1], 3)[1] == -1).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("exact_filter_limit", [0, 20_000], ids=["approximate", "exact"])
+def test_allowed_ids_restrict_results(kind, exact_filter_limit, data):
+    ids, vectors, queries = data
+    index = built(kind, ids, vectors, exact_filter_limit=exact_filter_limit)
+    allowed = ids[::3]  # a "label" of a third of the collection
+    _, found = index.search(queries, 10, allowed_ids=allowed)
+    assert np.isin(found, allowed).all(), "only allowed ids, and k of them"
+    assert recall(found, exact(queries, ids[::3], vectors[::3], 10)) >= MIN_RECALL[kind] - 0.05
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_selective_filter_still_returns_k_results(kind, data):
+    ids, vectors, queries = data
+    index = built(kind, ids, vectors, exact_filter_limit=0)  # force the approximate path
+    allowed = ids[1::150][:12]  # 12 scattered ids: graph/list search alone would miss most
+    index.remove(allowed[:2])  # removed ids stay excluded even when allowed
+    scores, found = index.search(queries, 10, allowed_ids=allowed)
+    assert np.isin(found, allowed[2:]).all() and (found >= 0).all()
+    _, few = index.search(queries[:3], 15, allowed_ids=allowed)
+    assert ((few >= 0).sum(axis=1) == 10).all() and (few[:, 10:] == -1).all()
+    _, none = index.search(queries[:3], 5, allowed_ids=np.array([], dtype=np.int64))
+    assert (none == -1).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_and_load_round_trip(kind, data, tmp_path):
+    ids, vectors, queries = data
+    index = built(kind, ids, vectors)
+    index.remove(ids[:100])  # dead slots must survive the round trip
+    if kind.startswith("hnsw"):
+        index.ef_search = 48
+    path = tmp_path / "indexes" / "e.faiss"
+    index.save(path)
+    loaded = load_index(path)
+    assert isinstance(loaded, FaissIndex)
+    assert (loaded.kind, len(loaded), loaded.dim, loaded.name) == (index.kind, len(index), DIM, kind)
+    assert loaded.ef_search == index.ef_search
+    for allowed in (None, ids[::2]):
+        s1, i1 = index.search(queries, 10, allowed_ids=allowed)
+        s2, i2 = loaded.search(queries, 10, allowed_ids=allowed)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(s1, s2)
+    loaded.add(np.array([10**9]), vectors[:1])  # still writable after loading
+    assert loaded.search(vectors[:1], 1)[1][0, 0] in (10**9, ids[0])
+    assert len(loaded) == len(index) + 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_is_atomic(kind, data, tmp_path, monkeypatch):
+    ids, vectors, _ = data
+    path = tmp_path / "e.faiss"
+    index = built(kind, ids[:1200], vectors[:1200])
+    index.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["e.faiss"], "no temporary files left"
+    before = path.read_bytes()
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    index.add(ids[1200:1300], vectors[1200:1300])
+    monkeypatch.setattr(faiss, "write_index", fail)
+    with pytest.raises(OSError):
+        index.save(path)
+    assert path.read_bytes() == before, "a failed save leaves the old file whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["e.faiss"]
+    monkeypatch.undo()
+    assert len(load_index(path)) == 1200
+
+
+def test_trainable_kinds_stay_exact_until_enough_vectors(data):
+    ids, vectors, queries = data
+    index = FaissIndex(DIM, "ivf-pq")
+    index.add(ids[:600], vectors[:600])
+    assert index.kind == "Flat", "too few vectors to train: exact"
+    _, found = index.search(queries, 10)
+    np.testing.assert_array_equal(found, exact(queries, ids[:600], vectors[:600], 10))
+    index.add(ids[600:1100], vectors[600:1100])
+    assert index.kind.startswith("IVF") and "PQ" in index.kind and len(index) == 1100
+
+
+def test_ivf_retrains_as_the_collection_grows(data):
+    ids, vectors, _ = data
+    index = FaissIndex(DIM, "ivf")
+    index.add(ids[:1000], vectors[:1000])
+    first = index.kind
+    for start in range(1000, N, 100):  # grows 2x; regrow=8 would wait for 8x, so force it smaller
+        index.add(ids[start : start + 100], vectors[start : start + 100])
+    assert index.kind == first, "no retraining before regrow-fold growth"
+    index.rebuild()
+    assert index.kind == "IVF32,Flat" and first == "IVF16,Flat" and len(index) == N
+
+
+def test_auto_follows_the_collection_size(data, monkeypatch):
+    ids, vectors, queries = data
+    monkeypatch.setattr(choose_module, "FLAT_UP_TO", 1000)
+    index = create_index("auto", DIM)
+    index.add(ids[:900], vectors[:900])
+    assert index.kind == "Flat"
+    index.add(ids[900:1200], vectors[900:1200])
+    assert index.kind == "HNSW32,Flat", "crossing the threshold rebuilt it as a graph"
+    index.remove(ids[:400])
+    assert index.kind == "HNSW32,Flat", "never steps back down"
+    _, found = index.search(queries, 10)
+    assert recall(found, exact(queries, ids[400:1200], vectors[400:1200], 10)) >= 0.95
+    fresh = create_index("auto", DIM)
+    fresh.add(ids, vectors)  # a first add of the whole catalog builds the final structure directly
+    assert fresh.kind == "HNSW32,Flat"
+
+
+def test_choose_index_kind_by_size():
+    assert choose_index_kind(0, 1280) == "flat"
+    assert choose_index_kind(49_999, 1280) == "flat"
+    assert choose_index_kind(100_000, 1280) == "hnsw"
+    assert choose_index_kind(1_000_000, 1280) == "hnsw-sq8"
+    assert choose_index_kind(1_000_000, 128) == "hnsw"
+
+
+def test_unknown_kind_and_wrong_dimension_are_errors(data):
+    with pytest.raises(IndexError_, match="unknown index type"):
+        create_index("lsh", DIM)
+    index = create_index("flat", DIM)
+    with pytest.raises(IndexError_):
+        index.add(np.array([1]), np.zeros((1, DIM + 1), np.float32))
+    with pytest.raises(IndexError_):
+        index.add(np.array([1, 2]), np.zeros((1, DIM), np.float32))
+
+
+def test_loads_a_bare_faiss_flat_file_from_the_first_release(data, tmp_path):
+    ids, vectors, queries = data
+    old = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    old.add_with_ids(vectors[:300], ids[:300])
+    path = tmp_path / "old.faiss"
+    faiss.write_index(old, str(path))
+    index = load_index(Path(path))
+    assert index.kind == "Flat" and len(index) == 300
+    _, found = index.search(queries, 5)
+    np.testing.assert_array_equal(found, exact(queries, ids[:300], vectors[:300], 5))

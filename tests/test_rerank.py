@@ -1,0 +1,79 @@
+"""alpha query expansion: the expanded query, exclusion of the query itself, and a ranking it fixes."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from lookalike.index import create_index
+from lookalike.index.rerank import alpha_query_expansion, expand_queries
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def unit(*rows: list[float]) -> np.ndarray:
+    x = np.array(rows, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# q's two nearest neighbours (a1, b1) lean towards a2; the distractor d is nearer q than a2 is.
+Q, A1, B1, A2, D = unit([1, 0, 0], [1, 0.5, 0], [1, 0.55, 0.05], [0.6, 1, 0], [0.8, -0.55, 0.3])
+IDS = np.array([10, 11, 12, 13])  # a1, b1, a2, d
+
+
+def test_expanded_query_weights_neighbours_by_score_to_the_alpha():
+    neighbours = np.stack([A1, B1])[None]
+    scores = np.array([[0.5, 0.25]], dtype=np.float32)
+    expected = Q + 0.5**3 * A1 + 0.25**3 * B1
+    np.testing.assert_allclose(expand_queries(Q[None], neighbours, scores, 3.0)[0], expected / np.linalg.norm(expected))
+    average = Q + A1 + B1  # alpha = 0: average query expansion
+    np.testing.assert_allclose(expand_queries(Q[None], neighbours, scores, 0.0)[0], average / np.linalg.norm(average))
+
+
+def test_missing_and_negative_neighbours_do_not_move_the_query():
+    neighbours = np.stack([A1, B1])[None]
+    for alpha in (0.0, 3.0):
+        out = expand_queries(Q[None], neighbours, np.array([[-np.inf, -np.inf]]), alpha)
+        np.testing.assert_allclose(out[0], Q, atol=1e-6)
+    out = expand_queries(Q[None], neighbours, np.array([[-0.4, -np.inf]]), 3.0)
+    np.testing.assert_allclose(out[0], Q, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_expansion_pulls_in_the_neighbours_neighbour(kind):
+    index = create_index(kind, 3)
+    index.add(IDS, np.stack([A1, B1, A2, D]))
+    _, plain = index.search(Q[None], 4)
+    assert plain[0].tolist() == [10, 11, 13, 12], "without QE the distractor beats a2"
+    _, expanded = alpha_query_expansion(Q[None], index, 4, n_expand=2, alpha=3.0)
+    assert expanded[0].tolist() == [10, 11, 12, 13], "QE ranks a2 above the distractor"
+    _, none = alpha_query_expansion(Q[None], index, 4, n_expand=0)
+    assert none[0].tolist() == plain[0].tolist()
+
+
+def test_the_query_itself_is_excluded_from_expansion_and_results():
+    index = create_index("flat", 3)
+    index.add(np.array([1, *IDS]), np.stack([Q, A1, B1, A2, D]))
+    scores, ids = alpha_query_expansion(Q[None], index, 4, n_expand=2, alpha=3.0, exclude_ids=np.array([1]))
+    assert ids[0].tolist() == [10, 11, 12, 13] and np.isfinite(scores).all()
+    # a query whose id is not among its results still gets k results
+    _, ids = alpha_query_expansion(A2[None], index, 2, n_expand=1, exclude_ids=np.array([999]))
+    assert ids[0].tolist() == [12, 11]
+    # -1 means "exclude nothing", not "drop padding": Q's one expansion neighbour is Q, so the plain order stays
+    _, ids = alpha_query_expansion(Q[None], index, 7, n_expand=1, exclude_ids=np.array([-1]))
+    assert ids[0, :5].tolist() == [1, 10, 11, 13, 12] and (ids[0, 5:] == -1).all()
+
+
+def test_allowed_ids_limit_expansion_and_results():
+    index = create_index("flat", 3)
+    index.add(IDS, np.stack([A1, B1, A2, D]))
+    allowed = np.array([11, 13])
+    _, ids = alpha_query_expansion(Q[None], index, 3, n_expand=2, allowed_ids=allowed)
+    assert ids[0].tolist() == [11, 13, -1]
