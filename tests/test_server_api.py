@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import sample_files
 from fastapi.testclient import TestClient
@@ -412,6 +418,54 @@ def test_unknown_host_names_are_refused_when_hosts_are_restricted(collection: Co
     app = create_app(collection, allowed_hosts=["127.0.0.1", "localhost"])
     assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/stats").status_code == 200
     assert TestClient(app, base_url="http://rebound.example").get("/api/stats").status_code == 400
+
+
+# --- serve(): what the CLI runs ----------------------------------------------------------------
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses with a socket listening on `port`, from /proc/net/tcp."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if state == "0A" and int(local_port, 16) == port:  # 0A = LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux's /proc/net/tcp")
+def test_serve_listens_on_loopback_only_and_stops_cleanly(small_collection: Collection, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = (
+        "import sys; from pathlib import Path; from lookalike.server import serve; "
+        "serve(Path(sys.argv[1]), port=int(sys.argv[2]))"
+    )
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, str(small_collection.path), str(port)], stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/stats", timeout=2).json()["images"] == 6:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve() did not answer within 60 s"
+            time.sleep(0.2)
+        assert listening_addresses(port) == {"127.0.0.1"}
+        # Bound to loopback, it only answers to loopback host names (no DNS rebinding).
+        assert httpx.get(f"http://127.0.0.1:{port}/", headers={"Host": "rebound.example"}).status_code == 400
+        assert httpx.get(f"http://localhost:{port}/api/stats").status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, log.read_text()
 
 
 # --- writing ------------------------------------------------------------------------------------
