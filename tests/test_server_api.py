@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import sample_files
 from fastapi.testclient import TestClient
@@ -22,6 +23,7 @@ from PIL import Image
 from lookalike import Collection
 from lookalike import embedders as embedder_registry
 from lookalike.server import create_app
+from lookalike.server.batching import BatchedSearch
 
 # Photos outside the 12+12 sample, so they are new to every collection built here.
 NEW_CAT = "cat/cat.100.jpg"
@@ -418,6 +420,76 @@ def test_unknown_host_names_are_refused_when_hosts_are_restricted(collection: Co
     app = create_app(collection, allowed_hosts=["127.0.0.1", "localhost"])
     assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/stats").status_code == 200
     assert TestClient(app, base_url="http://rebound.example").get("/api/stats").status_code == 400
+
+
+# --- batching concurrent searches ---------------------------------------------------------------
+
+
+def exact_search(matrix: np.ndarray, batch_sizes: list[int], delay: float = 0.0):
+    def search(queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        batch_sizes.append(len(queries))
+        time.sleep(delay)  # a slow index, so that concurrent callers queue up behind it
+        scores = queries @ matrix.T
+        ids = np.argsort(-scores, axis=1)[:, :count]
+        return np.take_along_axis(scores, ids, axis=1), ids
+
+    return search
+
+
+def test_batched_search_gives_each_caller_its_own_exact_results() -> None:
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((500, 16)).astype(np.float32)
+    queries = rng.standard_normal((24, 16)).astype(np.float32)
+    batch_sizes: list[int] = []
+    batched = BatchedSearch(exact_search(matrix, batch_sizes, delay=0.02), max_batch=8)
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def one(i: int) -> None:
+        results[i] = batched.search(queries[i], 3 + i % 4)  # callers ask for different numbers of results
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(queries))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    reference_sizes: list[int] = []
+    reference = exact_search(matrix, reference_sizes)
+    for i, (scores, ids) in results.items():
+        expected_scores, expected_ids = reference(queries[i : i + 1], 3 + i % 4)
+        assert ids.tolist() == expected_ids[0].tolist()
+        assert scores == pytest.approx(expected_scores[0], abs=1e-5)
+    assert len(results) == len(queries)
+    assert sum(batch_sizes) == len(queries)  # every query searched exactly once
+    assert max(batch_sizes) > 1  # concurrent callers shared passes over the index
+    assert max(batch_sizes) <= 8
+
+
+def test_batched_search_alone_is_a_plain_search_and_errors_reach_every_caller() -> None:
+    matrix = np.eye(4, dtype=np.float32)
+    sizes: list[int] = []
+    batched = BatchedSearch(exact_search(matrix, sizes))
+    scores, ids = batched.search(matrix[2], 2)
+    assert ids.tolist()[0] == 2 and sizes == [1]
+
+    def broken(queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        time.sleep(0.05)
+        raise RuntimeError("index unavailable")
+
+    failing = BatchedSearch(broken)
+    errors: list[str] = []
+
+    def one() -> None:
+        try:
+            failing.search(matrix[0], 1)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == ["index unavailable"] * 5
 
 
 # --- serve(): what the CLI runs ----------------------------------------------------------------

@@ -16,6 +16,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -36,6 +37,7 @@ from ..catalog import ImageRecord
 from ..collection import Collection, sha256_of
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
+from .batching import BatchedSearch
 from .limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
 from .locking import ReadWriteLock
 from .thumbnails import ThumbnailCache
@@ -198,6 +200,8 @@ class ServerState:
     # Embeddings at once: more than the cores only makes every request slower.
     embed_slots: threading.BoundedSemaphore
     labels: LabelIds
+    # Unfiltered searches of concurrent requests go through the index together, per embedder.
+    batched_search: dict[str, BatchedSearch]
 
 
 def server_state(request: Request) -> ServerState:
@@ -342,15 +346,16 @@ def search_with_vector(
     query: QueryOut,
     started: float,
 ) -> SearchOut:
-    with state.index_lock.reading():
-        allowed = state.labels.ids(label) if label is not None else None
-        if allowed is not None and not len(allowed):
-            pairs: list[tuple[int, float]] = []
-        else:
-            index = state.collection.index(embedder)
-            scores, ids = index.search(vector[None, :], k + (exclude is not None), allowed_ids=allowed)
-            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i != exclude][:k]
-        records = state.collection.catalog.get_many(i for i, _ in pairs)
+    count = k + (exclude is not None)
+    if label is None:
+        scores, ids = state.batched_search[embedder].search(vector, count)
+    else:
+        allowed = state.labels.ids(label)
+        with state.index_lock.reading():
+            scores, ids = state.collection.index(embedder).search(vector[None, :], count, allowed_ids=allowed)
+        scores, ids = scores[0], ids[0]
+    pairs = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0 and i != exclude][:k]
+    records = state.collection.catalog.get_many(i for i, _ in pairs)
     hits = [
         SearchHit(**image_out(records[i]).model_dump(), rank=rank, score=round(score, 6))
         for rank, (i, score) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
@@ -594,6 +599,16 @@ class SameOriginWritesMiddleware:
         await self.app(scope, receive, send)
 
 
+def locked_search(
+    collection: Collection, embedder: str, lock: ReadWriteLock
+) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+    def search(queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        with lock.reading():
+            return collection.index(embedder).search(queries, count)
+
+    return search
+
+
 def load_embedders(collection: Collection) -> list[str]:
     """Load every searchable embedder and its index now, and run each once, so no request pays for it."""
     names = sorted(set(collection.catalog.embedders()) | {collection.default_embedder})
@@ -630,16 +645,19 @@ def create_app(
         description="Find the images in a collection that look like a given image.",
     )
     uploads_dir = collection.path / UPLOADS_DIR
+    ready = load_embedders(collection)
+    index_lock = ReadWriteLock()
     app.state.lookalike = ServerState(
         collection=collection,
-        ready_embedders=load_embedders(collection),
+        ready_embedders=ready,
         thumbnails=ThumbnailCache(collection.path / THUMBNAILS_DIR, max_pixels=max_pixels),
         uploads_dir=uploads_dir,
         max_upload_bytes=max_upload_bytes,
         max_pixels=max_pixels,
-        index_lock=ReadWriteLock(),
+        index_lock=index_lock,
         embed_slots=threading.BoundedSemaphore(max(1, os.cpu_count() or 1)),
         labels=LabelIds(collection),
+        batched_search={name: BatchedSearch(locked_search(collection, name, index_lock)) for name in ready},
     )
     app.include_router(router)
 
