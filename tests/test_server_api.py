@@ -24,6 +24,7 @@ from lookalike import Collection
 from lookalike import embedders as embedder_registry
 from lookalike.server import create_app
 from lookalike.server.batching import BatchedSearch
+from lookalike.server.locking import FifoSemaphore
 
 # Photos outside the 12+12 sample, so they are new to every collection built here.
 NEW_CAT = "cat/cat.100.jpg"
@@ -490,6 +491,32 @@ def test_batched_search_alone_is_a_plain_search_and_errors_reach_every_caller() 
     for thread in threads:
         thread.join(timeout=30)
     assert errors == ["index unavailable"] * 5
+
+
+def test_fifo_semaphore_serves_waiters_in_arrival_order() -> None:
+    slots = FifoSemaphore(1)
+    order: list[int] = []
+    slots.acquire()
+
+    def wait_turn(number: int) -> None:
+        with slots:
+            order.append(number)
+
+    threads = []
+    for number in range(5):
+        thread = threading.Thread(target=wait_turn, args=(number,))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 10
+        while len(slots._waiters) < number + 1:  # queued before the next one starts
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    slots.release()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert order == [0, 1, 2, 3, 4]
+    with slots:  # every slot came back
+        pass
 
 
 # --- serve(): what the CLI runs ----------------------------------------------------------------

@@ -39,7 +39,7 @@ from ..embedders import EmbedderError
 from ..images import ImageError, open_image
 from .batching import BatchedSearch
 from .limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
-from .locking import ReadWriteLock
+from .locking import FifoSemaphore, ReadWriteLock
 from .thumbnails import ThumbnailCache
 
 try:  # serves Swagger UI's files itself, so /docs works offline
@@ -197,8 +197,8 @@ class ServerState:
     max_pixels: int
     # Searches read the index concurrently; adds and deletes change it alone.
     index_lock: ReadWriteLock
-    # Embeddings at once: more than the cores only makes every request slower.
-    embed_slots: threading.BoundedSemaphore
+    # Embeddings at once (more than the cores only makes every request slower), first come first served.
+    embed_slots: FifoSemaphore
     labels: LabelIds
     # Unfiltered searches of concurrent requests go through the index together, per embedder.
     batched_search: dict[str, BatchedSearch]
@@ -655,7 +655,7 @@ def create_app(
         max_upload_bytes=max_upload_bytes,
         max_pixels=max_pixels,
         index_lock=index_lock,
-        embed_slots=threading.BoundedSemaphore(max(1, os.cpu_count() or 1)),
+        embed_slots=FifoSemaphore(max(1, os.cpu_count() or 1)),
         labels=LabelIds(collection),
         batched_search={name: BatchedSearch(locked_search(collection, name, index_lock)) for name in ready},
     )

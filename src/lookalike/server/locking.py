@@ -1,4 +1,6 @@
-"""A readers-writer lock: many searches at once, but none while the index is being changed.
+"""Locks for the server: a readers-writer lock for the index, a first-come-first-served semaphore.
+
+A readers-writer lock allows many searches at once, but none while the index is being changed.
 
 faiss indexes may be searched from many threads at once, but not while vectors are
 added or removed; `Collection` only serialises writers among themselves.
@@ -7,6 +9,7 @@ added or removed; `Collection` only serialises writers among themselves.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -50,3 +53,43 @@ class ReadWriteLock:
             with self._condition:
                 self._writer_active = False
                 self._condition.notify_all()
+
+
+class FifoSemaphore:
+    """A counting semaphore that serves waiters in arrival order.
+
+    `threading.Semaphore` lets a newcomer take a slot before a thread that was woken for
+    it, which sends that thread to the back of the queue again: under load some requests
+    then wait many times longer than others.
+    """
+
+    def __init__(self, slots: int):
+        if slots < 1:
+            raise ValueError("a semaphore needs at least one slot")
+        self._lock = threading.Lock()
+        self._free = slots
+        self._waiters: deque[threading.Lock] = deque()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._free and not self._waiters:
+                self._free -= 1
+                return
+            handover = threading.Lock()
+            handover.acquire()
+            self._waiters.append(handover)
+        handover.acquire()  # released by `release`, which hands its slot straight to us
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._free += 1
+
+    def __enter__(self) -> FifoSemaphore:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
