@@ -194,7 +194,7 @@ class Collection:
             if index is None:
                 ids, vectors = self.catalog.vectors(name)
                 dim = vectors.shape[1] if len(ids) else self.embedder(name).dim
-                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim)
+                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim, name=name)
                 index.add(ids, vectors)
                 self._save_index(name, index, generation)
             self._indexes[name] = index

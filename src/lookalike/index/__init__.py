@@ -18,12 +18,18 @@ DEFAULT_INDEX = "flat"
 INDEX_KINDS = ("auto", *SPECS)
 
 
-def create_index(kind: str, dim: int) -> VectorIndex:
-    """An empty index of `kind` (a name in INDEX_KINDS).
+def create_index(kind: str, dim: int, *, name: str = "vectors") -> VectorIndex:
+    """An empty index of `kind` (a name in INDEX_KINDS, or a Milvus kind: see milvus.py).
+
+    `name` (the embedder) names the remote collection of a Milvus kind; local kinds ignore it.
 
     "auto" needs no expected size: the first `add` builds the structure `choose_index_kind` picks for
     that many vectors, and later growth moves it up (flat -> hnsw -> hnsw-sq8) by a rebuild.
     """
+    if kind.startswith("milvus"):  # imported only when used: faiss-only installs need no pymilvus
+        from .milvus import MilvusIndex
+
+        return MilvusIndex.create(kind, dim, name)
     if kind not in INDEX_KINDS:
         raise IndexError_(f"unknown index type {kind!r}; available: {', '.join(INDEX_KINDS)}")
     return FaissIndex(dim, kind)
@@ -31,7 +37,12 @@ def create_index(kind: str, dim: int) -> VectorIndex:
 
 def load_index(path: Path) -> VectorIndex:
     with open(path, "rb") as f:
-        is_ours = f.read(len(MAGIC)) == MAGIC
+        head = f.read(len(MAGIC))
+    if head.startswith(b"{"):  # a JSON marker naming a Milvus collection
+        from .milvus import MilvusIndex
+
+        return MilvusIndex.load(path)
+    is_ours = head == MAGIC
     return FaissIndex.load(path) if is_ours else load_legacy(path)
 
 

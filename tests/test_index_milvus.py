@@ -1,0 +1,327 @@
+"""The Milvus backend on Milvus Lite: the index behaviours of the faiss kinds, collections on Milvus, failures."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from lookalike import Collection
+from lookalike.index import IndexError_, VectorIndex, create_index, load_index, milvus
+from lookalike.index.milvus import MilvusIndex, collection_name, parse_kind, release_lite
+
+DIM = 32
+N = 1000
+
+
+def clustered(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
+    """L2-normalised Gaussian mixture (so nearest neighbours are meaningful)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, dim))
+    x = centres[rng.integers(0, 20, n)] + 0.5 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
+    return ids[np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory: pytest.TempPathFactory):
+    """A Milvus Lite database for this module; its server is stopped afterwards."""
+    path = tmp_path_factory.mktemp("milvus") / "vectors.db"
+    yield f"milvus-lite:{path}"
+    release_lite(path)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = np.arange(N, dtype=np.int64) * 7 + 3  # ids are not positions
+    return ids, clustered(N), clustered(40, seed=1)
+
+
+@pytest.fixture()
+def index(lite, request) -> MilvusIndex:
+    """An empty index in its own remote collection, named after the test."""
+    created = create_index(lite, DIM, name=request.node.name)
+    assert isinstance(created, MilvusIndex)
+    return created
+
+
+def filled(index: MilvusIndex, data) -> MilvusIndex:
+    ids, vectors, _ = data
+    index.add(ids, vectors)
+    return index
+
+
+# --- kinds and names --------------------------------------------------------------------------------
+
+
+def test_kinds_parse_to_targets(tmp_path, monkeypatch):
+    remote = parse_kind("milvus://db.example:19531/photos?index=ivf_sq8&nlist=4096&nprobe=32")
+    assert (remote.uri, remote.prefix, remote.index_type, remote.lite) == (
+        "http://db.example:19531",
+        "photos",
+        "IVF_SQ8",
+        False,
+    )
+    assert remote.build_params == {"nlist": 4096} and remote.search_params == {"nprobe": 32}
+    assert parse_kind(remote.kind) == remote, "a target's kind string parses back to it"
+    defaults = parse_kind("milvus://localhost")
+    assert (defaults.uri, defaults.prefix, defaults.index_type) == ("http://localhost:19530", "lookalike", "HNSW")
+    assert defaults.search_params == {"ef": 64}
+    monkeypatch.chdir(tmp_path)
+    local = parse_kind("milvus-lite:vectors")
+    assert (local.uri, local.index_type, local.lite) == (str(tmp_path / "vectors.db"), "FLAT", True)
+    assert parse_kind(local.kind) == local
+    for bad in ("milvus-lite:", "milvus://", "milvus://h/x?index=DISKANN", "milvus://h/x?nlist=many", "milvus:h"):
+        with pytest.raises(IndexError_):
+            parse_kind(bad)
+
+
+def test_collection_names_are_valid_and_distinct():
+    target = parse_kind("milvus://localhost/photos")
+    names = {e: collection_name(target, e) for e in ("efficientnet-lite0", "efficientnet_lite0", "resnet50", "9x")}
+    assert len(set(names.values())) == 4
+    assert names["resnet50"] == "photos_resnet50", "a valid name is kept as it is"
+    for name in names.values():
+        assert name[0].isalpha() or name[0] == "_"
+        assert all(c.isalnum() or c == "_" for c in name)
+
+
+# --- the VectorIndex behaviours -----------------------------------------------------------------------
+
+
+def test_search_order_and_scores_match_exact(index, data):
+    ids, vectors, queries = data
+    assert isinstance(index, VectorIndex) and index.dim == DIM and index.kind == "Milvus Lite FLAT"
+    filled(index, data)
+    assert len(index) == N
+    scores, found = index.search(queries, 10)
+    assert scores.shape == found.shape == (40, 10) and found.dtype == np.int64
+    assert (np.diff(scores, axis=1) <= 1e-6).all(), "best first"
+    np.testing.assert_array_equal(found, exact(queries, ids, vectors, 10))
+    by_id = dict(zip(ids.tolist(), vectors, strict=True))
+    true_scores = np.array([[queries[q] @ by_id[i] for i in row] for q, row in enumerate(found)])
+    np.testing.assert_allclose(scores, true_scores, atol=1e-5)
+    _, self_hit = index.search(vectors[:20], 1)
+    np.testing.assert_array_equal(self_hit[:, 0], ids[:20])
+
+
+def test_add_replaces_an_existing_id(index, data):
+    ids, vectors, _ = data
+    filled(index, data)
+    target, new_vector = int(ids[5]), vectors[900]  # id 5 now holds the vector of position 900
+    index.add(np.array([target]), new_vector[None, :])
+    assert len(index) == N
+    _, found = index.search(vectors[5][None, :], 5)
+    assert target not in found[0]
+    _, found = index.search(new_vector[None, :], 2)
+    assert set(found[0]) == {target, int(ids[900])}
+
+
+def test_a_repeated_id_in_one_batch_keeps_the_last_vector(index, data):
+    _, vectors, _ = data
+    index.add(np.array([1, 2, 1]), vectors[[0, 1, 2]])
+    assert len(index) == 2
+    _, found = index.search(vectors[2][None, :], 1)
+    assert found[0, 0] == 1
+    index.add(np.array([1, 1]), vectors[[3, 4]])  # an upsert batch, not the first insert
+    scores, found = index.search(vectors[4][None, :], 1)
+    assert found[0, 0] == 1 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_removed_ids_are_never_returned(index, data):
+    ids, vectors, queries = data
+    filled(index, data)
+    gone = ids[:100]
+    index.remove(np.concatenate([gone, [-5, 10**12]]))  # absent ids are ignored
+    assert len(index) == N - 100
+    _, found = index.search(np.vstack([queries, vectors[:100]]), 10)
+    assert not np.isin(found, gone).any()
+    assert (found >= 0).all(), "still k results"
+    np.testing.assert_array_equal(found[:40], exact(queries, ids[100:], vectors[100:], 10))
+
+
+def test_pads_with_minus_one_when_fewer_than_k(index, data):
+    _, vectors, _ = data
+    scores, found = index.search(vectors[:2], 4)
+    assert (found == -1).all() and np.isneginf(scores).all()
+    index.add(np.array([10, 11, 12]), vectors[:3])
+    scores, found = index.search(vectors[:2], 5)
+    assert (found[:, :3] >= 10).all() and (found[:, 3:] == -1).all()
+    assert np.isfinite(scores[:, :3]).all() and np.isneginf(scores[:, 3:]).all()
+    index.remove(np.array([10, 11, 12]))
+    assert len(index) == 0 and (index.search(vectors[:1], 3)[1] == -1).all()
+
+
+@pytest.mark.parametrize("chunk", [milvus.FILTER_CHUNK, 50], ids=["one-filter", "chunked-filters"])
+def test_allowed_ids_restrict_results(index, data, monkeypatch, chunk):
+    ids, vectors, queries = data
+    filled(index, data)
+    monkeypatch.setattr(milvus, "FILTER_CHUNK", chunk)  # 334 allowed ids in 7 chunks: top-k merged across them
+    allowed = ids[::3]
+    scores, found = index.search(queries, 10, allowed_ids=allowed)
+    np.testing.assert_array_equal(found, exact(queries, ids[::3], vectors[::3], 10))
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    few = ids[[4, 400, 800]]
+    _, found = index.search(queries[:3], 5, allowed_ids=few)
+    assert np.isin(found[:, :3], few).all() and (found[:, 3:] == -1).all()
+    _, none = index.search(queries[:3], 5, allowed_ids=np.array([], dtype=np.int64))
+    assert (none == -1).all()
+
+
+def test_inserts_go_in_batches_and_refuse_wrong_shapes(index, data, monkeypatch):
+    ids, vectors, _ = data
+    monkeypatch.setattr(milvus, "INSERT_BYTES", 4 * DIM * 128)  # 128 vectors per call
+    calls: list[int] = []
+    for method in ("insert", "upsert"):
+        original = getattr(index._client, method)
+        monkeypatch.setattr(
+            index._client, method, lambda name, rows, _f=original, **kw: calls.append(len(rows)) or _f(name, rows, **kw)
+        )
+    index.add(ids, vectors)
+    assert calls == [128] * 7 + [N - 7 * 128]
+    assert len(index) == N
+    with pytest.raises(IndexError_, match="shape"):
+        index.add(ids[:2], vectors[:2, :10])
+    with pytest.raises(IndexError_, match="2 ids but 3 vectors"):
+        index.add(ids[:2], vectors[:3])
+
+
+def test_save_and_load_round_trip(index, data, tmp_path):
+    ids, vectors, queries = data
+    filled(index, data)
+    index.remove(ids[:50])
+    path = tmp_path / "indexes" / "e.faiss"
+    index.save(path)
+    assert [p.name for p in path.parent.iterdir()] == ["e.faiss"], "no temporary files left"
+    assert json.loads(path.read_text())["collection"] == index.collection
+    loaded = load_index(path)
+    assert isinstance(loaded, MilvusIndex)
+    assert (loaded.kind, len(loaded), loaded.dim, loaded.collection) == (index.kind, N - 50, DIM, index.collection)
+    for allowed in (None, ids[::2]):
+        s1, i1 = index.search(queries, 10, allowed_ids=allowed)
+        s2, i2 = loaded.search(queries, 10, allowed_ids=allowed)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(s1, s2)
+    loaded.add(np.array([10**9]), vectors[:1])  # still writable after loading
+    assert len(loaded) == N - 49
+    assert loaded.search(vectors[:1], 1)[1][0, 0] in (10**9, ids[0])
+
+
+def test_creating_again_starts_from_an_empty_collection(lite, data, tmp_path):
+    ids, vectors, _ = data
+    first = create_index(lite, DIM, name="again")
+    first.add(ids[:10], vectors[:10])
+    first.save(tmp_path / "again.faiss")
+    second = create_index(lite, DIM, name="again")  # a rebuild from the catalog
+    assert len(second) == 0 and (second.search(vectors[:1], 3)[1] == -1).all()
+    other = create_index(lite, DIM, name="another")  # another embedder's collection is left alone
+    other.add(ids[:3], vectors[:3])
+    assert len(create_index(lite, DIM, name="again")) == 0 and len(other) == 3
+
+
+def test_a_missing_remote_collection_is_a_clear_error(index, data, tmp_path):
+    filled(index, data)
+    index.save(tmp_path / "e.faiss")
+    index._client.drop_collection(index.collection)
+    with pytest.raises(IndexError_, match=f"no collection {index.collection}; delete .*e.faiss to rebuild"):
+        load_index(tmp_path / "e.faiss")
+
+
+def test_hnsw_on_milvus_lite_has_high_recall(lite, data):
+    ids, vectors, queries = data
+    index = create_index(lite + "?index=HNSW&ef=128", DIM, name="hnsw")
+    assert index.kind == "Milvus Lite HNSW"
+    index.add(ids, vectors)
+    _, found = index.search(queries, 10)
+    assert recall(found, exact(queries, ids, vectors, 10)) >= 0.95
+
+
+# --- failures -------------------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_server_is_a_clear_error():
+    port = closed_port()
+    with pytest.raises(IndexError_, match=f"cannot reach the Milvus server at 127.0.0.1:{port}"):
+        create_index(f"milvus://127.0.0.1:{port}/photos", DIM, name="efficientnet-lite0")
+
+
+# --- collections on Milvus Lite -------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def milvus_collection(tmp_path, sample_folder):
+    """A collection of the sample photos whose index is a Milvus Lite database; the server stops afterwards."""
+    db = tmp_path / "milvus" / "vectors.db"
+    collection = Collection.open(tmp_path / "collection", index=f"milvus-lite:{db}")
+    collection.sync(sample_folder)
+    yield collection, db
+    collection.close()
+    release_lite(db)
+
+
+def test_a_collection_syncs_searches_filters_and_removes_through_milvus(milvus_collection, sample_folder):
+    collection, db = milvus_collection
+    index = collection.index()
+    assert isinstance(index, MilvusIndex) and len(index) == collection.catalog.count() == 24
+    query = sample_folder / "cat" / "cat.1.jpg"
+    results = collection.search(query, k=5)
+    assert len(results) == 5 and all(r.path != str(query) for r in results)
+    assert [r.rank for r in results] == [1, 2, 3, 4, 5] and results[0].score >= results[-1].score
+    # the same answers as exact search over the catalog's vectors
+    ids, vectors = collection.catalog.vectors(collection.default_embedder)
+    own = collection.catalog.get_by_path(str(query)).id
+    expected = [i for i in exact(vectors[ids == own], ids, vectors, 6)[0] if i != own][:5]
+    assert [r.id for r in results] == expected
+    dogs = collection.search(query, k=20, label="dog")
+    assert len(dogs) == 12 and {r.label for r in dogs} == {"dog"}
+    gone = [r.id for r in results[:2]]
+    assert collection.remove(gone) == 2
+    assert len(index) == 22 and not {r.id for r in collection.search(query, k=22)} & set(gone)
+    # A new session reconnects through the marker instead of rebuilding.
+    marker = json.loads((collection.path / "indexes" / f"{collection.default_embedder}.faiss").read_text())
+    assert marker["kind"].startswith(f"milvus-lite:{db}")
+    with Collection.open(collection.path, create=False) as again:
+        reopened = again.index()
+        assert isinstance(reopened, MilvusIndex) and len(reopened) == 22
+        assert [r.id for r in again.search(query, k=5)] == [r.id for r in collection.search(query, k=5)]
+
+
+def test_a_write_the_server_refuses_commits_nothing(milvus_collection, sample_folder):
+    collection, db = milvus_collection
+    name = collection.default_embedder
+    marker = collection.path / "indexes" / f"{name}.faiss"
+    collection.index()
+    before, generation = collection.catalog.count(), collection.catalog.generation(name)
+    release_lite(db)  # the server goes away under a loaded index
+    photo = (sample_folder / "dog" / "dog.3.jpg").read_bytes()
+    new_path = sample_folder / "dog" / "new-dog.jpg"
+    with pytest.raises(IndexError_, match=r"cannot reach Milvus Lite at .*vectors\.db: could not (remove|write) 1 "):
+        collection.add_image(photo, new_path)
+    assert collection.catalog.count() == before and collection.catalog.generation(name) == generation
+    assert collection.catalog.get_by_path(str(new_path)) is None
+    assert not marker.exists(), "the remote collection may hold part of the write: the next use rebuilds"
+    # The next use rebuilds from the catalog (Milvus Lite starts again for it).
+    assert len(collection.index(name)) == before and marker.exists()
+    release_lite(db)
+    with pytest.raises(IndexError_, match="cannot reach Milvus Lite"):
+        collection.remove([collection.catalog.records()[0].id])
+    assert collection.catalog.count() == before and collection.catalog.generation(name) == generation
+    # With the server back, writes go through.
+    collection.add_image(photo, new_path)
+    assert len(collection.index(name)) == collection.catalog.count() == before + 1
+    assert collection.search(sample_folder / "dog" / "dog.3.jpg", k=1)[0].path == str(new_path)
