@@ -123,6 +123,7 @@ def test_upload_a_cat_and_see_cats(page, server_url: str, data_dir: Path, tmp_pa
     assert box == pytest.approx([0.2 * 403, 0.1 * 499, 0.8 * 403, 0.6 * 499], abs=4)
     expect(page.locator("#status")).to_contain_text("12 results (region)")
     assert page.locator("#selection").is_visible()
+    page.screenshot(path=str(tmp_path / "region.png"), full_page=True)
 
     # Clicking a result searches with it, by id.
     first = cards.first
@@ -141,6 +142,10 @@ def test_upload_a_cat_and_see_cats(page, server_url: str, data_dir: Path, tmp_pa
     assert browse.count() == 24
     assert "Page 1 of 1 (24 images)" in page.locator("#page-info").text_content()
     assert page.locator("#search-view").is_hidden()
+    wait_until(
+        lambda: browse.locator("img").evaluate_all("imgs => imgs.every(img => img.complete && img.naturalWidth > 0)")
+    )
+    page.screenshot(path=str(tmp_path / "browse.png"), full_page=True)
 
     assert problems == []
 
