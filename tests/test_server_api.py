@@ -352,6 +352,16 @@ def test_stats_and_embedders(client: TestClient) -> None:
     assert by_name["resnet50"]["ready"] is False
 
 
+def test_limits_are_published(collection: Collection) -> None:
+    limited = TestClient(create_app(collection, max_upload_bytes=123_456, max_pixels=7_000_000))
+    assert limited.get("/api/limits").json() == {
+        "max_upload_bytes": 123_456,
+        "max_pixels": 7_000_000,
+        "max_k": 100,
+        "default_k": 12,
+    }
+
+
 def test_browsing_pages_through_every_image_once(client: TestClient) -> None:
     seen: list[int] = []
     offset = 0

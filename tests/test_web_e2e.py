@@ -28,6 +28,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 QUERY_CAT = "cat/cat.100.jpg"  # not among the 12 + 12 sample photos
+UPLOAD_LIMIT = 2 * 2**20
 
 pytestmark = [
     pytest.mark.browser,
@@ -59,7 +60,7 @@ def server_url(sample_folder: Path) -> Iterator[str]:
     collection = Collection.open(sample_folder.parent / "collection")
     collection.sync(sample_folder)
     port = free_loopback_port()
-    app = create_app(collection, allowed_hosts=["127.0.0.1", "localhost"])
+    app = create_app(collection, max_upload_bytes=UPLOAD_LIMIT, allowed_hosts=["127.0.0.1", "localhost"])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -166,6 +167,19 @@ def test_a_text_file_shows_a_clear_error(page, server_url: str, tmp_path: Path) 
     expect(page.locator("#status")).to_have_class(re.compile(r"\berror\b"))
     assert "not a readable image" in page.locator("#status").text_content()
     assert page.locator("#results .card").count() == 0
+
+
+def test_a_file_over_the_limit_is_refused_before_sending(page, server_url: str, tmp_path: Path) -> None:
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(b"\xff\xd8\xff" + bytes(UPLOAD_LIMIT + 2**20))
+    searches: list[str] = []
+    page.on("request", lambda request: searches.append(request.url) if "/api/search" in request.url else None)
+    page.goto(server_url)
+    expect(page.locator("#collection-info")).to_contain_text("24 images")
+    page.set_input_files("#file-input", str(big))
+    expect(page.locator("#status")).to_contain_text("huge.jpg is too large (3.0 MB); the limit is 2.0 MB")
+    expect(page.locator("#status")).to_have_class(re.compile(r"\berror\b"))
+    assert searches == []
 
 
 def test_pasting_an_image_searches_with_it(page, server_url: str, data_dir: Path) -> None:

@@ -149,6 +149,13 @@ class EmbeddersOut(BaseModel):
     embedders: list[EmbedderOut]
 
 
+class LimitsOut(BaseModel):
+    max_upload_bytes: int
+    max_pixels: int
+    max_k: int
+    default_k: int
+
+
 class StatsOut(BaseModel):
     name: str
     images: int
@@ -552,6 +559,13 @@ def stats(state: State) -> StatsOut:
         default_embedder=str(facts["default_embedder"]),
         indexed_embedders=facts["indexed_embedders"],  # type: ignore[arg-type]
         index_type=str(facts["index_type"]),
+    )
+
+
+@router.get("/limits", response_model=LimitsOut, summary="What this server accepts")
+def limits(state: State) -> LimitsOut:
+    return LimitsOut(
+        max_upload_bytes=state.max_upload_bytes, max_pixels=state.max_pixels, max_k=MAX_K, default_k=DEFAULT_K
     )
 
 

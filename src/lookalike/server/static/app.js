@@ -12,6 +12,7 @@ const state = {
   queryUrl: null, // object URL of an uploaded query, revoked when replaced
   browseOffset: 0,
   searchSerial: 0, // only the newest search may draw its results
+  maxUploadBytes: null, // from /api/limits: a too-large file is refused before it is sent
 };
 
 // --- small helpers --------------------------------------------------------------------------
@@ -41,7 +42,8 @@ async function getJson(url) {
 
 function searchParams() {
   const params = new URLSearchParams();
-  const k = Math.max(1, Math.min(100, parseInt($("k").value, 10) || 12));
+  const maxK = parseInt($("k").max, 10) || 100;
+  const k = Math.max(1, Math.min(maxK, parseInt($("k").value, 10) || 12));
   params.set("k", String(k));
   if ($("embedder").value) params.set("embedder", $("embedder").value);
   if ($("label").value) params.set("label", $("label").value);
@@ -87,7 +89,13 @@ function card(item, onClick, scoreText) {
 
 async function loadCollection() {
   try {
-    const [stats, embedders] = await Promise.all([getJson("/api/stats"), getJson("/api/embedders")]);
+    const [stats, embedders, limits] = await Promise.all([
+      getJson("/api/stats"),
+      getJson("/api/embedders"),
+      getJson("/api/limits"),
+    ]);
+    state.maxUploadBytes = limits.max_upload_bytes;
+    $("k").max = String(limits.max_k);
     $("collection-info").textContent = `${stats.name}: ${stats.images.toLocaleString()} images`;
     const select = $("embedder");
     select.replaceChildren();
@@ -118,6 +126,11 @@ function useFile(file) {
   if (!file) return;
   if (!file.type.startsWith("image/") && file.type !== "") {
     setStatus(`${file.name} is not an image (${file.type})`, true);
+    return;
+  }
+  if (state.maxUploadBytes !== null && file.size > state.maxUploadBytes) {
+    const mb = (bytes) => (bytes / 2 ** 20).toFixed(1);
+    setStatus(`${file.name} is too large (${mb(file.size)} MB); the limit is ${mb(state.maxUploadBytes)} MB`, true);
     return;
   }
   if (state.queryUrl) URL.revokeObjectURL(state.queryUrl);
