@@ -595,6 +595,9 @@ def test_add_search_delete_round_trip(small_collection: Collection, data_dir: Pa
     assert stored[0].suffix == ".jpg" and "evil" not in stored[0].name
     assert not (small_collection.path.parent / "evil.jpg").exists()
     assert client.get("/api/stats").json()["images"] == 7
+    listed = client.get("/api/images", params={"limit": 200}).json()
+    assert listed["total"] == 7
+    assert added["id"] in [item["id"] for item in listed["items"]]
 
     hits = client.post("/api/search?k=3", files=jpeg_upload(data)).json()["results"]
     assert hits[0]["id"] == added["id"]
@@ -619,6 +622,9 @@ def test_add_search_delete_round_trip(small_collection: Collection, data_dir: Pa
     assert not list((small_collection.path / "uploads").iterdir())  # the server's own copy is gone
     assert not list((small_collection.path / "thumbnails").glob(f"{added['id']}-*"))
     assert client.delete(f"/api/images/{added['id']}").status_code == 404
+    listed = client.get("/api/images", params={"limit": 200}).json()
+    assert listed["total"] == 6
+    assert added["id"] not in [item["id"] for item in listed["items"]]
 
 
 def test_deleting_an_indexed_photo_leaves_the_users_file(small_collection: Collection) -> None:
