@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         restart=args.restart,
     )
     with Collection.open(args.collection) as collection, progress_bars(not args.json) as progress:
-        info = train(collection, request, progress=progress, bars=not args.json)
+        info = train(collection, request, progress=progress, bars=not args.json).info
     if args.json:
         print_json(info)
         return 0

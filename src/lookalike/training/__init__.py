@@ -5,6 +5,6 @@ Importing this package registers the loader of every training method with
 """
 
 from . import saved  # noqa: F401  (registers the loaders)
-from .session import METHODS, TrainingRun, train
+from .session import METHODS, Trained, TrainingRun, train
 
-__all__ = ["METHODS", "TrainingRun", "train"]
+__all__ = ["METHODS", "Trained", "TrainingRun", "train"]

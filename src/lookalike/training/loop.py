@@ -118,7 +118,9 @@ def fit(
     torch.set_num_threads(config.threads)
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = work_dir / CHECKPOINT
-    fingerprint = _fingerprint({"loop": asdict(config), "run": run_config or {}})
+    # Stopping rules (epochs, patience) may change between runs: resuming with more epochs extends training.
+    dynamics = {k: v for k, v in asdict(config).items() if k not in ("epochs", "patience")}
+    fingerprint = _fingerprint({"loop": dynamics, "run": run_config or {}})
     model = task.model
     optimizer = torch.optim.AdamW(task.parameter_groups(config.lr), lr=config.lr, weight_decay=config.weight_decay)
     result = LoopResult()

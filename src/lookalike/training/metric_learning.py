@@ -119,9 +119,13 @@ class MetricTask(Task):
     def _inputs(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.prepared
         if self.pixels:
-            return PixelCache(p.cache_root, p.train).load(p.report("caching pixels (train)")), PixelCache(
-                p.cache_root, p.val
-            ).load(p.report("caching pixels (val)"))
+            train_pixels, val_pixels = PixelCache(p.cache_root, p.train), PixelCache(p.cache_root, p.val)
+            data = (
+                train_pixels.load(p.report("caching pixels (train)")),
+                val_pixels.load(p.report("caching pixels (val)")),
+            )
+            self.cache_seconds = train_pixels.seconds + val_pixels.seconds
+            return data
         backbone = self.model.backbone
         assert isinstance(backbone, EfficientNetBackbone)
         backbone_id = (

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..collection import Collection
 from . import autoencoder, metric_learning
 from .loop import CHECKPOINT, EpochRecord, LoopConfig, fit, seed_everything
+from .models import Embedding
 from .prepared import Prepared, Progress
 from .saved import MODEL_FILE, save_model
 from .split import Split, SplitRule
@@ -55,7 +56,7 @@ class TrainingRun:
             epochs, lr = (15, 1e-3) if spec.variant == "pixels" else (30, 1e-3)
         else:
             assert isinstance(spec, metric_learning.MetricSpec)
-            epochs, lr = {"frozen": (20, 1e-3), "finetune": (8, 1e-3), "scratch": (15, 1e-3)}[spec.backbone]
+            epochs, lr = {"frozen": (20, 1e-3), "finetune": (4, 1e-3), "scratch": (15, 1e-3)}[spec.backbone]
         return LoopConfig(
             epochs=self.epochs if self.epochs is not None else epochs,
             lr=self.lr if self.lr is not None else lr,
@@ -68,6 +69,12 @@ def _split_digest(split: Split) -> str:
     return hashlib.sha256(("|".join(split.train) + "#" + "|".join(split.val)).encode()).hexdigest()[:16]
 
 
+@dataclass
+class Trained:
+    info: dict  # what model.json holds
+    module: Embedding  # the inference network, best epoch's weights, eval mode
+
+
 def train(
     collection: Collection,
     run: TrainingRun,
@@ -75,8 +82,8 @@ def train(
     progress: Progress | None = None,
     bars: bool = True,
     on_epoch: Callable[[EpochRecord], None] | None = None,
-) -> dict:
-    """Train, save into `collection.models_dir/NAME` and return the saved model.json contents.
+) -> Trained:
+    """Train, save into `collection.models_dir/NAME` and return the saved model.
 
     Run the same call again after an interruption: it resumes from the last epoch's checkpoint.
     """
@@ -132,4 +139,4 @@ def train(
     }
     info = save_model(model_dir, encoder, split, info)
     (model_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: model.json + weights are what count
-    return info
+    return Trained(info, encoder.eval())

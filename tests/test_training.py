@@ -1,0 +1,203 @@
+"""Training: loss falls, saved models reload to the same vectors, resume, and the held-out split.
+
+Every run here is tiny (the 24 sample photos, 64x64 pixels or cached features, 1-3 epochs).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lookalike import Collection
+from lookalike.cli.main import main
+from lookalike.training import TrainingRun, train
+from lookalike.training.loop import CHECKPOINT
+from lookalike.training.saved import read_split
+from lookalike.training.split import Split, SplitRule
+
+# Big validation and test shares so 24 images still give every split both labels.
+RULE = SplitRule(test_fraction=0.25, val_fraction=0.25)
+
+
+def run(method: str, folder: Path, **kwargs: object) -> TrainingRun:
+    spec = kwargs.pop("spec", {})
+    return TrainingRun(method=method, folder=folder, split=RULE, spec={"batch_size": 8, **spec}, **kwargs)
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_split_is_by_content_stable_and_keeps_duplicates_together(shared_collection: Collection) -> None:
+    records = shared_collection.catalog.records(status="ok")
+    split = Split.of(records, RULE)
+    assert split.counts() == Split.of(list(reversed(records)), RULE).counts()
+    assert sum(split.counts().values()) == len({r.sha256 for r in records})
+    assert not set(split.train) & set(split.test) and not set(split.val) & set(split.test)
+    # A copy of an image (same content, other path) lands on the same side.
+    copy = records[0].__class__(**{**records[0].__dict__, "id": -1, "path": "/elsewhere/copy.jpg"})
+    assert RULE.assign(copy.sha256) == RULE.assign(records[0].sha256)
+    # Same rule, other fractions: a different split (the rule is part of what is saved).
+    assert Split.of(records, SplitRule(0.5, 0.25)).counts() != split.counts()
+
+
+def test_autoencoder_loss_falls_and_model_reloads_to_the_same_vectors(sample_folder: Path, tmp_path: Path) -> None:
+    with Collection.open(tmp_path / "col") as collection:
+        trained = train(collection, run("autoencoder", sample_folder, epochs=3, patience=5), bars=False)
+        losses = [h["train_loss"] for h in trained.info["history"]]
+        assert losses[-1] < losses[0] * 0.9, losses
+        images = [sample_folder / "cat" / "cat.1.jpg", sample_folder / "dog" / "dog.2.jpg"]
+        embedder = collection.embedder("autoencoder")
+        expected = torch.nn.functional.normalize(
+            trained.module(torch.from_numpy(np.stack([embedder.preprocessing(_open(p)) for p in images]))), dim=1
+        ).detach()
+        vectors = np.stack([collection.embed(p, embedder="autoencoder") for p in images])
+    assert vectors.shape == (2, 256)
+    np.testing.assert_allclose(vectors, expected.numpy(), atol=1e-4)
+    # A new process (fresh registry lookup) gets the same vectors, via ONNX and via PyTorch.
+    with Collection.open(tmp_path / "col") as again:
+        np.testing.assert_allclose(again.embed(images[0], embedder="autoencoder"), vectors[0], atol=1e-4)
+    from lookalike.embedders import create
+
+    eager = create("autoencoder", runtime="torch", models_dir=tmp_path / "col" / "models")
+    np.testing.assert_allclose(eager.embed_images([_open(images[1])])[0], vectors[1], atol=1e-4)
+
+
+def _open(path: Path):
+    from lookalike.images import open_image
+
+    return open_image(path)
+
+
+@pytest.mark.parametrize(
+    ("method", "spec"),
+    [("siamese", {"backbone": "frozen", "mining": "random"}), ("triplet", {"backbone": "frozen"})],
+)
+def test_metric_learning_loss_falls_on_the_training_images(
+    shared_collection: Collection, method: str, spec: dict, tmp_path: Path
+) -> None:
+    """The loss over all training images (fixed, not a random batch) is lower after training."""
+    from lookalike.training import metric_learning
+    from lookalike.training.loop import seed_everything
+    from lookalike.training.prepared import Prepared
+
+    records = shared_collection.catalog.records(status="ok")
+    prepared = Prepared.of(records, Split.of(records, RULE), tmp_path / "cache", seed=0)
+    seed_everything(0)
+    spec_obj = metric_learning.MetricSpec(method=method, batch_size=8, **spec)
+    task = metric_learning.MetricTask(spec_obj, metric_learning.build_network(spec_obj), prepared)
+    everything = (
+        torch.from_numpy(np.asarray(task.train_inputs[:, 0], np.float32)),
+        torch.from_numpy(prepared.train_labels),
+    )
+
+    def full_loss() -> float:
+        seed_everything(1)  # the same random pairs before and after
+        with torch.no_grad():
+            return float(task.loss(everything))
+
+    before = full_loss()
+    from lookalike.training.loop import LoopConfig, fit
+
+    fit(task, tmp_path / "work", LoopConfig(epochs=3, patience=5, lr=3e-3), progress=False)
+    assert full_loss() < before * 0.9, (before, full_loss())
+
+
+def test_resume_after_a_kill_continues_from_the_checkpoint(sample_folder: Path, tmp_path: Path) -> None:
+    """Interrupted after epoch 1 and run again: it starts at epoch 2 and ends exactly where an
+    uninterrupted run ends (same seed)."""
+    request = run("siamese", sample_folder, epochs=2, patience=5, spec={"backbone": "scratch"})
+    with Collection.open(tmp_path / "whole") as collection:
+        whole = train(collection, request, bars=False)
+
+    class Killed(KeyboardInterrupt):
+        pass
+
+    def kill_after_first(record) -> None:
+        if record.epoch == 1:
+            raise Killed
+
+    with Collection.open(tmp_path / "killed") as collection:
+        with pytest.raises(Killed):
+            train(collection, request, bars=False, on_epoch=kill_after_first)
+        model_dir = collection.models_dir / "siamese"
+        assert (model_dir / CHECKPOINT).exists() and not (model_dir / "model.json").exists()
+        assert "siamese" not in collection.available_embedders()  # unfinished: not an embedder yet
+        resumed_epochs: list[int] = []
+        resumed = train(collection, request, bars=False, on_epoch=lambda r: resumed_epochs.append(r.epoch))
+    assert resumed_epochs == [2]  # epoch 1 was not trained again
+    assert [h["epoch"] for h in resumed.info["history"]] == [1, 2]
+    assert not (model_dir / CHECKPOINT).exists()
+    for key, value in weights(whole.module).items():
+        torch.testing.assert_close(resumed.module.state_dict()[key], value, msg=key)
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(sample_folder: Path, tmp_path: Path) -> None:
+    request = run("siamese", sample_folder, epochs=2, spec={"backbone": "scratch"})
+
+    def stop(record) -> None:
+        raise KeyboardInterrupt
+
+    with Collection.open(tmp_path / "col") as collection:
+        with pytest.raises(KeyboardInterrupt):
+            train(collection, request, bars=False, on_epoch=stop)
+        other = run("siamese", sample_folder, epochs=2, spec={"backbone": "scratch", "dim": 64})
+        with pytest.raises(ValueError, match="other settings"):
+            train(collection, other, bars=False)
+
+
+def test_training_never_sees_the_evaluation_split(
+    sample_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every image training opens is in train/val; evaluation then uses exactly the rest."""
+    import lookalike.training.data as data
+
+    opened: list[str] = []
+    real_open = data.open_image
+
+    def recording_open(path, **kwargs):
+        opened.append(str(path))
+        return real_open(path, **kwargs)
+
+    monkeypatch.setattr(data, "open_image", recording_open)
+    col = tmp_path / "col"
+    with Collection.open(col) as collection:
+        trained = train(collection, run("autoencoder", sample_folder, epochs=1), bars=False)
+        records = collection.catalog.records(status="ok")
+    split = read_split(col / "models" / "autoencoder")
+    by_path = {r.path: r.sha256 for r in records}
+    test_paths = {p for p, sha in by_path.items() if sha in set(split.test)}
+    assert opened and test_paths
+    assert not set(opened) & test_paths
+    assert {by_path[p] for p in opened} == set(split.train) | set(split.val)
+    assert trained.info["split"]["counts"] == split.counts()
+
+    out = tmp_path / "report"
+    assert main(["evaluate", str(sample_folder), "--collection", str(col), "--out", str(out),
+                 "--embedders", "efficientnet-lite0,autoencoder", "--no-visuals"]) == 0  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["images"] == len(test_paths)
+    assert results["held_out"]["models"] == ["autoencoder"]
+    assert [r["training_seconds"] is None for r in results["results"]] == [True, False]
+    assert "training time" in (out / "report.md").read_text()
+
+
+def test_cli_train_compact_autoencoder_and_report_visuals(sample_folder: Path, tmp_path: Path, capsys) -> None:
+    col = str(tmp_path / "col")
+    argv = ["train", "autoencoder", str(sample_folder), "--collection", col, "--variant", "features", "--epochs", "1"]
+    argv += ["--val-fraction", "0.25", "--test-fraction", "0.25", "--batch-size", "8", "--json"]
+    assert main(argv) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "autoencoder-compact" and info["dim"] == 128
+    assert main(argv) == 2  # already trained: refused without --restart
+    out = tmp_path / "report"
+    assert main(["evaluate", str(sample_folder), "--collection", col, "--out", str(out),
+                 "--embedders", "efficientnet-lite0,autoencoder-compact"]) == 0  # fmt: skip
+    report = (out / "report.md").read_text()
+    assert "Held-out test split" in report
+    for name in ("embedding_map.png", "examples-efficientnet-lite0.png", "examples-autoencoder-compact.png"):
+        assert (out / name).stat().st_size > 1000
