@@ -156,6 +156,19 @@ def test_box_on_an_indexed_image(client: TestClient, collection: Collection) -> 
     assert [h["id"] for h in body["results"]] == [r.id for r in expected if r.id != record.id][:4]
 
 
+def test_box_is_in_upright_pixels_of_a_rotated_photo(client: TestClient, data_dir: Path) -> None:
+    # A landscape JPEG whose EXIF says "rotate 90 degrees": browsers show it as portrait, and so does the box.
+    photo = Image.open(data_dir / NEW_CAT).crop((0, 0, 400, 300))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", exif=exif)
+    response = client.post("/api/search", params={"box": "10,350,290,390"}, files=jpeg_upload(buffer.getvalue()))
+    assert response.status_code == 200, response.text  # y = 350 exists only in the upright 300x400 picture
+    assert response.json()["query"]["width"] == 300
+    assert response.json()["query"]["height"] == 400
+
+
 @pytest.mark.parametrize(
     ("box", "message"),
     [
