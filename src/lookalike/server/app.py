@@ -170,37 +170,30 @@ class StatsOut(BaseModel):
 
 
 class ImageIds:
-    """The ids of indexed images, all and by label, in id order: one catalog scan, kept until the server changes it.
+    """The ids of indexed images in id order, for browsing; one label's come from the catalog's label index.
 
-    Label-filtered search and browsing would otherwise scan every catalog row per request
-    (about 100 ms at 10,000 images, more than the search itself). External changes to the
-    catalog are seen after a restart, like the in-memory vector index.
+    Listing every catalog row per page would cost about 100 ms at 10,000 images, so the
+    full list is kept until this server changes the collection. Changes made by another
+    process are seen after a restart, like the in-memory vector index.
     """
 
     def __init__(self, collection: Collection):
         self._collection = collection
         self._all: np.ndarray | None = None
-        self._by_label: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def ids(self, label: str | None = None) -> np.ndarray:
+        if label is not None:
+            return np.sort(self._collection.catalog.ids_with_label(label))
         with self._lock:
             if self._all is None:
-                grouped: dict[str, list[int]] = {}
-                everything: list[int] = []
-                for record in self._collection.catalog.records(status="ok"):
-                    grouped.setdefault(record.label or "", []).append(record.id)
-                    everything.append(record.id)
-                self._all = np.asarray(everything, dtype=np.int64)
-                self._by_label = {name: np.asarray(ids, dtype=np.int64) for name, ids in grouped.items()}
-            if label is None:
-                return self._all
-            return self._by_label.get(label, np.zeros(0, dtype=np.int64))
+                records = self._collection.catalog.records(status="ok")
+                self._all = np.fromiter((r.id for r in records), dtype=np.int64, count=len(records))
+            return self._all
 
     def invalidate(self) -> None:
         with self._lock:
             self._all = None
-            self._by_label = {}
 
 
 @dataclass
