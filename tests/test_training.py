@@ -24,8 +24,10 @@ RULE = SplitRule(test_fraction=0.25, val_fraction=0.25)
 
 
 def run(method: str, folder: Path, **kwargs: object) -> TrainingRun:
-    spec = kwargs.pop("spec", {})
-    return TrainingRun(method=method, folder=folder, split=RULE, spec={"batch_size": 8, **spec}, **kwargs)
+    spec = {"batch_size": 8, **kwargs.pop("spec", {})}
+    if method == "autoencoder" or spec.get("backbone") == "scratch":
+        spec.setdefault("width", 8)  # a tiny network: these tests check behaviour, not quality
+    return TrainingRun(method=method, folder=folder, split=RULE, spec=spec, **kwargs)
 
 
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -38,6 +38,7 @@ class AutoencoderSpec:
     noise: str = "none"
     noise_level: float = 0.25
     augment: bool = False  # pixels only: random crop and flip on the fly
+    width: int = 32  # pixels only: channels of the first conv layer (doubling per layer)
     views: int = 3  # features only: cached views per image (shared with the frozen metric-learning cache)
 
     def __post_init__(self) -> None:
@@ -48,7 +49,13 @@ class AutoencoderSpec:
 
     def architecture(self) -> dict[str, object]:
         if self.variant == "pixels":
-            return {"backbone": "small-cnn", "features": self.dim, "head": "identity", "dim": self.dim}
+            return {
+                "backbone": "small-cnn",
+                "features": self.dim,
+                "width": self.width,
+                "head": "identity",
+                "dim": self.dim,
+            }
         return {
             "backbone": "efficientnet-lite0",
             "trainable_blocks": 0,
@@ -79,7 +86,7 @@ class FeatureEncoder(nn.Module):
 
 def build_network(spec: AutoencoderSpec, pretrained: bool = True) -> Embedding:
     if spec.variant == "pixels":
-        return Embedding(SmallConvNet(spec.dim), nn.Identity())
+        return Embedding(SmallConvNet(spec.dim, spec.width), nn.Identity())
     return Embedding(
         EfficientNetBackbone(0, pretrained=pretrained), FeatureEncoder(EFFICIENTNET_FEATURES, spec.hidden, spec.dim)
     )
@@ -87,7 +94,7 @@ def build_network(spec: AutoencoderSpec, pretrained: bool = True) -> Embedding:
 
 def build_decoder(spec: AutoencoderSpec) -> nn.Module:
     if spec.variant == "pixels":
-        return ConvDecoder(spec.dim)
+        return ConvDecoder(spec.dim, spec.width)
     return nn.Sequential(
         nn.Linear(spec.dim, spec.hidden), nn.ReLU(inplace=True), nn.Linear(spec.hidden, EFFICIENTNET_FEATURES)
     )

@@ -47,6 +47,7 @@ class MetricSpec:
     augment: bool = True
     margin: float = 0.2  # triplet margin; the contrastive loss uses pos 0, neg 1 (pml defaults)
     scratch_features: int = 256
+    width: int = 32  # scratch only: channels of the small CNN's first layer
 
     def __post_init__(self) -> None:
         if self.method not in ("siamese", "triplet"):
@@ -62,6 +63,7 @@ class MetricSpec:
             return {
                 "backbone": "small-cnn",
                 "features": self.scratch_features,
+                "width": self.width,
                 "head": "mlp",
                 "hidden": self.hidden,
                 "dim": self.dim,
@@ -79,7 +81,8 @@ class MetricSpec:
 def build_network(spec: MetricSpec, pretrained: bool = True) -> Embedding:
     if spec.backbone == "scratch":
         return Embedding(
-            SmallConvNet(spec.scratch_features), projection_head(spec.scratch_features, spec.dim, spec.hidden)
+            SmallConvNet(spec.scratch_features, spec.width),
+            projection_head(spec.scratch_features, spec.dim, spec.hidden),
         )
     blocks = spec.trainable_blocks if spec.backbone == "finetune" else 0
     return Embedding(

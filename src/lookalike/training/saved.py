@@ -37,7 +37,7 @@ def build_module(arch: dict) -> Embedding:
         backbone: nn.Module = EfficientNetBackbone(int(arch["trainable_blocks"]), pretrained=False)
         features = EFFICIENTNET_FEATURES
     elif arch["backbone"] == "small-cnn":
-        backbone = SmallConvNet(int(arch["features"]))
+        backbone = SmallConvNet(int(arch["features"]), int(arch.get("width", 32)))
         features = int(arch["features"])
     else:
         raise EmbedderError(f"unknown backbone {arch['backbone']!r}")

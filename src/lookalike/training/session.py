@@ -53,10 +53,10 @@ class TrainingRun:
     def loop_config(self, spec: object) -> LoopConfig:
         """CPU-feasible defaults per method (see docs/training.md for the measured times)."""
         if isinstance(spec, autoencoder.AutoencoderSpec):
-            epochs, lr = (15, 1e-3) if spec.variant == "pixels" else (30, 1e-3)
+            epochs, lr = (10, 1e-3) if spec.variant == "pixels" else (30, 1e-3)
         else:
             assert isinstance(spec, metric_learning.MetricSpec)
-            epochs, lr = {"frozen": (20, 1e-3), "finetune": (4, 1e-3), "scratch": (15, 1e-3)}[spec.backbone]
+            epochs, lr = {"frozen": (20, 1e-3), "finetune": (4, 1e-3), "scratch": (10, 1e-3)}[spec.backbone]
         return LoopConfig(
             epochs=self.epochs if self.epochs is not None else epochs,
             lr=self.lr if self.lr is not None else lr,
