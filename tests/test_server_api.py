@@ -465,7 +465,7 @@ def test_batched_search_gives_each_caller_its_own_exact_results() -> None:
     matrix = rng.standard_normal((500, 16)).astype(np.float32)
     queries = rng.standard_normal((24, 16)).astype(np.float32)
     batch_sizes: list[int] = []
-    batched = BatchedSearch(exact_search(matrix, batch_sizes, delay=0.02), max_batch=8)
+    batched = BatchedSearch(exact_search(matrix, batch_sizes, delay=0.05), max_batch=8)
     results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def one(i: int) -> None:
