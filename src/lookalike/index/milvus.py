@@ -5,8 +5,8 @@ Kinds (the collection's `index` setting, `lookalike index FOLDER --index KIND`):
     milvus://HOST:PORT/NAME        a Milvus server or cluster; NAME prefixes the remote collection names
     milvus-lite:PATH               a Milvus Lite database (a folder; ".db" is appended if missing)
 
-Either may end in `?index=TYPE` (FLAT, HNSW, HNSW_SQ, IVF_FLAT, IVF_SQ8, IVF_PQ, AUTOINDEX) and index knobs
-(`M`, `efConstruction`, `nlist`, `m`, `nbits` to build; `ef`, `nprobe` to search), e.g.
+Either may end in `?index=TYPE` (FLAT, HNSW, HNSW_SQ, IVF_FLAT, IVF_SQ8, IVF_PQ, DISKANN, AUTOINDEX) and
+index knobs (`M`, `efConstruction`, `nlist`, `m`, `nbits` to build; `ef`, `nprobe`, `search_list` to search), e.g.
 `milvus://10.0.0.5:19530/photos?index=IVF_SQ8&nlist=65536&nprobe=64`. The defaults are FLAT (exact) for
 Milvus Lite and HNSW for a server. A token for a secured server is read from LOOKALIKE_MILVUS_TOKEN
 ("user:password" or an API key), so it never lands in config.json or an index marker.
@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,7 +58,9 @@ QUERY_BATCH = 1024
 #: a server seals and indexes its growing segments sooner after a flush; worth it only after a bulk add
 REMOTE_FLUSH_AFTER = 10_000
 
-SEARCH_KEYS = {"ef", "nprobe"}
+SEARCH_KEYS = {"ef", "nprobe", "search_list"}
+#: search knobs that must be at least k
+AT_LEAST_K = {"ef", "search_list"}
 BUILD_DEFAULTS: dict[str, dict[str, int]] = {
     "FLAT": {},
     "AUTOINDEX": {},
@@ -66,6 +69,7 @@ BUILD_DEFAULTS: dict[str, dict[str, int]] = {
     "IVF_FLAT": {"nlist": 1024},
     "IVF_SQ8": {"nlist": 1024},
     "IVF_PQ": {"nlist": 1024, "nbits": 8},
+    "DISKANN": {},
 }
 SEARCH_DEFAULTS: dict[str, dict[str, int]] = {
     "HNSW": {"ef": 64},
@@ -73,6 +77,7 @@ SEARCH_DEFAULTS: dict[str, dict[str, int]] = {
     "IVF_FLAT": {"nprobe": 16},
     "IVF_SQ8": {"nprobe": 16},
     "IVF_PQ": {"nprobe": 16},
+    "DISKANN": {"search_list": 100},
 }
 
 
@@ -246,6 +251,42 @@ class MilvusIndex:
     def close(self) -> None:
         self._client.close()
 
+    def wait_until_indexed(self, timeout: float = 3600.0) -> None:
+        """Flush, then block until every segment is indexed (searches before that fall back to brute force).
+
+        Milvus builds segment indexes in the background after a flush, on a server and in Milvus Lite
+        alike. A server reports progress in describe_index; Milvus Lite (always "Finished" there) is
+        waited for through its engine when it runs in this process.
+        """
+        deadline = time.monotonic() + timeout
+        with self._calling("wait for the index"):
+            self._client.flush(self.collection)
+            self._unflushed = False
+            engine = self._lite_engine()
+            if engine is not None:
+                engine._wait_for_bg(timeout)  # its single background worker: compaction, then index builds
+                return
+            while True:
+                info = self._client.describe_index(self.collection, "vector")
+                if not int(info.get("pending_index_rows", 0)) and str(info.get("state", "Finished")) == "Finished":
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"index still building after {timeout:.0f} s: {info}")
+                time.sleep(1.0)
+
+    def _lite_engine(self) -> Any:
+        """Milvus Lite's collection object when its server runs in this process, else None (a private API)."""
+        if not self.target.lite:
+            return None
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+
+            entry = server_manager_instance._servers.get(self.target.uri)
+            engine = entry[1].get_collection(self.collection) if entry else None
+        except Exception:
+            return None
+        return engine if hasattr(engine, "_wait_for_bg") else None
+
     # --- the VectorIndex interface ----------------------------------------------------------------
 
     @property
@@ -317,7 +358,7 @@ class MilvusIndex:
                 for i in range(0, len(allowed), FILTER_CHUNK)
             ]
         limit = min(k, MAX_TOPK)
-        params = {k_: max(v, limit) if k_ == "ef" else v for k_, v in self.target.search_params.items()}
+        params = {k_: max(v, limit) if k_ in AT_LEAST_K else v for k_, v in self.target.search_params.items()}
         with self._calling("search"):
             if self._unflushed:
                 self._client.flush(self.collection)
