@@ -24,8 +24,6 @@ from lookalike.evaluation.metrics import map_at_r, precision_at_k
 from lookalike.index import create_index
 from lookalike.index.rerank import alpha_query_expansion
 
-GRID = [(n, a) for n in (1, 2, 3, 5, 10, 20, 50) for a in (0.0, 3.0)]
-
 
 def scores_for(ranked_ids: np.ndarray, query_labels: np.ndarray, label_of: dict[int, str], R: np.ndarray) -> dict:
     labels = np.vectorize(lambda i: label_of.get(int(i), ""), otypes=[object])(ranked_ids)
@@ -42,6 +40,8 @@ def main() -> None:
     parser.add_argument("--collection", type=Path, default=Path("/tmp/qe_collection"))
     parser.add_argument("--embedder", default="efficientnet-lite0")
     parser.add_argument("--index", default="flat", help="index kind to search (default exact)")
+    parser.add_argument("--n-expand", type=int, nargs="+", default=[1, 2, 3, 5, 10, 20, 50])
+    parser.add_argument("--alpha", type=float, nargs="+", default=[0.0, 3.0], help="0 = average QE")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -62,7 +62,7 @@ def main() -> None:
     baseline["seconds"] = round(time.perf_counter() - t, 2)
     print(json.dumps(baseline), flush=True)
     rows = [baseline]
-    for n_expand, alpha in GRID:
+    for n_expand, alpha in ((n, a) for n in args.n_expand for a in args.alpha):
         t = time.perf_counter()
         _, ranked = alpha_query_expansion(vectors, index, depth, n_expand=n_expand, alpha=alpha, exclude_ids=ids)
         row = {"n_expand": n_expand, "alpha": alpha, **scores_for(ranked, query_labels, label_of, R)}

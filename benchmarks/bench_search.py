@@ -85,7 +85,8 @@ def build_or_reuse(kind: str, base: np.ndarray, args: argparse.Namespace) -> tup
     """Build `kind` over `base` (one add: the first add builds the structure directly), or load the copy
     a previous run saved in --cache (with its build times) when --reuse is given."""
     n, dim = base.shape
-    path = args.cache / f"index_d{dim}_n{n}_{kind}.lkx"
+    structure = "".join(c if c.isalnum() else "_" for c in SPECS[kind].factory_for(dim, n))
+    path = args.cache / f"index_d{dim}_n{n}_{kind}_{structure}.lkx"  # a changed spec is rebuilt
     meta_path = path.with_suffix(".json")
     if args.reuse and path.exists() and meta_path.exists():
         return load_index(path), json.loads(meta_path.read_text())  # type: ignore[return-value]
