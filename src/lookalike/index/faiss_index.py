@@ -283,7 +283,10 @@ class FaissIndex:
             keep += [bits, sel]
         widen = min(8.0, len(self) / n_eligible)  # a filter hides results: look proportionally further
         params = self._search_params(sel, k, widen, keep)
-        scores, slots_found = self._index.search(queries, k, params=params)
+        # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces `search` with a
+        # version without `params`; the original stays reachable as `search_numpy`.
+        search = getattr(self._index, "search_numpy", self._index.search)
+        scores, slots_found = search(queries, k, params=params)
 
         found = slots_found >= 0
         ids = np.where(found, self._slot_ids[np.maximum(slots_found, 0)], -1)
