@@ -210,7 +210,6 @@ def main() -> None:
     base, queries, truth = dataset(args.n, args.dim, args.queries, args.cache)
     if args.prepare:
         return
-    results = [bench_kind(kind, base, queries, truth, args) for kind in args.kinds]
     report = {
         "n": args.n,
         "dim": args.dim,
@@ -220,16 +219,18 @@ def main() -> None:
         "threads": args.threads,
         "data": "benchmarks/common.py ClusteredVectors defaults",
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "faiss": faiss.__version__},
-        "load_average_at_end": os.getloadavg(),
         "bandwidth": bandwidth,
         "flat_qps_bound_single": bandwidth["read_bytes_per_s"] / flat_bytes,
         "target": TARGET,
-        "results": results,
+        "results": [],
     }
-    if not args.smoke:
-        out = args.out or Path(__file__).resolve().parent / "results" / f"search_{args.n}.json"
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {out}")
+    out = args.out or Path(__file__).resolve().parent / "results" / f"search_{args.n}.json"
+    for kind in args.kinds:
+        report["results"].append(bench_kind(kind, base, queries, truth, args))
+        report["load_average_at_end"] = os.getloadavg()
+        if not args.smoke:  # after every kind, so a long run that is stopped keeps what it measured
+            out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}" if not args.smoke else "smoke run: no results written")
 
 
 if __name__ == "__main__":

@@ -48,14 +48,14 @@ SPECS: dict[str, IndexSpec] = {
         IndexSpec("flat", "Flat"),
         IndexSpec("hnsw", "HNSW32,Flat", ef_search=64),
         IndexSpec("hnsw-sq8", "HNSW32,SQ8", min_train=1000, ef_search=64),
-        # IVF lists are found through an HNSW graph over the centroids: a flat scan of 2048 x 1280-d
-        # centroids alone costs ~1.5 ms per query, more than searching the lists (benchmarks/README.md)
-        IndexSpec("ivf", "IVF{nlist}_HNSW32,Flat", min_train=1000, regrow=8, nprobe=16),
-        IndexSpec("ivf-sq8", "IVF{nlist}_HNSW32,SQ8", min_train=1000, regrow=8, nprobe=16),
+        # The coarse quantizer is a flat scan of the centroids: an HNSW graph over them ("IVF1024_HNSW32")
+        # measured slower and less accurate at 100k and 1M vectors (benchmarks/README.md).
+        IndexSpec("ivf", "IVF{nlist},Flat", min_train=1000, regrow=8, nprobe=16),
+        IndexSpec("ivf-sq8", "IVF{nlist},SQ8", min_train=1000, regrow=8, nprobe=16),
         # 4-bit fast-scan PQ finds candidates, SQ8 codes re-rank them (faiss IndexRefine)
-        IndexSpec("ivf-pq", "IVF{nlist}_HNSW32,PQ{m}x4fs,Refine(SQ8)", min_train=1000, regrow=8, nprobe=16, k_factor=8),
+        IndexSpec("ivf-pq", "IVF{nlist},PQ{m}x4fs,Refine(SQ8)", min_train=1000, regrow=8, nprobe=16, k_factor=8),
         # the same with full float vectors for re-ranking: best recall, but 4*dim bytes per vector
-        IndexSpec("ivf-pq-flat", "IVF{nlist}_HNSW32,PQ{m}x4fs,RFlat", min_train=1000, regrow=8, nprobe=16, k_factor=8),
+        IndexSpec("ivf-pq-flat", "IVF{nlist},PQ{m}x4fs,RFlat", min_train=1000, regrow=8, nprobe=16, k_factor=8),
     )
 }
 
