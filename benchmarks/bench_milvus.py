@@ -1,6 +1,6 @@
 """Milvus Lite vs the local faiss backend: insert rate and single-query latency, in one run.
 
-    .venv/bin/python benchmarks/bench_milvus.py                 # 100,000 vectors of 1280 dims, ~10 min on 2 cores
+    .venv/bin/python benchmarks/bench_milvus.py                 # 100,000 vectors of 1280 dims, ~20 min on 2 cores
     .venv/bin/python benchmarks/bench_milvus.py --smoke         # 2,000 vectors of 64 dims, a few seconds
 
 Every backend is built through `lookalike.index.create_index` (the code a collection runs on a rebuild):
