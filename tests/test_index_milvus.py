@@ -255,10 +255,18 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_unreachable_server_is_a_clear_error():
+def test_an_unreachable_server_is_a_clear_error(tmp_path):
     port = closed_port()
     with pytest.raises(IndexError_, match=f"cannot reach the Milvus server at 127.0.0.1:{port}"):
         create_index(f"milvus://127.0.0.1:{port}/photos", DIM, name="efficientnet-lite0")
+    marker = tmp_path / "e.faiss"  # a saved index whose server has gone away
+    marker.write_text(
+        json.dumps(
+            {"format": "lookalike-milvus-1", "kind": f"milvus://127.0.0.1:{port}/photos", "collection": "c", "dim": 8}
+        )
+    )
+    with pytest.raises(IndexError_, match=f"cannot reach the Milvus server at 127.0.0.1:{port}"):
+        load_index(marker)
 
 
 # --- collections on Milvus Lite -------------------------------------------------------------------------
