@@ -206,6 +206,7 @@ def test_save_and_load_round_trip(index, data, tmp_path):
     loaded = load_index(path)
     assert isinstance(loaded, MilvusIndex)
     assert (loaded.kind, len(loaded), loaded.dim, loaded.collection) == (index.kind, N - 50, DIM, index.collection)
+    np.testing.assert_array_equal(np.sort(loaded.ids()), np.sort(ids[50:]))
     for allowed in (None, ids[::2]):
         s1, i1 = index.search(queries, 10, allowed_ids=allowed)
         s2, i2 = loaded.search(queries, 10, allowed_ids=allowed)

@@ -300,6 +300,19 @@ class MilvusIndex:
             self._count = int(rows[0]["count(*)"])
         return self._count
 
+    def ids(self) -> np.ndarray:
+        """Every stored id (read in pages; fine for checks and tools, not for every request)."""
+        with self._calling("list the ids"):
+            if self._unflushed:
+                self._client.flush(self.collection)
+                self._unflushed = False
+            pages = self._client.query_iterator(self.collection, batch_size=10_000, output_fields=["id"])
+            found: list[int] = []
+            while page := pages.next():
+                found.extend(int(row["id"]) for row in page)
+            pages.close()
+        return np.array(found, dtype=np.int64)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         vectors = np.asarray(vectors, dtype=np.float32)
