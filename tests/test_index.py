@@ -24,7 +24,7 @@ DIM = 32
 N = 2000
 KINDS = list(SPECS)
 # recall@10 vs exact on the clustered data below, measured with the default knobs: flat 1.0, hnsw 0.986,
-# hnsw-sq8 0.968, ivf 0.998, ivf-sq8 0.986, ivf-pq 0.948, ivf-pq-flat 0.956
+# hnsw-sq8 0.968 (at ef 64), ivf 0.998, ivf-sq8 0.986, ivf-pq 0.948, ivf-pq-flat 0.956
 MIN_RECALL = {"flat": 1.0, "hnsw": 0.97, "hnsw-sq8": 0.94, "ivf": 0.97, "ivf-sq8": 0.95, "ivf-pq": 0.92}
 MIN_RECALL["ivf-pq-flat"] = MIN_RECALL["ivf-pq"]
 

@@ -41,13 +41,13 @@ class IndexSpec:
         return self.factory.format(nlist=ivf_lists(n), m=pq_subquantizers(dim))
 
 
-# Defaults chosen from benchmarks/README.md (recall@10 >= 0.95 on clustered 1280-d data).
+# Search defaults from benchmarks/README.md: recall@10 >= 0.95 on 1280-d embedding-like data (hnsw-sq8 at 1M: ef 128).
 SPECS: dict[str, IndexSpec] = {
     s.name: s
     for s in (
         IndexSpec("flat", "Flat"),
         IndexSpec("hnsw", "HNSW32,Flat", ef_search=64),
-        IndexSpec("hnsw-sq8", "HNSW32,SQ8", min_train=1000, ef_search=64),
+        IndexSpec("hnsw-sq8", "HNSW32,SQ8", min_train=1000, ef_search=128),  # used at >400k vectors: needs more
         # The coarse quantizer is a flat scan of the centroids: an HNSW graph over them ("IVF1024_HNSW32")
         # measured slower and less accurate at 100k and 1M vectors (benchmarks/README.md).
         IndexSpec("ivf", "IVF{nlist},Flat", min_train=1000, regrow=8, nprobe=16),
