@@ -158,3 +158,19 @@ def test_vectors_an_index_refuses_are_not_committed(sample_folder: Path, tmp_pat
         report = collection.sync(sample_folder, batch_size=8)  # a fresh index object, rebuilt from the catalog
         assert report.embedded == 16 and report.unchanged == 8
         assert len(collection.index()) == 24
+
+
+def test_added_images_stored_inside_the_collection_survive_a_sync_of_its_parent(
+    sample_folder: Path, data_dir: Path
+) -> None:
+    """`lookalike index .` with the collection in ./.lookalike must not drop uploaded images."""
+    with Collection.open(sample_folder / ".lookalike") as collection:
+        collection.sync(sample_folder)
+        upload = collection.add_image(
+            (data_dir / "cat" / "cat.700.jpg").read_bytes(), collection.path / "uploads" / "a.jpg"
+        )
+        assert upload.label is None
+        report = collection.sync(sample_folder)
+        assert not report.removed and report.embedded == 0
+        assert collection.catalog.get(upload.id) is not None
+        assert collection.search_id(upload.id, k=3)

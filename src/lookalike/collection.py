@@ -356,7 +356,9 @@ class Collection:
                         continue
                 todo.append(path)
 
-            gone = [r for path, r in known.items() if path not in seen]
+            # Files the collection stores itself (uploads) are not part of the folder being synced.
+            inside = str(self.path) + os.sep
+            gone = [r for path, r in known.items() if path not in seen and not path.startswith(inside)]
             if gone:
                 with self._change():
                     self._forget([r.id for r in gone])
@@ -441,7 +443,10 @@ class Collection:
     # --- single images -----------------------------------------------------------------------
 
     def add_image(self, data: bytes, path: str | os.PathLike[str], label: str | None = None) -> ImageRecord:
-        """Add (or replace) one image given as bytes, stored at `path`, embedded with every indexed embedder."""
+        """Add (or replace) one image given as bytes, stored at `path`, embedded with every indexed embedder.
+
+        Unlike files found by `sync`, its label is only what is given (none by default).
+        """
         image = open_image(data)  # raises ImageError before anything is written
         target = Path(path).expanduser().resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -455,7 +460,7 @@ class Collection:
         with self._lock, self._change():
             image_id = self.catalog.upsert_image(
                 path=str(target), sha256=sha256_of(data), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                label=label if label is not None else target.parent.name, width=width, height=height, status="ok",
+                label=label, width=width, height=height, status="ok",
             )  # fmt: skip
             self._forget([image_id])  # a replaced file's vectors of embedders not recomputed here go too
             for n, v in vectors.items():
