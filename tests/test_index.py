@@ -253,12 +253,15 @@ def test_ivf_retrains_as_the_collection_grows(data):
     ids, vectors, _ = data
     index = FaissIndex(DIM, "ivf")
     index.add(ids[:1000], vectors[:1000])
-    first = index.kind
-    for start in range(1000, N, 100):  # grows 2x; regrow=8 would wait for 8x, so force it smaller
+    assert index.kind == "IVF16,Flat"
+    for start in range(1000, N, 100):  # 2x growth: below regrow (8x), so no retraining yet
         index.add(ids[start : start + 100], vectors[start : start + 100])
-    assert index.kind == first, "no retraining before regrow-fold growth"
-    index.rebuild()
-    assert index.kind == "IVF32,Flat" and first == "IVF16,Flat" and len(index) == N
+    assert index.kind == "IVF16,Flat"
+    more = clustered(6000, seed=2)
+    index.add(np.arange(6000) + 10**6, more)  # now 8x the training size: retrained, lists follow n
+    assert index.kind == "IVF128,Flat" and len(index) == N + 6000
+    _, found = index.search(more[:5], 1)
+    assert (found[:, 0] == np.arange(5) + 10**6).all()
 
 
 def test_auto_follows_the_collection_size(data, monkeypatch):
