@@ -174,3 +174,12 @@ def test_added_images_stored_inside_the_collection_survive_a_sync_of_its_parent(
         assert not report.removed and report.embedded == 0
         assert collection.catalog.get(upload.id) is not None
         assert collection.search_id(upload.id, k=3)
+
+
+def test_query_expansion_re_ranks_and_still_excludes_the_query(shared_collection: Collection) -> None:
+    query = shared_collection.catalog.records(status="ok")[5]
+    plain = shared_collection.search(query.path, k=10)
+    expanded = shared_collection.search(query.path, k=10, expand=5)
+    assert len(expanded) == 10 and query.id not in {r.id for r in expanded}
+    assert [r.id for r in expanded] != [r.id for r in plain] or [r.score for r in expanded] != [r.score for r in plain]
+    assert sum(r.label == query.label for r in expanded) >= 8

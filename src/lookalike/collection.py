@@ -30,6 +30,7 @@ from .catalog import Catalog, ImageRecord
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, create_index, load_index
+from .index.rerank import alpha_query_expansion
 from .storage import write_json
 
 DEFAULT_COLLECTION_DIR = ".lookalike"
@@ -501,6 +502,7 @@ class Collection:
         embedder: str | None = None,
         box: Box | None = None,
         label: str | None = None,
+        expand: int = 0,
     ) -> list[SearchResult]:
         """The k images most similar to `image`, best first.
 
@@ -517,7 +519,7 @@ class Collection:
                 vector = stored[0] if len(stored) else None
         if vector is None:
             vector = self.embed(image, embedder=name, box=box)
-        return self.search_vector(vector, k, embedder=name, label=label, exclude=exclude)
+        return self.search_vector(vector, k, embedder=name, label=label, exclude=exclude, expand=expand)
 
     def search_id(
         self, image_id: int, k: int = 5, *, embedder: str | None = None, label: str | None = None
@@ -537,20 +539,37 @@ class Collection:
         embedder: str | None = None,
         label: str | None = None,
         exclude: int | None = None,
+        expand: int = 0,
     ) -> list[SearchResult]:
-        index = self.index(embedder)
+        """The k nearest indexed images to `vector`; `expand` > 0 re-ranks by alpha query expansion
+        over that many top neighbours (see index/rerank.py and benchmarks/README.md for its effect)."""
+        name = embedder or self.default_embedder
+        index = self.index(name)
         allowed = None
         if label is not None:
             allowed = self.catalog.ids_with_label(label)
             if not len(allowed):
                 return []
-        scores, ids = index.search(vector[None, :], k + (exclude is not None), allowed_ids=allowed)
+        if expand > 0:
+            scores, ids = alpha_query_expansion(
+                vector[None, :], index, k, n_expand=expand, allowed_ids=allowed,
+                exclude_ids=np.asarray([-1 if exclude is None else exclude]),
+                vectors_of=lambda wanted: self._stored_vectors(name, wanted),
+            )  # fmt: skip
+        else:
+            scores, ids = index.search(vector[None, :], k + (exclude is not None), allowed_ids=allowed)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i != exclude][:k]
         records = self.catalog.get_many(i for i, _ in pairs)
         return [
             SearchResult(id=i, path=records[i].path, label=records[i].label, score=s, rank=rank)
             for rank, (i, s) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
         ]
+
+    def _stored_vectors(self, embedder: str, ids: np.ndarray) -> np.ndarray:
+        """Vectors of `ids` from the catalog, in the order asked."""
+        found, vectors = self.catalog.vectors(embedder, ids.tolist())
+        row = {int(i): r for r, i in enumerate(found)}
+        return vectors[[row[int(i)] for i in ids]]
 
     # --- facts -----------------------------------------------------------------------------------
 

@@ -18,13 +18,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--embedder", help="embedder name (default: the collection's)")
     parser.add_argument("--label", help="only return images with this label")
     parser.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="search a region only")
+    parser.add_argument(
+        "--expand", type=int, default=0, metavar="N", help="re-rank by query expansion over the top N (default off)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     with Collection.open(args.collection, create=False) as collection:
-        results = collection.search(args.image, args.k, embedder=args.embedder, label=args.label, box=args.box)
+        results = collection.search(
+            args.image, args.k, embedder=args.embedder, label=args.label, box=args.box, expand=args.expand
+        )
     if args.json:
         print_json([asdict(r) for r in results])
         return 0

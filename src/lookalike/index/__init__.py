@@ -14,7 +14,7 @@ from .faiss_index import MAGIC, FaissIndex
 from .flat import FlatIndex, load_legacy
 from .specs import SPECS
 
-DEFAULT_INDEX = "flat"
+DEFAULT_INDEX = "auto"
 INDEX_KINDS = ("auto", *SPECS)
 
 
