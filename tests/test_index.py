@@ -1,4 +1,8 @@
-"""Every index kind against exact numpy search: ids, replacement, removal, filters, saves, recall."""
+"""Every index backend against exact numpy search: ids, replacement, removal, filters, saves, recall.
+
+The behaviour tests run on every faiss kind and on Milvus Lite ("milvus-lite"): one contract for all
+backends. Tests of faiss-only mechanics (slot compaction, training, filter strategies) run on faiss kinds.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +24,22 @@ from lookalike.index import (
 from lookalike.index import choose as choose_module
 from lookalike.index.specs import SPECS
 
+try:
+    from lookalike.index.milvus import release_lite
+except ImportError:  # the milvus extra is not installed
+    release_lite = None
+
 DIM = 32
 N = 2000
 KINDS = list(SPECS)
+MILVUS = ["milvus-lite"] if release_lite is not None else []
+BACKENDS = KINDS + MILVUS  # every backend behind the VectorIndex interface
 # recall@10 vs exact on the clustered data below, measured with the default knobs: flat 1.0, hnsw 0.986,
 # hnsw-sq8 0.968 (at ef 64), ivf 0.998, ivf-sq8 0.986, ivf-pq 0.948, ivf-pq-flat 0.956
 MIN_RECALL = {"flat": 1.0, "hnsw": 0.97, "hnsw-sq8": 0.94, "ivf": 0.97, "ivf-sq8": 0.95, "ivf-pq": 0.92}
 MIN_RECALL["ivf-pq-flat"] = MIN_RECALL["ivf-pq"]
+MIN_RECALL["milvus-lite"] = 1.0  # FLAT on Milvus Lite: exact
+EXACT = {"flat", "milvus-lite"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -62,10 +75,42 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, vectors, queries
 
 
-def built(kind: str, ids: np.ndarray, vectors: np.ndarray, **options: object) -> FaissIndex:
-    index = FaissIndex(DIM, kind, **options)  # type: ignore[arg-type]
-    index.add(ids, vectors)
-    return index
+@pytest.fixture(scope="module")
+def milvus_lite(tmp_path_factory: pytest.TempPathFactory):
+    """One Milvus Lite database per module; its server is stopped afterwards."""
+    if release_lite is None:
+        yield None
+        return
+    path = tmp_path_factory.mktemp("milvus") / "vectors.db"
+    yield f"milvus-lite:{path}"
+    release_lite(path)
+
+
+@pytest.fixture()
+def empty(milvus_lite, request):
+    """empty(kind, **faiss_options): a new, empty index of any backend."""
+    made = 0
+
+    def make(kind: str, **options: object) -> VectorIndex:
+        nonlocal made
+        made += 1
+        if kind == "milvus-lite":
+            return create_index(milvus_lite, DIM, name=f"{request.node.name}_{made}")
+        return FaissIndex(DIM, kind, **options)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture()
+def built(empty):
+    """built(kind, ids, vectors, **faiss_options): an index of any backend holding `vectors` under `ids`."""
+
+    def make(kind: str, ids: np.ndarray, vectors: np.ndarray, **options: object) -> VectorIndex:
+        index = empty(kind, **options)
+        index.add(ids, vectors)
+        return index
+
+    return make
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -73,7 +118,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_builds_the_structure_asked_for(kind, data):
+def test_builds_the_structure_asked_for(kind, data, built):
     ids, vectors, _ = data
     index = built(kind, ids, vectors)
     assert isinstance(index, VectorIndex)
@@ -82,8 +127,8 @@ def test_builds_the_structure_asked_for(kind, data):
     assert sorted(index.ids()) == sorted(ids)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_search_order_and_scores_match_exact(kind, data):
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_search_order_and_scores_match_exact(kind, data, built):
     ids, vectors, queries = data
     index = built(kind, ids, vectors)
     scores, found = index.search(queries, 10)
@@ -92,23 +137,23 @@ def test_search_order_and_scores_match_exact(kind, data):
     # scores are cosines of the returned ids (up to quantisation error)
     by_id = dict(zip(ids.tolist(), vectors, strict=True))
     true_scores = np.array([[queries[q] @ by_id[i] for i in row] for q, row in enumerate(found)])
-    assert np.abs(true_scores - scores).max() < (1e-4 if kind in ("flat", "hnsw", "ivf") else 0.05)
-    if kind == "flat":
+    assert np.abs(true_scores - scores).max() < (1e-4 if kind in ("flat", "hnsw", "ivf", "milvus-lite") else 0.05)
+    if kind in EXACT:
         np.testing.assert_array_equal(found, exact(queries, ids, vectors, 10))
     # a stored vector finds itself first
     _, self_hit = index.search(vectors[:20], 1)
     assert (self_hit[:, 0] == ids[:20]).mean() >= 0.95
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_recall_at_10_against_exact(kind, data):
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_recall_at_10_against_exact(kind, data, built):
     ids, vectors, queries = data
     _, found = built(kind, ids, vectors).search(queries, 10)
     assert recall(found, exact(queries, ids, vectors, 10)) >= MIN_RECALL[kind]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_add_replaces_an_existing_id(kind, data):
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_add_replaces_an_existing_id(kind, data, built):
     ids, vectors, _ = data
     index = built(kind, ids, vectors)
     target, new_vector = int(ids[5]), vectors[1500]  # id 5 now holds the vector of position 1500
@@ -120,30 +165,32 @@ def test_add_replaces_an_existing_id(kind, data):
     assert set(found[0]) == {target, int(ids[1500])}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_repeated_id_in_one_batch_keeps_the_last_vector(kind, data):
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_repeated_id_in_one_batch_keeps_the_last_vector(kind, data, empty):
     ids, vectors, _ = data
-    index = FaissIndex(DIM, kind)
+    index = empty(kind)
     index.add(np.array([1, 2, 1]), vectors[[0, 1, 2]])
     assert len(index) == 2
     _, found = index.search(vectors[2][None, :], 1)
     assert found[0, 0] == 1
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_removed_ids_are_never_returned(kind, data):
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_removed_ids_are_never_returned(kind, data, built):
     ids, vectors, queries = data
     index = built(kind, ids, vectors)
     gone = ids[:200]  # 10%: below the compaction threshold, so these stay as dead slots
     index.remove(np.concatenate([gone, [-5, 10**12]]))  # absent ids are ignored
-    assert len(index) == N - 200 and index.dead_fraction == pytest.approx(0.1)
+    assert len(index) == N - 200
+    if isinstance(index, FaissIndex):
+        assert index.dead_fraction == pytest.approx(0.1)
     _, found = index.search(np.vstack([queries, vectors[:200]]), 10)
     assert not np.isin(found, gone).any()
     assert (found >= 0).all(), "still k results"
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_heavy_removal_compacts_and_stays_correct(kind, data):
+def test_heavy_removal_compacts_and_stays_correct(kind, data, built):
     ids, vectors, queries = data
     index = built(kind, ids, vectors)
     index.remove(ids[: N // 2])
@@ -154,10 +201,10 @@ def test_heavy_removal_compacts_and_stays_correct(kind, data):
     assert recall(found, exact(queries, ids[N // 2 :], vectors[N // 2 :], 10)) >= MIN_RECALL[kind] - 0.05
 
 
-@pytest.mark.parametrize("kind", INDEX_KINDS)
-def test_pads_with_minus_one_when_fewer_than_k(kind, data):
+@pytest.mark.parametrize("kind", [*INDEX_KINDS, *MILVUS])
+def test_pads_with_minus_one_when_fewer_than_k(kind, data, empty):
     _, vectors, _ = data
-    index = create_index(kind, DIM)
+    index = create_index(kind, DIM) if kind in INDEX_KINDS else empty(kind)
     scores, found = index.search(vectors[:2], 4)
     assert (found == -1).all() and np.isneginf(scores).all()
     index.add(np.array([10, 11, 12]), vectors[:3])
@@ -168,21 +215,25 @@ def test_pads_with_minus_one_when_fewer_than_k(kind, data):
     assert len(index) == 0 and (index.search(vectors[:1], 3)[1] == -1).all()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("exact_filter_limit", [0, 20_000], ids=["approximate", "exact"])
-def test_allowed_ids_restrict_results(kind, exact_filter_limit, data):
+@pytest.mark.parametrize(
+    ("kind", "exact_filter_limit"),
+    [(k, limit) for k in KINDS for limit in (0, 20_000)] + [(k, None) for k in MILVUS],
+)
+def test_allowed_ids_restrict_results(kind, exact_filter_limit, data, built):
     ids, vectors, queries = data
-    index = built(kind, ids, vectors, exact_filter_limit=exact_filter_limit)
+    options = {} if exact_filter_limit is None else {"exact_filter_limit": exact_filter_limit}
+    index = built(kind, ids, vectors, **options)
     allowed = ids[::3]  # a "label" of a third of the collection
     _, found = index.search(queries, 10, allowed_ids=allowed)
     assert np.isin(found, allowed).all(), "only allowed ids, and k of them"
     assert recall(found, exact(queries, ids[::3], vectors[::3], 10)) >= MIN_RECALL[kind] - 0.05
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_selective_filter_still_returns_k_results(kind, data):
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_selective_filter_still_returns_k_results(kind, data, built):
     ids, vectors, queries = data
-    index = built(kind, ids, vectors, exact_filter_limit=0)  # force the approximate path
+    options = {"exact_filter_limit": 0} if kind in KINDS else {}  # force faiss's approximate path
+    index = built(kind, ids, vectors, **options)
     allowed = ids[1::150][:12]  # 12 scattered ids: graph/list search alone would miss most
     index.remove(allowed[:2])  # removed ids stay excluded even when allowed
     scores, found = index.search(queries, 10, allowed_ids=allowed)
@@ -193,8 +244,8 @@ def test_a_selective_filter_still_returns_k_results(kind, data):
     assert (none == -1).all()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_save_and_load_round_trip(kind, data, tmp_path):
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_save_and_load_round_trip(kind, data, tmp_path, built):
     ids, vectors, queries = data
     index = built(kind, ids, vectors)
     index.remove(ids[:100])  # dead slots must survive the round trip
@@ -202,10 +253,12 @@ def test_save_and_load_round_trip(kind, data, tmp_path):
         index.ef_search = 48
     path = tmp_path / "indexes" / "e.faiss"
     index.save(path)
+    assert [p.name for p in path.parent.iterdir()] == ["e.faiss"], "no temporary files left"
     loaded = load_index(path)
-    assert isinstance(loaded, FaissIndex)
-    assert (loaded.kind, len(loaded), loaded.dim, loaded.name) == (index.kind, len(index), DIM, kind)
-    assert loaded.ef_search == index.ef_search
+    assert type(loaded) is type(index)
+    assert (loaded.kind, len(loaded), loaded.dim) == (index.kind, len(index), DIM)
+    if isinstance(index, FaissIndex):
+        assert loaded.name == kind and loaded.ef_search == index.ef_search
     for allowed in (None, ids[::2]):
         s1, i1 = index.search(queries, 10, allowed_ids=allowed)
         s2, i2 = loaded.search(queries, 10, allowed_ids=allowed)
@@ -217,7 +270,7 @@ def test_save_and_load_round_trip(kind, data, tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_save_is_atomic(kind, data, tmp_path, monkeypatch):
+def test_save_is_atomic(kind, data, tmp_path, monkeypatch, built):
     ids, vectors, _ = data
     path = tmp_path / "e.faiss"
     index = built(kind, ids[:1200], vectors[:1200])

@@ -1,4 +1,6 @@
-"""The Milvus backend on Milvus Lite: the index behaviours of the faiss kinds, collections on Milvus, failures."""
+"""The Milvus backend on Milvus Lite: its own mechanics (names, batches, filters in chunks, markers), collections
+on Milvus, and failures. The behaviours every backend shares are tested in tests/test_index.py, Milvus Lite included.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from lookalike import Collection
-from lookalike.index import IndexError_, VectorIndex, create_index, load_index, milvus
+from lookalike.index import IndexError_, create_index, load_index, milvus
 from lookalike.index.milvus import MilvusIndex, collection_name, parse_kind, release_lite
 
 DIM = 32
@@ -95,35 +97,8 @@ def test_collection_names_are_valid_and_distinct():
         assert all(c.isalnum() or c == "_" for c in name)
 
 
-# --- the VectorIndex behaviours -----------------------------------------------------------------------
-
-
-def test_search_order_and_scores_match_exact(index, data):
-    ids, vectors, queries = data
-    assert isinstance(index, VectorIndex) and index.dim == DIM and index.kind == "Milvus Lite FLAT"
-    filled(index, data)
-    assert len(index) == N
-    scores, found = index.search(queries, 10)
-    assert scores.shape == found.shape == (40, 10) and found.dtype == np.int64
-    assert (np.diff(scores, axis=1) <= 1e-6).all(), "best first"
-    np.testing.assert_array_equal(found, exact(queries, ids, vectors, 10))
-    by_id = dict(zip(ids.tolist(), vectors, strict=True))
-    true_scores = np.array([[queries[q] @ by_id[i] for i in row] for q, row in enumerate(found)])
-    np.testing.assert_allclose(scores, true_scores, atol=1e-5)
-    _, self_hit = index.search(vectors[:20], 1)
-    np.testing.assert_array_equal(self_hit[:, 0], ids[:20])
-
-
-def test_add_replaces_an_existing_id(index, data):
-    ids, vectors, _ = data
-    filled(index, data)
-    target, new_vector = int(ids[5]), vectors[900]  # id 5 now holds the vector of position 900
-    index.add(np.array([target]), new_vector[None, :])
-    assert len(index) == N
-    _, found = index.search(vectors[5][None, :], 5)
-    assert target not in found[0]
-    _, found = index.search(new_vector[None, :], 2)
-    assert set(found[0]) == {target, int(ids[900])}
+# --- Milvus specifics of the VectorIndex behaviours ---------------------------------------------------
+# (the shared behaviour tests run on Milvus Lite in tests/test_index.py)
 
 
 def test_a_repeated_id_in_one_batch_keeps_the_last_vector(index, data):
@@ -135,30 +110,6 @@ def test_a_repeated_id_in_one_batch_keeps_the_last_vector(index, data):
     index.add(np.array([1, 1]), vectors[[3, 4]])  # an upsert batch, not the first insert
     scores, found = index.search(vectors[4][None, :], 1)
     assert found[0, 0] == 1 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
-
-
-def test_removed_ids_are_never_returned(index, data):
-    ids, vectors, queries = data
-    filled(index, data)
-    gone = ids[:100]
-    index.remove(np.concatenate([gone, [-5, 10**12]]))  # absent ids are ignored
-    assert len(index) == N - 100
-    _, found = index.search(np.vstack([queries, vectors[:100]]), 10)
-    assert not np.isin(found, gone).any()
-    assert (found >= 0).all(), "still k results"
-    np.testing.assert_array_equal(found[:40], exact(queries, ids[100:], vectors[100:], 10))
-
-
-def test_pads_with_minus_one_when_fewer_than_k(index, data):
-    _, vectors, _ = data
-    scores, found = index.search(vectors[:2], 4)
-    assert (found == -1).all() and np.isneginf(scores).all()
-    index.add(np.array([10, 11, 12]), vectors[:3])
-    scores, found = index.search(vectors[:2], 5)
-    assert (found[:, :3] >= 10).all() and (found[:, 3:] == -1).all()
-    assert np.isfinite(scores[:, :3]).all() and np.isneginf(scores[:, 3:]).all()
-    index.remove(np.array([10, 11, 12]))
-    assert len(index) == 0 and (index.search(vectors[:1], 3)[1] == -1).all()
 
 
 @pytest.mark.parametrize("chunk", [milvus.FILTER_CHUNK, 50], ids=["one-filter", "chunked-filters"])
