@@ -46,7 +46,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check src tests benchmarks
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) .lookalike reports
