@@ -1,7 +1,7 @@
 """Indexing throughput, end to end (read + decode + embed + insert), ONNX Runtime vs eager PyTorch.
 
 Measured in one run, medians over repeats:
-- model only: ONNX Runtime on ready-made uint8 batches of 32 (the ceiling for the pipeline);
+- model only: ONNX Runtime on ready-made uint8 batches of 32 and of 64 (the pipeline's batch): the ceiling;
 - pipeline, ONNX Runtime: `Collection.sync` of N photos into a fresh collection;
 - pipeline, eager PyTorch: the same with the PyTorch runtime (fewer photos: it is slow);
 - JPEG draft decoding: how far vectors move when large JPEGs are decoded at reduced scale.
@@ -117,6 +117,7 @@ def main() -> None:
         "machine": machine_info(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "model_only_onnx_images_per_s": model_only(onnx, repeats=max(3, 3 * args.repeats)),
+        "model_only_onnx_batch64_images_per_s": model_only(onnx, repeats=max(3, 3 * args.repeats), batch=64),
         "model_only_torch_images_per_s": model_only(torch_embedder, repeats=max(1, args.repeats)),
     }
     results["pipeline_onnx_images_per_s"], results["pipeline_onnx_runs"] = pipeline(
@@ -125,9 +126,9 @@ def main() -> None:
     results["pipeline_torch_images_per_s"], results["pipeline_torch_runs"] = pipeline(
         photo_subset(args.torch_images), "torch", args.repeats
     )
-    results["pipeline_onnx_over_model_only"] = (
-        results["pipeline_onnx_images_per_s"] / results["model_only_onnx_images_per_s"]
-    )
+    # Against the faster of the two model-only figures (batch 32 as the issue states it, or the pipeline's 64).
+    best_model_only = max(results["model_only_onnx_images_per_s"], results["model_only_onnx_batch64_images_per_s"])
+    results["pipeline_onnx_over_model_only"] = results["pipeline_onnx_images_per_s"] / best_model_only
     results["pipeline_onnx_over_pipeline_torch"] = (
         results["pipeline_onnx_images_per_s"] / results["pipeline_torch_images_per_s"]
     )

@@ -316,7 +316,7 @@ class Collection:
         folder: str | os.PathLike[str],
         *,
         embedder: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = 64,  # measured: 64 keeps ONNX Runtime busier than 32 while threads decode
         workers: int | None = None,
         progress: Progress | None = None,
     ) -> SyncReport:

@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="index type of a new collection: auto (default), flat, hnsw, hnsw-sq8, ivf, ivf-sq8, ivf-pq, ivf-pq-flat,"
         " milvus://HOST:PORT/NAME (a Milvus server) or milvus-lite:/abs/path.db",
     )
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--log", type=Path, help="write the full summary (with skipped paths) as JSON here")
     parser.set_defaults(run=run)
