@@ -212,18 +212,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=200, help="timed queries per scenario")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=RESULTS / "server_latency.json")
+    parser.add_argument("--size", type=int, default=COLLECTION_SIZE, help="images in the collection")
+    parser.add_argument("--out", type=Path, help="results file (default results/server_latency[_SIZE].json)")
     args = parser.parse_args()
+    suffix = "" if args.size == COLLECTION_SIZE else f"_{args.size}"
+    args.out = args.out or RESULTS / f"server_latency{suffix}.json"
 
     workdir = Path(tempfile.mkdtemp(prefix="lookalike-bench-server-"))
     try:
         started = time.perf_counter()
-        collection = build_synthetic_collection(workdir)
+        collection = build_synthetic_collection(workdir, size=args.size)
         build_seconds = time.perf_counter() - started
         with running_server(collection, workdir / "server.log") as url:
             stats = httpx.get(f"{url}/api/stats").json()
-            assert stats["images"] == COLLECTION_SIZE, stats
+            assert stats["images"] == args.size, stats
             scenarios = measure(url, args.queries, args.warmup)
+        index_kind = json.loads((collection / "indexes" / f"{EMBEDDER}.json").read_text())["kind"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -232,10 +236,10 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "collection": {
-            "images": COLLECTION_SIZE,
-            "how": "8,000 real photos + 2,000 symlinks to them; random unit vectors (1280-d) instead of embeddings",
+            "images": args.size,
+            "how": "the 8,000 real photos + symlinks to them; random unit vectors (1280-d) instead of embeddings",
             "embedder": EMBEDDER,
-            "index": "flat (exact)",
+            "index": index_kind,
             "build_seconds": round(build_seconds, 1),
         },
         "client": "one httpx client on 127.0.0.1, sequential requests, keep-alive; k=12",
