@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -151,21 +150,10 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        # The machine is shared: the load average says how busy it was while measuring.
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-    }
+    from lookalike.evaluation.runner import machine_info
+
+    # The machine is shared: the load average says how busy it was while measuring.
+    return {**machine_info(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
 
 
 def query_files(count: int, seed: int = 1) -> list[Path]:
