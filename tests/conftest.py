@@ -45,14 +45,20 @@ def sample_files(data_dir: Path, per_label: int = SAMPLE_PER_LABEL) -> list[Path
     return [data_dir / label / f"{label}.{i}.jpg" for label in ("cat", "dog") for i in range(1, per_label + 1)]
 
 
-@pytest.fixture()
-def sample_folder(tmp_path: Path, data_dir: Path) -> Path:
-    """A writable folder of 12 cat and 12 dog photos: <tmp>/photos/{cat,dog}/..."""
-    root = tmp_path / "photos"
+def copy_samples(data_dir: Path, root: Path) -> Path:
+    """Copy the fixed sample photos to root/{cat,dog}/ and return root."""
     for src in sample_files(data_dir):
         dst = root / src.parent.name / src.name
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
+    return root
+
+
+@pytest.fixture()
+def sample_folder(tmp_path: Path, data_dir: Path) -> Path:
+    """A writable folder of 12 cat and 12 dog photos: <tmp>/photos/{cat,dog}/..."""
+    root = tmp_path / "photos"
+    copy_samples(data_dir, root)
     return root
 
 
@@ -65,10 +71,7 @@ def shared_collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
     from lookalike import Collection
 
     root = tmp_path_factory.mktemp("shared") / "photos"
-    for src in sample_files(data_dir):
-        dst = root / src.parent.name / src.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
+    copy_samples(data_dir, root)
     collection = Collection.open(root.parent / "collection")
     collection.sync(root)
     yield collection

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import sample_files
+from conftest import copy_samples
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -46,10 +46,7 @@ def png_bytes(width: int, height: int) -> bytes:
 def collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Collection]:
     """Its own collection of the 24 sample photos: the API writes thumbnails into it."""
     root = tmp_path_factory.mktemp("api") / "photos"
-    for src in sample_files(data_dir):
-        dst = root / src.parent.name / src.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
+    copy_samples(data_dir, root)
     collection = Collection.open(root.parent / "collection")
     collection.sync(root)
     yield collection
