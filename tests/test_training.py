@@ -203,3 +203,37 @@ def test_cli_train_compact_autoencoder_and_report_visuals(sample_folder: Path, t
     assert "Held-out test split" in report
     for name in ("embedding_map.png", "examples-efficientnet-lite0.png", "examples-autoencoder-compact.png"):
         assert (out / name).stat().st_size > 1000
+
+
+def test_finetune_warms_up_the_head_first_and_embeds_mirror_images_alike(
+    sample_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Epoch 1 trains only the new head (the pretrained blocks are untouched), epoch 2 fine-tunes
+    the blocks too; the saved embedder gives an image and its mirror image the same vector."""
+    spec = {"backbone": "finetune", "trainable_blocks": 1, "views": 2, "head_warmup_epochs": 1}
+    request = run("triplet", sample_folder, epochs=2, patience=5, lr=3e-3, spec=spec)
+    snapshots: list[dict[str, torch.Tensor]] = []
+    from lookalike.training import session
+
+    real_fit = session.fit
+
+    def recording_fit(task, *args, **kwargs):
+        snapshots.append(weights(task.model))
+        kwargs["on_epoch"] = lambda record: snapshots.append(weights(task.model))
+        return real_fit(task, *args, **kwargs)
+
+    monkeypatch.setattr(session, "fit", recording_fit)
+    with Collection.open(tmp_path / "col") as collection:
+        train(collection, request, bars=False)
+        embedder = collection.embedder("triplet")
+        crops = np.stack([embedder.preprocess(_open(p)) for p in sorted(sample_folder.rglob("*.jpg"))[:4]])
+        vectors, mirrored = embedder.embed_arrays(crops), embedder.embed_arrays(crops[:, :, ::-1].copy())
+    initial, after_warmup, after_finetune = snapshots
+    block = "backbone.network._blocks.15._project_conv.weight"
+    assert torch.equal(after_warmup[block], initial[block])  # warm-up: blocks frozen
+    assert not torch.equal(after_warmup["head.0.weight"], initial["head.0.weight"])  # ... head trained
+    assert not torch.equal(after_finetune[block], after_warmup[block])  # then the blocks move
+    frozen = "backbone.network._blocks.14._project_conv.weight"  # before the cut: never trained
+    assert torch.equal(after_finetune[frozen], initial[frozen])
+    np.testing.assert_allclose(mirrored, vectors, atol=1e-5)
+    assert np.abs(vectors[0] - vectors[1]).max() > 1e-3  # ... and different images stay different

@@ -51,6 +51,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     metric.add_argument("--margin", type=float, default=0.2, help="triplet margin (default 0.2)")
     metric.add_argument("--views", type=int, default=3, help="cached views per image: clean + augmented (default 3)")
     metric.add_argument("--no-augment", action="store_true", help="train on the clean images only")
+    metric.add_argument(
+        "--no-flip-average",
+        action="store_true",
+        help="embed each image once; by default the image and its mirror image are embedded and averaged "
+        "(slightly better neighbours, half the embedding throughput)",
+    )
+    metric.add_argument(
+        "--head-warmup-epochs",
+        type=int,
+        default=1,
+        help="finetune: epochs that train only the new head before the backbone blocks move (default 1)",
+    )
 
     ae = parser.add_argument_group("autoencoder")
     ae.add_argument(
@@ -79,6 +91,8 @@ def spec_options(args: argparse.Namespace) -> dict[str, object]:
             margin=args.margin,
             views=args.views,
             augment=not args.no_augment,
+            flip_average=not args.no_flip_average,
+            head_warmup_epochs=args.head_warmup_epochs,
         )
     return options
 

@@ -58,6 +58,9 @@ class Task(ABC):
         """Optimiser groups; by default every trainable parameter at `lr`."""
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
 
+    def start_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:  # noqa: B027 (optional hook)
+        """Called before each epoch (also after a resume): a place for per-epoch schedules."""
+
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -155,6 +158,7 @@ def fit(
             break
         started = time.perf_counter()
         seed_everything(config.seed, epoch)
+        task.start_epoch(epoch, optimizer)
         model.train()
         total, count = 0.0, 0
         bar = _bar(task, epoch, config.epochs, progress)

@@ -48,6 +48,8 @@ class MetricSpec:
     margin: float = 0.2  # triplet margin; the contrastive loss uses pos 0, neg 1 (pml defaults)
     scratch_features: int = 256
     width: int = 32  # scratch only: channels of the small CNN's first layer
+    flip_average: bool = True  # at inference, embed the image and its mirror image and average
+    head_warmup_epochs: int = 1  # finetune: the first epochs train the head only (linear probing, then fine-tuning)
 
     def __post_init__(self) -> None:
         if self.method not in ("siamese", "triplet"):
@@ -67,6 +69,7 @@ class MetricSpec:
                 "head": "mlp",
                 "hidden": self.hidden,
                 "dim": self.dim,
+                "flip_average": self.flip_average,
             }
         blocks = self.trainable_blocks if self.backbone == "finetune" else 0
         return {
@@ -75,6 +78,7 @@ class MetricSpec:
             "head": "mlp",
             "hidden": self.hidden,
             "dim": self.dim,
+            "flip_average": self.flip_average,
         }
 
 
@@ -83,11 +87,13 @@ def build_network(spec: MetricSpec, pretrained: bool = True) -> Embedding:
         return Embedding(
             SmallConvNet(spec.scratch_features, spec.width),
             projection_head(spec.scratch_features, spec.dim, spec.hidden),
+            spec.flip_average,
         )
     blocks = spec.trainable_blocks if spec.backbone == "finetune" else 0
     return Embedding(
         EfficientNetBackbone(blocks, pretrained=pretrained),
         projection_head(EFFICIENTNET_FEATURES, spec.dim, spec.hidden),
+        spec.flip_average,
     )
 
 
@@ -108,6 +114,7 @@ class MetricTask(Task):
         self.spec = spec
         self.model = model
         self.prepared = prepared
+        self._backbone_lr: list[float] = []
         self.pixels = spec.backbone == "scratch"
         self.train_inputs, self.val_inputs = self._inputs()
         batch = min(spec.batch_size, len(prepared.train))
@@ -147,7 +154,15 @@ class MetricTask(Task):
         groups = [{"params": list(self.model.head.parameters()), "lr": lr}]
         if backbone:
             groups.append({"params": backbone, "lr": lr if self.pixels else lr * 0.1})
+        self._backbone_lr = [g["lr"] for g in groups[1:]]
         return groups
+
+    def start_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        # Linear probing, then fine-tuning (Kumar et al. 2022): while the new head is still random,
+        # its large gradients would distort the pretrained blocks, so they wait for the head to settle.
+        warm = not self.pixels and epoch <= self.spec.head_warmup_epochs
+        for group, lr in zip(optimizer.param_groups[1:], self._backbone_lr, strict=True):
+            group["lr"] = 0.0 if warm else lr
 
     def steps_per_epoch(self) -> int:
         return len(self.prepared.train) // self.batch_size

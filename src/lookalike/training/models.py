@@ -120,12 +120,18 @@ class ConvDecoder(nn.Module):
 
 
 class Embedding(nn.Module):
-    """backbone -> head: the module exported for inference (pixels in, embedding out)."""
+    """backbone -> head: the module exported for inference (pixels in, embedding out).
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    `flip_average`: embed the image and its mirror image and sum the two unit vectors
+    (test-time augmentation; the caller L2-normalises the sum). A photo and its mirror show
+    the same thing, so this removes a source of noise at twice the inference cost.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, flip_average: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.flip_average = flip_average
 
     def from_cached(self, cached: torch.Tensor) -> torch.Tensor:
         """Training path: start from the feature cache (pretrained backbones) or from pixels."""
@@ -134,4 +140,9 @@ class Embedding(nn.Module):
         return self.head(self.backbone(cached))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        if not self.flip_average:
+            return self.head(self.backbone(images))
+        # One batch of both, so the backbone runs once over 2n images (NCHW: dim 3 is the width).
+        both = self.head(self.backbone(torch.cat([images, images.flip(3)])))
+        plain, mirrored = both.chunk(2)
+        return nn.functional.normalize(plain, dim=1) + nn.functional.normalize(mirrored, dim=1)

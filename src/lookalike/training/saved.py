@@ -50,7 +50,7 @@ def build_module(arch: dict) -> Embedding:
         head = nn.Identity()
     else:
         raise EmbedderError(f"unknown head {head_kind!r}")
-    return Embedding(backbone, head)
+    return Embedding(backbone, head, bool(arch.get("flip_average", False)))
 
 
 def preprocessing_for(arch: dict) -> Preprocessing:
