@@ -237,3 +237,26 @@ def test_finetune_warms_up_the_head_first_and_embeds_mirror_images_alike(
     assert torch.equal(after_finetune[frozen], initial[frozen])
     np.testing.assert_allclose(mirrored, vectors, atol=1e-5)
     assert np.abs(vectors[0] - vectors[1]).max() > 1e-3  # ... and different images stay different
+
+
+def test_retraining_a_name_drops_the_old_models_vectors(sample_folder: Path, tmp_path: Path) -> None:
+    """Vectors are stored by embedder name: after `--restart` they must come from the new model."""
+    image = sample_folder / "cat" / "cat.1.jpg"
+    with Collection.open(tmp_path / "col") as collection:
+        train(collection, run("autoencoder", sample_folder, epochs=1, seed=0), bars=False)
+        collection.sync(sample_folder, embedder="autoencoder")
+        assert len(collection.search(image, k=3, embedder="autoencoder")) == 3  # an index is built and saved
+        ids, old = collection.catalog.vectors("autoencoder")
+        train(collection, run("autoencoder", sample_folder, epochs=1, seed=1, restart=True), bars=False)
+        assert collection.catalog.count_vectors("autoencoder") == 0
+        collection.sync(sample_folder, embedder="autoencoder")
+        new_ids, new = collection.catalog.vectors("autoencoder")
+        record = collection.catalog.get_by_path(str(image.resolve()))
+        fresh = collection.embed(image, embedder="autoencoder")
+        index_vector = collection.index("autoencoder")
+        hits = collection.search(image, k=3, embedder="autoencoder")
+    np.testing.assert_array_equal(new_ids, ids)
+    row = list(new_ids).index(record.id)
+    # Stored vector == what the new model gives (up to JPEG draft decoding), and not the old one.
+    assert float(new[row] @ fresh) > 0.999 > float(old[row] @ fresh) + 0.005, (new[row] @ fresh, old[row] @ fresh)
+    assert len(index_vector) == 24 and len(hits) == 3

@@ -195,6 +195,11 @@ class Catalog:
                 "DELETE FROM vectors WHERE image_id = ? AND embedder = ?", [(int(i), embedder) for i in ids]
             )
 
+    def delete_embedder(self, embedder: str) -> None:
+        """Every vector of one embedder, and what was measured of it."""
+        self._db.execute("DELETE FROM vectors WHERE embedder = ?", (embedder,))
+        self._db.execute("DELETE FROM meta WHERE key = ?", (f"throughput:{embedder}",))
+
     def has_vector(self, embedder: str, image_id: int) -> bool:
         row = self._db.execute(
             "SELECT 1 FROM vectors WHERE embedder = ? AND image_id = ?", (embedder, image_id)

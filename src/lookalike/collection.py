@@ -238,6 +238,14 @@ class Collection:
             if name in self._indexes:
                 self._indexes[name].remove(np.asarray(ids, dtype=np.int64))
 
+    def forget_embedder(self, name: str) -> None:
+        """Drop every stored vector of embedder `name` (its model was replaced); they are re-embedded when needed."""
+        with self._lock, self._change():
+            self.catalog.delete_embedder(name)
+            self.catalog.bump_generation(name)  # a saved index of `name` is now stale
+            self._indexes.pop(name, None)
+            self._embedders.pop(name, None)
+
     def _store(self, name: str, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Inside `_change`: put vectors of one embedder into catalog and index."""
         if not len(ids):

@@ -138,5 +138,6 @@ def train(
         "trained_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     info = save_model(model_dir, encoder, split, info)
+    collection.forget_embedder(name)  # vectors of an earlier model of this name would be stale
     (model_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: model.json + weights are what count
     return Trained(info, encoder.eval())
