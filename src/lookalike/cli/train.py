@@ -58,6 +58,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "(slightly better neighbours, half the embedding throughput)",
     )
     metric.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=0.02,
+        help="finetune: learning rate of the pretrained blocks relative to the head's (default 0.02)",
+    )
+    metric.add_argument(
         "--head-warmup-epochs",
         type=int,
         default=1,
@@ -93,6 +99,7 @@ def spec_options(args: argparse.Namespace) -> dict[str, object]:
             augment=not args.no_augment,
             flip_average=not args.no_flip_average,
             head_warmup_epochs=args.head_warmup_epochs,
+            backbone_lr_scale=args.backbone_lr_scale,
         )
     return options
 

@@ -50,6 +50,7 @@ class MetricSpec:
     width: int = 32  # scratch only: channels of the small CNN's first layer
     flip_average: bool = True  # at inference, embed the image and its mirror image and average
     head_warmup_epochs: int = 1  # finetune: the first epochs train the head only (linear probing, then fine-tuning)
+    backbone_lr_scale: float = 0.02  # finetune: the blocks' learning rate relative to the head's
 
     def __post_init__(self) -> None:
         if self.method not in ("siamese", "triplet"):
@@ -149,11 +150,11 @@ class MetricTask(Task):
         return data
 
     def parameter_groups(self, lr: float) -> list[dict[str, object]]:
-        # Pretrained blocks move ten times slower than the new head, so fine-tuning does not wreck them.
+        # Pretrained blocks move slower than the new head (backbone_lr_scale), so fine-tuning does not wreck them.
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
         groups = [{"params": list(self.model.head.parameters()), "lr": lr}]
         if backbone:
-            groups.append({"params": backbone, "lr": lr if self.pixels else lr * 0.1})
+            groups.append({"params": backbone, "lr": lr if self.pixels else lr * self.spec.backbone_lr_scale})
         self._backbone_lr = [g["lr"] for g in groups[1:]]
         return groups
 
