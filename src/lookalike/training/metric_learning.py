@@ -115,7 +115,6 @@ class MetricTask(Task):
         self.spec = spec
         self.model = model
         self.prepared = prepared
-        self._backbone_lr: list[float] = []
         self.pixels = spec.backbone == "scratch"
         self.train_inputs, self.val_inputs = self._inputs()
         batch = min(spec.batch_size, len(prepared.train))
@@ -154,16 +153,17 @@ class MetricTask(Task):
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
         groups = [{"params": list(self.model.head.parameters()), "lr": lr}]
         if backbone:
-            groups.append({"params": backbone, "lr": lr if self.pixels else lr * self.spec.backbone_lr_scale})
-        self._backbone_lr = [g["lr"] for g in groups[1:]]
+            backbone_lr = lr if self.pixels else lr * self.spec.backbone_lr_scale
+            # "base_lr" travels with the group (and the checkpoint) so the warm-up can zero "lr" and restore it.
+            groups.append({"params": backbone, "lr": backbone_lr, "base_lr": backbone_lr})
         return groups
 
     def start_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
         # Linear probing, then fine-tuning (Kumar et al. 2022): while the new head is still random,
         # its large gradients would distort the pretrained blocks, so they wait for the head to settle.
         warm = not self.pixels and epoch <= self.spec.head_warmup_epochs
-        for group, lr in zip(optimizer.param_groups[1:], self._backbone_lr, strict=True):
-            group["lr"] = 0.0 if warm else lr
+        for group in optimizer.param_groups[1:]:
+            group["lr"] = 0.0 if warm else group["base_lr"]
 
     def steps_per_epoch(self) -> int:
         return len(self.prepared.train) // self.batch_size
