@@ -12,7 +12,13 @@ from PIL import Image
 
 from lookalike import embedders
 from lookalike.embedders import EmbedderError
-from lookalike.embedders.pretrained import EFFICIENTNET_LITE_PREPROCESSING, efficientnet_lite0_network
+from lookalike.embedders.pretrained import (
+    EFFICIENTNET_LITE_PREPROCESSING,
+    EFFICIENTNET_LITE_SIZES,
+    efficientnet_lite0_network,
+    efficientnet_lite_network,
+    efficientnet_lite_preprocessing,
+)
 from lookalike.images import open_image
 
 # ImageNet classes of domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian cat.
@@ -25,6 +31,28 @@ def test_efficientnet_lite0_head_calls_a_cat_a_cat(data_dir: Path) -> None:
     with torch.inference_mode():
         top = int(network(batch).argmax(dim=1)[0])
     assert top in CAT_CLASSES
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_larger_efficientnet_lites_load_their_pip_weights_and_know_a_cat(name: str, data_dir: Path) -> None:
+    network = efficientnet_lite_network(name)
+    preprocessing = efficientnet_lite_preprocessing(name)
+    assert preprocessing.crop == EFFICIENTNET_LITE_SIZES[name] and preprocessing.resize == preprocessing.crop + 32
+    batch = torch.from_numpy(np.stack([preprocessing(open_image(data_dir / "cat" / "cat.1.jpg"))]))
+    with torch.inference_mode():
+        assert int(network(batch).argmax(dim=1)[0]) in CAT_CLASSES
+    embedder = embedders.create(name)
+    images = [open_image(data_dir / label / f"{label}.{i}.jpg") for label in ("cat", "dog") for i in (1, 2, 3)]
+    vectors = embedder.embed_images(images)
+    assert vectors.shape == (6, 1280)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    sims = vectors @ vectors.T
+    assert (sims[:3, :3].sum() - 3) / 6 > sims[:3, 3:].mean() + 0.05
+
+
+def test_an_unknown_efficientnet_lite_is_a_clear_error() -> None:
+    with pytest.raises(EmbedderError, match="efficientnet-lite2"):
+        efficientnet_lite_network("efficientnet-lite4")
 
 
 def test_default_embedder_gives_unit_vectors_that_separate_cats_from_dogs(data_dir: Path) -> None:

@@ -260,3 +260,32 @@ def test_retraining_a_name_drops_the_old_models_vectors(sample_folder: Path, tmp
     # Stored vector == what the new model gives (up to JPEG draft decoding), and not the old one.
     assert float(new[row] @ fresh) > 0.999 > float(old[row] @ fresh) + 0.005, (new[row] @ fresh, old[row] @ fresh)
     assert len(index_vector) == 24 and len(hits) == 3
+
+
+def test_a_larger_pretrained_backbone_is_fine_tuned_saved_and_reloaded(sample_folder: Path, tmp_path: Path) -> None:
+    """`--backbone-model efficientnet-lite2`: 21 blocks at 260 pixels; only the blocks after the cut train,
+    and the saved embedder rebuilds the same network (same vectors in a new collection handle)."""
+    spec = {"backbone": "finetune", "backbone_model": "efficientnet-lite2", "trainable_blocks": 1, "views": 2}
+    request = run("siamese", sample_folder, epochs=1, patience=5, lr=3e-3, spec={**spec, "head_warmup_epochs": 0})
+    images = sorted(sample_folder.rglob("*.jpg"))[:3]
+    with Collection.open(tmp_path / "col") as collection:
+        from lookalike.training.models import EfficientNetBackbone
+
+        pretrained = weights(EfficientNetBackbone(1, True, "efficientnet-lite2"))
+        info = train(collection, request, bars=False).info
+        assert info["architecture"]["backbone"] == "efficientnet-lite2"
+        embedder = collection.embedder("siamese")
+        assert embedder.preprocessing.crop == 260
+        from lookalike.training.saved import load_module
+
+        module, _ = load_module(tmp_path / "col" / "models" / "siamese")
+        trained = {k.removeprefix("backbone."): v for k, v in weights(module).items()}
+        vectors = np.stack([collection.embed(p, embedder="siamese") for p in images])
+    assert not torch.equal(
+        trained["network._blocks.20._project_conv.weight"], pretrained["network._blocks.20._project_conv.weight"]
+    )
+    assert torch.equal(
+        trained["network._blocks.19._project_conv.weight"], pretrained["network._blocks.19._project_conv.weight"]
+    )
+    with Collection.open(tmp_path / "col") as again:
+        np.testing.assert_allclose(np.stack([again.embed(p, embedder="siamese") for p in images]), vectors, atol=1e-4)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..collection import Collection
+from ..embedders.pretrained import EFFICIENTNET_LITE_SIZES
 from .common import add_collection_option, print_json, progress_bars
 
 
@@ -40,6 +41,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=["frozen", "finetune", "scratch"],
         default="finetune",
         help="pretrained EfficientNet-Lite0 frozen or fine-tuned, or a small CNN from scratch",
+    )
+    metric.add_argument(
+        "--backbone-model",
+        choices=list(EFFICIENTNET_LITE_SIZES),
+        default="efficientnet-lite0",
+        help="pretrained network for frozen/finetune (default efficientnet-lite0; lite2: stronger, 2x slower)",
     )
     metric.add_argument("--trainable-blocks", type=int, default=2, help="MBConv blocks fine-tuned (default 2)")
     metric.add_argument(
@@ -92,6 +99,7 @@ def spec_options(args: argparse.Namespace) -> dict[str, object]:
     else:
         options.update(
             backbone=args.backbone,
+            backbone_model=args.backbone_model,
             trainable_blocks=args.trainable_blocks,
             mining=args.mining,
             margin=args.margin,

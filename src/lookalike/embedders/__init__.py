@@ -20,6 +20,8 @@ DEFAULT_EMBEDDER = "efficientnet-lite0"
 # name -> factory(weights=None, runtime="auto") -> Embedder
 _BUILTIN: dict[str, Callable[..., Embedder]] = {
     "efficientnet-lite0": pretrained.efficientnet_lite0,
+    "efficientnet-lite1": pretrained.efficientnet_lite1,
+    "efficientnet-lite2": pretrained.efficientnet_lite2,
     "resnet50": pretrained.resnet50,
     "vgg16": pretrained.vgg16,
 }

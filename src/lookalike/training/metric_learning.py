@@ -23,6 +23,7 @@ import torch
 from pytorch_metric_learning import losses, miners, samplers
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
+from ..embedders.pretrained import EFFICIENTNET_LITE_SIZES, efficientnet_lite_preprocessing
 from .data import Augmentation, FeatureCache, PixelCache, pixel_batch
 from .loop import Task
 from .models import EFFICIENTNET_FEATURES, EfficientNetBackbone, Embedding, SmallConvNet, projection_head
@@ -38,6 +39,7 @@ class MetricSpec:
 
     method: str  # "siamese" | "triplet"
     backbone: str = "finetune"
+    backbone_model: str = "efficientnet-lite0"  # which pretrained EfficientNet-Lite (frozen or finetune)
     trainable_blocks: int = 2
     mining: str = "hard"  # siamese only
     dim: int = 128
@@ -57,6 +59,8 @@ class MetricSpec:
             raise ValueError(f"unknown metric-learning method {self.method!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}")
+        if self.backbone_model not in EFFICIENTNET_LITE_SIZES:
+            raise ValueError(f"backbone model must be one of {', '.join(EFFICIENTNET_LITE_SIZES)}")
         if self.mining not in MINING:
             raise ValueError(f"mining must be one of {', '.join(MINING)}")
 
@@ -74,7 +78,7 @@ class MetricSpec:
             }
         blocks = self.trainable_blocks if self.backbone == "finetune" else 0
         return {
-            "backbone": "efficientnet-lite0",
+            "backbone": self.backbone_model,
             "trainable_blocks": blocks,
             "head": "mlp",
             "hidden": self.hidden,
@@ -92,7 +96,7 @@ def build_network(spec: MetricSpec, pretrained: bool = True) -> Embedding:
         )
     blocks = spec.trainable_blocks if spec.backbone == "finetune" else 0
     return Embedding(
-        EfficientNetBackbone(blocks, pretrained=pretrained),
+        EfficientNetBackbone(blocks, pretrained, spec.backbone_model),
         projection_head(EFFICIENTNET_FEATURES, spec.dim, spec.hidden),
         spec.flip_average,
     )
@@ -138,12 +142,11 @@ class MetricTask(Task):
             return data
         backbone = self.model.backbone
         assert isinstance(backbone, EfficientNetBackbone)
-        backbone_id = (
-            f"efficientnet-lite0-cut{backbone.cut}" if backbone.trainable_blocks else "efficientnet-lite0-pooled"
-        )
+        backbone_id = f"{backbone.model}-cut{backbone.cut}" if backbone.trainable_blocks else f"{backbone.model}-pooled"
         views = self.spec.views if self.spec.augment else 1
-        train = FeatureCache(p.cache_root, backbone, backbone_id, p.train, views, p.seed, Augmentation())
-        val = FeatureCache(p.cache_root, backbone, backbone_id, p.val, 1, p.seed)
+        pre = efficientnet_lite_preprocessing(backbone.model)
+        train = FeatureCache(p.cache_root, backbone, backbone_id, p.train, views, p.seed, Augmentation(), pre)
+        val = FeatureCache(p.cache_root, backbone, backbone_id, p.val, 1, p.seed, preprocessing=pre)
         data = train.load(p.report("caching features (train)")), val.load(p.report("caching features (val)"))
         self.cache_seconds = train.seconds + val.seconds
         return data

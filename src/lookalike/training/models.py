@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..embedders.pretrained import efficientnet_lite0_network
+from ..embedders.pretrained import EFFICIENTNET_LITE_SIZES, efficientnet_lite_network
 
-EFFICIENTNET_BLOCKS = 16
-EFFICIENTNET_FEATURES = 1280
+EFFICIENTNET_FEATURES = 1280  # every EfficientNet-Lite ends in a 1280-channel head conv
 
 
 def projection_head(in_dim: int, dim: int, hidden: int = 512) -> nn.Module:
@@ -23,24 +22,29 @@ def projection_head(in_dim: int, dim: int, hidden: int = 512) -> nn.Module:
 
 
 class EfficientNetBackbone(nn.Module):
-    """EfficientNet-Lite0 features, split after block `cut` (cut=16: only the 1x1 head conv is left).
+    """EfficientNet-Lite features, split after block `cut` (cut = number of blocks: only the 1x1 head conv is left).
 
     `trainable_blocks` = 0 keeps everything frozen and caches the pooled 1280-d features;
     k > 0 caches the activations before the last k MBConv blocks and trains those blocks and the head conv.
+    `model`: efficientnet-lite0 (16 blocks, 224 px), -lite1 or -lite2 (21 blocks, 240 / 260 px).
     """
 
-    def __init__(self, trainable_blocks: int = 0, pretrained: bool = True):
+    def __init__(self, trainable_blocks: int = 0, pretrained: bool = True, model: str = "efficientnet-lite0"):
         super().__init__()
-        if not 0 <= trainable_blocks <= EFFICIENTNET_BLOCKS:
-            raise ValueError(f"trainable blocks must be in 0..{EFFICIENTNET_BLOCKS}")
-        self.trainable_blocks = trainable_blocks
-        self.cut = EFFICIENTNET_BLOCKS - trainable_blocks
+        if model not in EFFICIENTNET_LITE_SIZES:
+            raise ValueError(f"backbone model must be one of {', '.join(EFFICIENTNET_LITE_SIZES)}")
         if pretrained:
-            self.network = efficientnet_lite0_network()
+            self.network = efficientnet_lite_network(model)
         else:
             from efficientnet_lite_pytorch import EfficientNet
 
-            self.network = EfficientNet.from_name("efficientnet-lite0")
+            self.network = EfficientNet.from_name(model)
+        self.model = model
+        blocks = len(self.network._blocks)
+        if not 0 <= trainable_blocks <= blocks:
+            raise ValueError(f"trainable blocks must be in 0..{blocks} for {model}")
+        self.trainable_blocks = trainable_blocks
+        self.cut = blocks - trainable_blocks
         for p in self.network.parameters():
             p.requires_grad = False
         if trainable_blocks:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..embedders import EmbedderError, register_trained_loader
 from ..embedders.base import Preprocessing
-from ..embedders.pretrained import EFFICIENTNET_LITE_PREPROCESSING
+from ..embedders.pretrained import EFFICIENTNET_LITE_SIZES, efficientnet_lite_preprocessing
 from ..embedders.runtime import TorchModelEmbedder
 from ..storage import atomic_path, write_json
 from .autoencoder import FeatureEncoder
@@ -32,9 +32,9 @@ MODEL_FILE, WEIGHTS_FILE, SPLIT_FILE = "model.json", "weights.pt", "split.json"
 
 def build_module(arch: dict) -> Embedding:
     """The inference network described by `arch` (weights are loaded separately)."""
-    if arch["backbone"] == "efficientnet-lite0":
+    if arch["backbone"] in EFFICIENTNET_LITE_SIZES:
         # Random init: every weight, pretrained or trained, comes from weights.pt.
-        backbone: nn.Module = EfficientNetBackbone(int(arch["trainable_blocks"]), pretrained=False)
+        backbone: nn.Module = EfficientNetBackbone(int(arch["trainable_blocks"]), False, arch["backbone"])
         features = EFFICIENTNET_FEATURES
     elif arch["backbone"] == "small-cnn":
         backbone = SmallConvNet(int(arch["features"]), int(arch.get("width", 32)))
@@ -54,7 +54,9 @@ def build_module(arch: dict) -> Embedding:
 
 
 def preprocessing_for(arch: dict) -> Preprocessing:
-    return EFFICIENTNET_LITE_PREPROCESSING if arch["backbone"] == "efficientnet-lite0" else PIXEL_PREPROCESSING
+    if arch["backbone"] in EFFICIENTNET_LITE_SIZES:
+        return efficientnet_lite_preprocessing(arch["backbone"])
+    return PIXEL_PREPROCESSING
 
 
 def save_model(model_dir: Path, module: Embedding, split: Split, info: dict) -> dict:
