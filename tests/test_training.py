@@ -210,7 +210,8 @@ def test_finetune_warms_up_the_head_first_and_embeds_mirror_images_alike(
 ) -> None:
     """Epoch 1 trains only the new head (the pretrained blocks are untouched), epoch 2 fine-tunes
     the blocks too; the saved embedder gives an image and its mirror image the same vector."""
-    spec = {"backbone": "finetune", "trainable_blocks": 1, "views": 2, "head_warmup_epochs": 1}
+    spec = {"backbone": "finetune", "backbone_model": "efficientnet-lite0", "trainable_blocks": 1, "views": 2,
+            "head_warmup_epochs": 1}  # fmt: skip
     request = run("triplet", sample_folder, epochs=2, patience=5, lr=3e-3, spec=spec)
     snapshots: list[dict[str, torch.Tensor]] = []
     from lookalike.training import session
