@@ -109,10 +109,11 @@ def test_metric_learning_loss_falls_on_the_training_images(
     assert full_loss() < before * 0.9, (before, full_loss())
 
 
-def test_resume_after_a_kill_continues_from_the_checkpoint(sample_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_a_kill_continues_from_the_checkpoint(sample_folder: Path, tmp_path: Path, schedule: str) -> None:
     """Interrupted after epoch 1 and run again: it starts at epoch 2 and ends exactly where an
-    uninterrupted run ends (same seed)."""
-    request = run("siamese", sample_folder, epochs=2, patience=5, spec={"backbone": "scratch"})
+    uninterrupted run ends (same seed), whatever the learning-rate schedule."""
+    request = run("siamese", sample_folder, epochs=2, patience=5, schedule=schedule, spec={"backbone": "scratch"})
     with Collection.open(tmp_path / "whole") as collection:
         whole = train(collection, request, bars=False)
 
@@ -136,6 +137,50 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(sample_folder: Path, 
     assert not (model_dir / CHECKPOINT).exists()
     for key, value in weights(whole.module).items():
         torch.testing.assert_close(resumed.module.state_dict()[key], value, msg=key)
+
+
+def test_cosine_schedule_decays_every_group_to_zero_and_keeps_the_warm_up(tmp_path: Path) -> None:
+    """Per step, each group's rate is its initial rate times the half cosine over all epochs;
+    a group the task silences for an epoch (the fine-tuning warm-up) stays at 0 for that epoch."""
+    from lookalike.training.loop import LoopConfig, Task, cosine_factor, fit
+
+    class Recorder(Task):
+        def __init__(self) -> None:
+            self.model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+            self.rates: list[tuple[float, float]] = []
+
+        def parameter_groups(self, lr: float) -> list[dict[str, object]]:
+            return [
+                {"params": self.model[0].parameters(), "lr": lr},
+                {"params": self.model[1].parameters(), "lr": lr / 10},
+            ]
+
+        def start_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+            self.optimizer = optimizer
+            if epoch == 1:
+                optimizer.param_groups[1]["lr"] = 0.0
+
+        def steps_per_epoch(self) -> int:
+            return 4
+
+        def batches(self, epoch: int):
+            return [torch.ones(2, 3)] * 4
+
+        def loss(self, batch: torch.Tensor) -> torch.Tensor:
+            self.rates.append(tuple(g["lr"] for g in self.optimizer.param_groups))
+            return self.model(batch).pow(2).mean()
+
+        def validate(self) -> dict[str, float]:
+            return {"MAP@R": float(len(self.rates))}  # always improving: every epoch runs
+
+    task = Recorder()
+    fit(task, tmp_path, LoopConfig(epochs=3, lr=0.1, schedule="cosine"), progress=False)
+    expected = [cosine_factor(epoch + step / 4, 3) for epoch in range(3) for step in range(4)]
+    assert [head for head, _ in task.rates] == pytest.approx([0.1 * f for f in expected])
+    assert [rest for _, rest in task.rates] == pytest.approx([0.0] * 4 + [0.01 * f for f in expected[4:]])
+    assert task.rates[0][0] == pytest.approx(0.1) and task.rates[-1][0] < 0.01  # decays towards 0
+    with pytest.raises(ValueError, match="schedule"):
+        LoopConfig(schedule="linear")
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(sample_folder: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..collection import Collection
 from ..embedders.pretrained import EFFICIENTNET_LITE_SIZES
+from ..training.loop import SCHEDULES
 from .common import add_collection_option, print_json, progress_bars
 
 
@@ -28,6 +29,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same model (default 0)")
     parser.add_argument("--lr", type=float, help="learning rate of the new layers (default 1e-3)")
     parser.add_argument("--patience", type=int, default=3, help="stop after N epochs without a better val MAP@R")
+    parser.add_argument(
+        "--schedule", choices=SCHEDULES, help="learning-rate schedule (default: cosine when fine-tuning, else constant)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dim", type=int, help="embedding size (default 128; pixel autoencoder 256)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of images for early stopping")
@@ -123,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         lr=args.lr,
         patience=args.patience,
+        schedule=args.schedule,
         seed=args.seed,
         split=SplitRule(test_fraction=args.test_fraction, val_fraction=args.val_fraction),
         spec=spec_options(args),

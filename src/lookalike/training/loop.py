@@ -1,9 +1,10 @@
 """The one training loop every method uses.
 
 A method supplies a `Task` (its module, its batches, its loss, its validation); the loop
-owns everything else: the optimiser, seeding, tqdm progress with the running loss, an
-atomic checkpoint after every epoch, resuming from it, early stopping on the validation
-score (MAP@R when labels exist) and restoring the best epoch's weights at the end.
+owns everything else: the optimiser and its learning-rate schedule, seeding, tqdm progress
+with the running loss, an atomic checkpoint after every epoch, resuming from it, early
+stopping on the validation score (MAP@R when labels exist) and restoring the best epoch's
+weights at the end.
 
 Determinism: every epoch reseeds torch, numpy and `random` from (seed, epoch), so an
 interrupted-and-resumed run gives the same weights as one that was never interrupted.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import random
 import sys
 import time
@@ -29,6 +31,7 @@ from torch import nn
 from ..storage import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
+SCHEDULES = ("constant", "cosine")
 
 
 class Task(ABC):
@@ -70,6 +73,13 @@ class LoopConfig:
     patience: int = 3  # epochs without a better validation score before stopping
     seed: int = 0
     threads: int = 2
+    # "constant", or "cosine": every group's rate decays per step along a half cosine to 0 at the last
+    # epoch, so the final epochs take small steps and the kept weights do not depend on where a step landed.
+    schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
 
 
 @dataclass
@@ -100,6 +110,11 @@ def seed_everything(seed: int, epoch: int = 0) -> None:
     torch.manual_seed(derived)
 
 
+def cosine_factor(progress: float, epochs: int) -> float:
+    """The cosine schedule's multiplier after `progress` epochs of `epochs`: 1 at the start, 0 at the end."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress / max(epochs, 1), 1.0)))
+
+
 def _fingerprint(config: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -121,11 +136,14 @@ def fit(
     torch.set_num_threads(config.threads)
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = work_dir / CHECKPOINT
-    # Stopping rules (epochs, patience) may change between runs: resuming with more epochs extends training.
+    # Stopping rules (epochs, patience) may change between runs: resuming with more epochs extends training
+    # (under the cosine schedule the rest of the decay then stretches to the new last epoch).
     dynamics = {k: v for k, v in asdict(config).items() if k not in ("epochs", "patience")}
     fingerprint = _fingerprint({"loop": dynamics, "run": run_config or {}})
     model = task.model
     optimizer = torch.optim.AdamW(task.parameter_groups(config.lr), lr=config.lr, weight_decay=config.weight_decay)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
     result = LoopResult()
     best_state = copy.deepcopy(model.state_dict())
     bad_epochs = 0
@@ -158,11 +176,20 @@ def fit(
             break
         started = time.perf_counter()
         seed_everything(config.seed, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
         task.start_epoch(epoch, optimizer)
+        epoch_lrs = [group["lr"] for group in optimizer.param_groups]
+        steps = task.steps_per_epoch()
         model.train()
         total, count = 0.0, 0
         bar = _bar(task, epoch, config.epochs, progress)
-        for batch in task.batches(epoch):
+        for step, batch in enumerate(task.batches(epoch)):
+            if config.schedule == "cosine":
+                # A function of (epoch, step) alone, so a resumed run follows the same rates.
+                factor = cosine_factor(epoch - 1 + (step / steps if steps else 0.0), config.epochs)
+                for group, lr in zip(optimizer.param_groups, epoch_lrs, strict=True):
+                    group["lr"] = lr * factor
             loss = task.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -158,8 +158,7 @@ class MetricTask(Task):
         groups = [{"params": list(self.model.head.parameters()), "lr": lr}]
         if backbone:
             backbone_lr = lr if self.pixels else lr * self.spec.backbone_lr_scale
-            # "base_lr" travels with the group (and the checkpoint) so the warm-up can zero "lr" and restore it.
-            groups.append({"params": backbone, "lr": backbone_lr, "base_lr": backbone_lr})
+            groups.append({"params": backbone, "lr": backbone_lr})
         return groups
 
     def start_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
@@ -167,7 +166,8 @@ class MetricTask(Task):
         # its large gradients would distort the pretrained blocks, so they wait for the head to settle.
         warm = not self.pixels and epoch <= self.spec.head_warmup_epochs
         for group in optimizer.param_groups[1:]:
-            group["lr"] = 0.0 if warm else group["base_lr"]
+            if warm:
+                group["lr"] = 0.0  # the loop restores each group's initial rate every epoch
 
     def steps_per_epoch(self) -> int:
         return len(self.prepared.train) // self.batch_size

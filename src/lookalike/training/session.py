@@ -30,6 +30,7 @@ class TrainingRun:
     epochs: int | None = None
     lr: float | None = None
     patience: int = 3
+    schedule: str | None = None
     seed: int = 0
     split: SplitRule = field(default_factory=SplitRule)
     spec: dict[str, object] = field(default_factory=dict)  # MetricSpec / AutoencoderSpec fields
@@ -52,15 +53,19 @@ class TrainingRun:
 
     def loop_config(self, spec: object) -> LoopConfig:
         """CPU-feasible defaults per method (see docs/training.md for the measured times)."""
+        schedule = "constant"
         if isinstance(spec, autoencoder.AutoencoderSpec):
             epochs, lr = (10, 1e-3) if spec.variant == "pixels" else (30, 1e-3)
         else:
             assert isinstance(spec, metric_learning.MetricSpec)
             epochs, lr = {"frozen": (20, 1e-3), "finetune": (4, 1e-3), "scratch": (10, 1e-3)}[spec.backbone]
+            if spec.backbone == "finetune":
+                schedule = "cosine"
         return LoopConfig(
             epochs=self.epochs if self.epochs is not None else epochs,
             lr=self.lr if self.lr is not None else lr,
             patience=self.patience,
+            schedule=self.schedule or schedule,
             seed=self.seed,
         )
 
