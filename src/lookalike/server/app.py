@@ -53,6 +53,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 # 40 megapixels (e.g. 8000x5000): larger uploads are refused before being decoded in full.
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_K = 12
+MAX_SEARCH_ATTEMPTS = 3  # a search that races a delete is repeated, at most this often
 MAX_K = 100
 MAX_PAGE = 200
 MAX_LABEL_LENGTH = 100
@@ -356,15 +357,19 @@ def search_with_vector(
     started: float,
 ) -> SearchOut:
     count = k + (exclude is not None)
-    if label is None:
-        scores, ids = state.batched_search[embedder].search(vector, count)
-    else:
-        allowed = state.image_ids.ids(label)
-        with state.index_lock.reading():
-            scores, ids = state.collection.index(embedder).search(vector[None, :], count, allowed_ids=allowed)
-        scores, ids = scores[0], ids[0]
-    pairs = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0 and i != exclude][:k]
-    records = state.collection.catalog.get_many(i for i, _ in pairs)
+    for _ in range(MAX_SEARCH_ATTEMPTS):
+        if label is None:
+            scores, ids = state.batched_search[embedder].search(vector, count)
+        else:
+            allowed = state.image_ids.ids(label)
+            with state.index_lock.reading():
+                scores, ids = state.collection.index(embedder).search(vector[None, :], count, allowed_ids=allowed)
+            scores, ids = scores[0], ids[0]
+        pairs = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0 and i != exclude][:k]
+        records = state.collection.catalog.get_many(i for i, _ in pairs)
+        if len(records) == len(pairs):
+            break
+        # A result was deleted between the index search and this lookup: search again for a full k.
     hits = [
         SearchHit(**image_out(records[i]).model_dump(), rank=rank, score=round(score, 6))
         for rank, (i, score) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
