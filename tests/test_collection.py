@@ -123,6 +123,34 @@ def test_index_persists_and_is_rebuilt_when_stale(sample_folder: Path, tmp_path:
         assert reopened.search(sample_folder / "cat" / "cat.5.jpg", k=5) == expected
 
 
+def test_changes_made_by_another_process_are_seen_without_reopening(sample_folder: Path, tmp_path: Path) -> None:
+    """A server keeps its collection open while `lookalike index` runs beside it (here: a second
+    connection to the same collection): its next search sees the images the other one added,
+    never returns the ones it removed, and what it saves afterwards is not mistaken for current."""
+    later = tmp_path / "later"
+    later.mkdir()
+    shutil.move(sample_folder / "dog", later / "dog")  # the server starts with the cats only
+    with Collection.open(tmp_path / "col") as server:
+        server.sync(sample_folder)
+        query = server.catalog.get_by_path(str(sample_folder / "cat" / "cat.1.jpg")).id
+        assert len(server.search_id(query, k=30)) == 11
+
+        shutil.move(later / "dog", sample_folder / "dog")
+        with Collection.open(tmp_path / "col", create=False) as other:
+            assert len(other.sync(sample_folder).added) == 12
+        results = server.search_id(query, k=30)
+        assert len(results) == 23 and {r.label for r in results} == {"cat", "dog"}
+
+        dogs = [r.id for r in results if r.label == "dog"]
+        with Collection.open(tmp_path / "col", create=False) as other:
+            assert other.remove(dogs) == 12
+        results = server.search_id(query, k=30)
+        assert len(results) == 11 and not {r.id for r in results} & set(dogs)
+        server.save()
+    with Collection.open(tmp_path / "col", create=False) as reopened:
+        assert len(reopened.index()) == 12
+
+
 def test_remove_by_id(sample_folder: Path, tmp_path: Path) -> None:
     with Collection.open(tmp_path / "col") as collection:
         collection.sync(sample_folder)

@@ -637,6 +637,29 @@ def test_add_search_delete_round_trip(small_collection: Collection, data_dir: Pa
     assert added["id"] not in [item["id"] for item in listed["items"]]
 
 
+def test_a_running_server_sees_what_another_process_indexes(small_collection: Collection, data_dir: Path) -> None:
+    """`lookalike index` run beside `lookalike serve` (here: a second connection to the collection):
+    the server's browse list and searches include the new photo, and drop it once removed."""
+    client = TestClient(create_app(small_collection))
+    assert client.get("/api/images", params={"limit": 200}).json()["total"] == 6  # the lists are now cached
+    data = (data_dir / NEW_DOG).read_bytes()
+    assert client.post("/api/search?k=6", files=jpeg_upload(data)).json()["results"][0]["score"] < 0.999
+    photos = Path(small_collection.catalog.records()[0].path).parent.parent
+    shutil.copy2(data_dir / NEW_DOG, photos / "dog")
+    with Collection.open(small_collection.path, create=False) as other:
+        other.sync(photos)
+        new_id = other.catalog.get_by_path(str(photos / NEW_DOG)).id
+    listed = client.get("/api/images", params={"limit": 200}).json()
+    assert listed["total"] == 7 and new_id in [item["id"] for item in listed["items"]]
+    hits = client.post("/api/search?k=7", files=jpeg_upload(data)).json()["results"]
+    assert hits[0]["id"] == new_id and hits[0]["score"] > 0.999
+    with Collection.open(small_collection.path, create=False) as other:
+        assert other.remove([new_id]) == 1
+    hits = client.post("/api/search?k=7", files=jpeg_upload(data)).json()["results"]
+    assert new_id not in [h["id"] for h in hits] and len(hits) == 6
+    assert client.get("/api/images", params={"limit": 200}).json()["total"] == 6
+
+
 def test_deleting_an_indexed_photo_leaves_the_users_file(small_collection: Collection) -> None:
     client = TestClient(create_app(small_collection))
     record = small_collection.catalog.records()[0]

@@ -257,3 +257,7 @@ class Catalog:
 
     def generation(self, embedder: str) -> int:
         return int(self.get_meta(f"generation:{embedder}") or 0)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (another process) commits to the catalog."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])

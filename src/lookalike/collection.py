@@ -102,6 +102,10 @@ class Collection:
         self.catalog = Catalog(path / "catalog.sqlite")
         self._embedders: dict[str, Embedder] = {}
         self._indexes: dict[str, VectorIndex] = {}
+        # The catalog generation each in-memory index reflects: when another process (an `index`
+        # run beside the server) changes an embedder's vectors, its generation moves on and the
+        # index is reloaded on next use instead of answering from stale vectors.
+        self._generations: dict[str, int] = {}
         self._lock = threading.RLock()  # guards index loading and every write
         #: decode JPEGs in draft mode when indexing (see benchmarks/bench_indexing.py for its effect)
         self.draft = True
@@ -180,13 +184,17 @@ class Collection:
         return self.path / "indexes" / f"{embedder}.faiss", self.path / "indexes" / f"{embedder}.json"
 
     def index(self, embedder: str | None = None) -> VectorIndex:
-        """The vector index of an embedder: loaded from disk if current, else rebuilt from the catalog."""
+        """The vector index of an embedder: loaded from disk if current, else rebuilt from the catalog.
+
+        Kept in memory while the catalog's generation for the embedder is the one it was loaded at,
+        so changes made by another process are picked up by the next call.
+        """
         name = embedder or self.default_embedder
         with self._lock:
-            if name in self._indexes:
+            generation = self.catalog.generation(name)
+            if name in self._indexes and self._generations.get(name) == generation:
                 return self._indexes[name]
             index_path, meta_path = self._index_paths(name)
-            generation = self.catalog.generation(name)
             index = None
             if index_path.is_file() and meta_path.is_file():
                 meta = json.loads(meta_path.read_text())
@@ -199,6 +207,7 @@ class Collection:
                 index.add(ids, vectors)
                 self._save_index(name, index, generation)
             self._indexes[name] = index
+            self._generations[name] = generation
             return index
 
     def _save_index(self, name: str, index: VectorIndex, generation: int) -> None:
@@ -234,9 +243,9 @@ class Collection:
             for name in names:
                 self.catalog.delete_vectors(ids, name)
         for name in names:
-            self.catalog.bump_generation(name)
-            if name in self._indexes:
-                self._indexes[name].remove(np.asarray(ids, dtype=np.int64))
+            index = self._changing(name)
+            if index is not None:
+                index.remove(np.asarray(ids, dtype=np.int64))
 
     def forget_embedder(self, name: str) -> None:
         """Drop every stored vector of embedder `name` (its model was replaced); they are re-embedded when needed."""
@@ -251,15 +260,28 @@ class Collection:
         if not len(ids):
             return
         self.catalog.put_vectors(name, ids, vectors)
-        self.catalog.bump_generation(name)
-        if name in self._indexes:
-            self._indexes[name].add(np.asarray(ids, dtype=np.int64), vectors)
+        index = self._changing(name)
+        if index is not None:
+            index.add(np.asarray(ids, dtype=np.int64), vectors)
+
+    def _changing(self, name: str) -> VectorIndex | None:
+        """Inside `_change`: count a change to `name`'s vectors; returns the in-memory index to update
+        with it, or None when there is none or it is stale (then it is rebuilt when next used)."""
+        before = self.catalog.generation(name)
+        after = self.catalog.bump_generation(name)
+        index = self._indexes.get(name)
+        if index is not None and self._generations.get(name) == before:
+            self._generations[name] = after
+            return index
+        self._indexes.pop(name, None)  # another process changed these vectors since it was loaded
+        return None
 
     def save(self) -> None:
         """Persist every loaded index (the catalog is always persisted)."""
         with self._lock:
             for name, index in self._indexes.items():
-                self._save_index(name, index, self.catalog.generation(name))
+                # The generation it reflects, not the catalog's: a stale index must not pass for current.
+                self._save_index(name, index, self._generations[name])
 
     # --- reading and embedding files ------------------------------------------------------------
 

@@ -174,22 +174,25 @@ class ImageIds:
     """The ids of indexed images in id order, for browsing; one label's come from the catalog's label index.
 
     Listing every catalog row per page would cost about 100 ms at 10,000 images, so the
-    full list is kept until this server changes the collection. Changes made by another
-    process are seen after a restart, like the in-memory vector index.
+    full list is kept until the collection changes: this server invalidates it when it
+    changes the collection, and the catalog's data version tells when another process did.
     """
 
     def __init__(self, collection: Collection):
         self._collection = collection
         self._all: np.ndarray | None = None
+        self._version = -1
         self._lock = threading.Lock()
 
     def ids(self, label: str | None = None) -> np.ndarray:
         if label is not None:
             return np.sort(self._collection.catalog.ids_with_label(label))
         with self._lock:
-            if self._all is None:
+            version = self._collection.catalog.data_version()
+            if self._all is None or version != self._version:
                 records = self._collection.catalog.records(status="ok")
                 self._all = np.fromiter((r.id for r in records), dtype=np.int64, count=len(records))
+                self._version = version
             return self._all
 
     def invalidate(self) -> None:
