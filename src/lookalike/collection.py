@@ -267,10 +267,9 @@ class Collection:
     def _changing(self, name: str) -> VectorIndex | None:
         """Inside `_change`: count a change to `name`'s vectors; returns the in-memory index to update
         with it, or None when there is none or it is stale (then it is rebuilt when next used)."""
-        before = self.catalog.generation(name)
         after = self.catalog.bump_generation(name)
         index = self._indexes.get(name)
-        if index is not None and self._generations.get(name) == before:
+        if index is not None and self._generations.get(name) == after - 1:
             self._generations[name] = after
             return index
         self._indexes.pop(name, None)  # another process changed these vectors since it was loaded
