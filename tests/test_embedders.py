@@ -12,11 +12,10 @@ from PIL import Image
 
 from lookalike import embedders
 from lookalike.embedders import EmbedderError
+from lookalike.embedders.networks import efficientnet_lite0_network, efficientnet_lite_network
 from lookalike.embedders.pretrained import (
     EFFICIENTNET_LITE_PREPROCESSING,
     EFFICIENTNET_LITE_SIZES,
-    efficientnet_lite0_network,
-    efficientnet_lite_network,
     efficientnet_lite_preprocessing,
 )
 from lookalike.images import open_image

@@ -315,7 +315,7 @@ def test_a_larger_pretrained_backbone_is_fine_tuned_saved_and_reloaded(sample_fo
     request = run("siamese", sample_folder, epochs=1, patience=5, lr=3e-3, spec={**spec, "head_warmup_epochs": 0})
     images = sorted(sample_folder.rglob("*.jpg"))[:3]
     with Collection.open(tmp_path / "col") as collection:
-        from lookalike.training.models import EfficientNetBackbone
+        from lookalike.embedders.networks import EfficientNetBackbone
 
         pretrained = weights(EfficientNetBackbone(1, True, "efficientnet-lite2"))
         info = train(collection, request, bars=False).info

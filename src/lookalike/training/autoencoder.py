@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..embedders.networks import EFFICIENTNET_FEATURES, EfficientNetBackbone, Embedding, FeatureEncoder, SmallConvNet
 from .data import FeatureCache, PixelCache, pixel_batch
 from .loop import Task
-from .models import EFFICIENTNET_FEATURES, ConvDecoder, EfficientNetBackbone, Embedding, SmallConvNet
+from .models import ConvDecoder
 from .prepared import Prepared, batched, validation_figures
 
 VARIANTS = ("pixels", "features")
@@ -63,25 +64,6 @@ class AutoencoderSpec:
             "hidden": self.hidden,
             "dim": self.dim,
         }
-
-
-class FeatureEncoder(nn.Module):
-    """L2-normalised features (scaled to unit variance per value) -> code.
-
-    Normalising first makes the autoencoder preserve the cosine geometry the pretrained
-    embedder is searched with.
-    """
-
-    def __init__(self, in_dim: int, hidden: int, dim: int):
-        super().__init__()
-        self.scale = math.sqrt(in_dim)
-        self.layers = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
-
-    def normalise(self, features: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(features, dim=1) * self.scale
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.normalise(features))
 
 
 def build_network(spec: AutoencoderSpec, pretrained: bool = True) -> Embedding:

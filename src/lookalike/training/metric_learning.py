@@ -24,10 +24,10 @@ import torch
 from pytorch_metric_learning import losses, miners, samplers
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..embedders.pretrained import EFFICIENTNET_LITE_SIZES, efficientnet_lite_preprocessing
+from ..embedders.networks import EFFICIENTNET_FEATURES, EfficientNetBackbone, Embedding, SmallConvNet, projection_head
+from ..embedders.weights import EFFICIENTNET_LITE_SIZES, efficientnet_lite_preprocessing
 from .data import Augmentation, FeatureCache, PixelCache, pixel_batch
 from .loop import Task
-from .models import EFFICIENTNET_FEATURES, EfficientNetBackbone, Embedding, SmallConvNet, projection_head
 from .prepared import Prepared, batched, validation_figures
 
 BACKBONES = ("frozen", "finetune", "scratch")
@@ -66,7 +66,7 @@ class MetricSpec:
             raise ValueError(f"mining must be one of {', '.join(MINING)}")
 
     def architecture(self) -> dict[str, object]:
-        """What `saved.build_module` needs to rebuild the inference network."""
+        """What `embedders.networks.build_module` needs to rebuild the inference network."""
         if self.backbone == "scratch":
             return {
                 "backbone": "small-cnn",

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..collection import Collection
+from ..embedders.networks import Embedding
 from . import autoencoder, metric_learning
 from .loop import CHECKPOINT, EpochRecord, LoopConfig, fit, seed_everything
-from .models import Embedding
 from .prepared import Prepared, Progress
 from .saved import MODEL_FILE, save_model
 from .split import Split, SplitRule
