@@ -447,10 +447,13 @@ def test_unknown_host_names_are_refused_when_hosts_are_restricted(collection: Co
 
 
 def exact_search(matrix: np.ndarray, batch_sizes: list[int], delay: float = 0.0):
-    def search(queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(queries: np.ndarray, count: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         batch_sizes.append(len(queries))
         time.sleep(delay)  # a slow index, so that concurrent callers queue up behind it
         scores = queries @ matrix.T
+        for row, left_out in enumerate([] if exclude is None else exclude):
+            if left_out >= 0:
+                scores[row, left_out] = -np.inf
         ids = np.argsort(-scores, axis=1)[:, :count]
         return np.take_along_axis(scores, ids, axis=1), ids
 
@@ -465,18 +468,22 @@ def test_batched_search_gives_each_caller_its_own_exact_results() -> None:
     batched = BatchedSearch(exact_search(matrix, batch_sizes, delay=0.05), max_batch=8)
     results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
+    reference_sizes: list[int] = []
+    reference = exact_search(matrix, reference_sizes)
+    # Callers ask for different numbers of results, and every third leaves out its best match.
+    left_out = {i: int(reference(queries[i : i + 1], 1)[1][0, 0]) if i % 3 == 0 else -1 for i in range(len(queries))}
+
     def one(i: int) -> None:
-        results[i] = batched.search(queries[i], 3 + i % 4)  # callers ask for different numbers of results
+        results[i] = batched.search(queries[i], 3 + i % 4, left_out[i])
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(queries))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-    reference_sizes: list[int] = []
-    reference = exact_search(matrix, reference_sizes)
     for i, (scores, ids) in results.items():
-        expected_scores, expected_ids = reference(queries[i : i + 1], 3 + i % 4)
+        expected_scores, expected_ids = reference(queries[i : i + 1], 3 + i % 4, np.asarray([left_out[i]]))
+        assert left_out[i] not in ids.tolist()
         assert ids.tolist() == expected_ids[0].tolist()
         assert scores == pytest.approx(expected_scores[0], abs=1e-5)
     assert len(results) == len(queries)
@@ -492,7 +499,7 @@ def test_batched_search_alone_is_a_plain_search_and_errors_reach_every_caller() 
     scores, ids = batched.search(matrix[2], 2)
     assert ids.tolist()[0] == 2 and sizes == [1]
 
-    def broken(queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    def broken(queries: np.ndarray, count: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         time.sleep(0.05)
         raise RuntimeError("index unavailable")
 

@@ -30,15 +30,18 @@ from .catalog import Catalog, ImageRecord
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, create_index, load_index
-from .index.rerank import alpha_query_expansion
-from .storage import write_json
-
-DEFAULT_COLLECTION_DIR = ".lookalike"
+from .index.exact import exact_search
+from .index.rerank import alpha_query_expansion, search_excluding
+from .storage import DEFAULT_COLLECTION_DIR, write_json
 
 #: progress(stage, done, total); the core library never prints, the CLI draws bars from this
 Progress = Callable[[str, int, int], None]
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
 Box = tuple[float, float, float, float]
+
+
+#: a search that races a delete is repeated, at most this often, so it still returns k results
+MAX_SEARCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,34 @@ class SearchResult:
     label: str | None
     score: float
     rank: int
+    #: the image's catalog row (size, content hash, ...)
+    record: ImageRecord | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"rank": self.rank, "score": self.score, "id": self.id, "label": self.label, "path": self.path}
+
+
+@dataclass(frozen=True, eq=False)
+class Query:
+    """One query of a batched search: an image, an indexed image, or a vector."""
+
+    image: ImageInput | None = None  # a path, bytes or a Pillow image
+    id: int | None = None  # an indexed image (searched with its stored vector unless a box is given)
+    vector: np.ndarray | None = None  # an embedding already made
+    box: Box | None = None  # search only this region of the image (pixels of the upright original)
+    exclude: int | None = None  # an id never returned; by default the query's own, when it is indexed
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """A batched search's answer as arrays: per query, hit ids (-1: none) and cosine scores, best first."""
+
+    ids: np.ndarray  # (n_queries, k) int64
+    scores: np.ndarray  # (n_queries, k) float32
+
+    @classmethod
+    def empty(cls, n: int, k: int) -> Neighbours:
+        return cls(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32))
 
 
 @dataclass
@@ -109,6 +140,8 @@ class Collection:
         self._lock = threading.RLock()  # guards index loading and every write
         #: decode JPEGs in draft mode when indexing (see benchmarks/bench_indexing.py for its effect)
         self.draft = True
+        self._writes = 0  # changes committed through this object (SQLite's data_version counts the others)
+        self._all_ids: tuple[tuple[int, int], np.ndarray] | None = None
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -231,6 +264,8 @@ class Collection:
         except BaseException:
             self._indexes.clear()
             raise
+        finally:
+            self._writes += 1
 
     def _forget(self, ids: Sequence[int], embedders: Iterable[str] | None = None) -> None:
         """Inside `_change`: drop vectors of `ids` (of some or all embedders) from catalog and indexes."""
@@ -395,29 +430,76 @@ class Collection:
                     self.catalog.delete_images(r.id for r in gone)
                 report.removed = [r.path for r in gone]
 
-            done = 0
-            if progress:
-                progress("embedding", 0, len(todo))
-            for batch in self._decoded_batches(
-                todo, model, known, have_vectors, batch_size, workers or min(4, os.cpu_count() or 1)
-            ):
-                arrays = [item for item in batch if item.array is not None]
-                t0 = time.perf_counter()
-                vectors = model.embed_arrays(np.stack([a.array for a in arrays])) if arrays else None
-                report.embed_seconds += time.perf_counter() - t0
-                report.embedded += len(arrays)
-                self._write_batch(name, batch, arrays, vectors, known, report)
-                done += len(batch)
-                if progress:
-                    progress("embedding", done, len(todo))
+            self._ingest(todo, model, known, have_vectors, report, batch_size, workers, progress)
             if todo or gone:
                 self._save_index(name, self.index(name), self.catalog.generation(name))
-            if report.embedded >= 64:
-                self.catalog.set_meta(
-                    f"throughput:{name}", json.dumps({"images": report.embedded, "seconds": report.embed_seconds})
-                )
         report.seconds = time.perf_counter() - started
         return report
+
+    def embed_missing(
+        self,
+        records: Sequence[ImageRecord],
+        *,
+        embedder: str | None = None,
+        batch_size: int = 64,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Give each of these catalog images a vector of `embedder` if it lacks one (a subset's `sync`).
+
+        The same pipeline as `sync`: a file whose content changed since it was indexed is re-read
+        and its row updated; nothing outside `records` is looked at or removed.
+        """
+        started = time.perf_counter()
+        model = self.embedder(embedder)
+        report = SyncReport(embedder=model.name)
+        with self._lock:
+            self.index(model.name)
+            have_vectors = self.catalog.vector_ids(model.name)
+            todo = [r for r in records if r.id not in have_vectors]
+            report.unchanged = len(records) - len(todo)
+            known = {r.path: r for r in todo}
+            self._ingest(
+                [Path(r.path) for r in todo], model, known, have_vectors, report, batch_size, workers, progress
+            )
+            if todo:
+                self._save_index(model.name, self.index(model.name), self.catalog.generation(model.name))
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _ingest(
+        self,
+        todo: Sequence[Path],
+        model: Embedder,
+        known: dict[str, ImageRecord],
+        have_vectors: set[int],
+        report: SyncReport,
+        batch_size: int,
+        workers: int | None,
+        progress: Progress | None,
+    ) -> None:
+        """Read, decode, embed and commit files batch by batch (decoding in threads ahead of the model)."""
+        name = model.name
+        stage = "embedding" if name == self.default_embedder else f"embedding ({name})"
+        done = 0
+        if progress:
+            progress(stage, 0, len(todo))
+        for batch in self._decoded_batches(
+            todo, model, known, have_vectors, batch_size, workers or min(4, os.cpu_count() or 1)
+        ):
+            arrays = [item for item in batch if item.array is not None]
+            t0 = time.perf_counter()
+            vectors = model.embed_arrays(np.stack([a.array for a in arrays])) if arrays else None
+            report.embed_seconds += time.perf_counter() - t0
+            report.embedded += len(arrays)
+            self._write_batch(name, batch, arrays, vectors, known, report)
+            done += len(batch)
+            if progress:
+                progress(stage, done, len(todo))
+        if report.embedded >= 64:
+            self.catalog.set_meta(
+                f"throughput:{name}", json.dumps({"images": report.embedded, "seconds": report.embed_seconds})
+            )
 
     def _write_batch(
         self,
@@ -433,11 +515,13 @@ class Collection:
         new_ids: list[int] = []
         new_vectors: list[np.ndarray] = []
         stale: list[int] = []  # rows whose content changed or became unreadable: every embedder's vectors go
+        inside = str(self.path) + os.sep
         with self._change():
             for item in batch:
                 key = str(item.path)
                 record = known.get(key)
-                label = item.path.parent.name
+                # A folder's image is labelled by its sub-folder; an added image keeps the label it was given.
+                label = record.label if record is not None and key.startswith(inside) else item.path.parent.name
                 if item.error is not None:
                     image_id = self.catalog.upsert_image(
                         path=key, sha256=item.sha256, size=item.size, mtime_ns=item.mtime_ns, label=label,
@@ -515,17 +599,29 @@ class Collection:
 
     def embed(self, image: ImageInput, *, embedder: str | None = None, box: Box | None = None) -> np.ndarray:
         """One image (path, bytes or Pillow image), optionally cropped to `box`, as a (dim,) vector."""
-        if isinstance(image, Image.Image):
-            pil = image.convert("RGB")
-        else:
-            pil = open_image(image if isinstance(image, bytes) else Path(image))
-        if box is not None:
-            pil = pil.crop(_clamp_box(box, pil.size))
-        return self.embedder(embedder).embed_images([pil])[0]
+        return self.embed_images([image], embedder=embedder, boxes=[box])[0]
+
+    def embed_images(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        embedder: str | None = None,
+        boxes: Sequence[Box | None] | None = None,
+    ) -> np.ndarray:
+        """Images (paths, bytes or Pillow images), each optionally cropped to its box, as (n, dim) vectors."""
+        pils = []
+        for i, image in enumerate(images):
+            if isinstance(image, Image.Image):
+                pil = image.convert("RGB")
+            else:
+                pil = open_image(image if isinstance(image, bytes) else Path(image))
+            box = boxes[i] if boxes is not None else None
+            pils.append(pil.crop(_clamp_box(box, pil.size)) if box is not None else pil)
+        return self.embedder(embedder).embed_images(pils)
 
     def search(
         self,
-        image: ImageInput,
+        image: ImageInput | Query,
         k: int = 5,
         *,
         embedder: str | None = None,
@@ -537,28 +633,14 @@ class Collection:
 
         An image that is itself in the collection is never returned as its own match.
         """
-        name = embedder or self.default_embedder
-        exclude: int | None = None
-        vector: np.ndarray | None = None
-        if box is None and isinstance(image, str | os.PathLike):
-            record = self.catalog.get_by_path(str(Path(image).expanduser().resolve()))
-            if record is not None and record.status == "ok":
-                exclude = record.id
-                _, stored = self.catalog.vectors(name, [record.id])
-                vector = stored[0] if len(stored) else None
-        if vector is None:
-            vector = self.embed(image, embedder=name, box=box)
-        return self.search_vector(vector, k, embedder=name, label=label, exclude=exclude, expand=expand)
+        query = image if isinstance(image, Query) else Query(image=image, box=box)
+        return self.search_batch([query], k, embedder=embedder, label=label, expand=expand)[0]
 
     def search_id(
-        self, image_id: int, k: int = 5, *, embedder: str | None = None, label: str | None = None
+        self, image_id: int, k: int = 5, *, embedder: str | None = None, label: str | None = None, expand: int = 0
     ) -> list[SearchResult]:
         """Neighbours of an indexed image (itself excluded)."""
-        name = embedder or self.default_embedder
-        _, stored = self.catalog.vectors(name, [image_id])
-        if not len(stored):
-            raise KeyError(f"image {image_id} has no {name} vector in this collection")
-        return self.search_vector(stored[0], k, embedder=name, label=label, exclude=image_id)
+        return self.search_batch([Query(id=image_id)], k, embedder=embedder, label=label, expand=expand)[0]
 
     def search_vector(
         self,
@@ -570,35 +652,213 @@ class Collection:
         exclude: int | None = None,
         expand: int = 0,
     ) -> list[SearchResult]:
-        """The k nearest indexed images to `vector`; `expand` > 0 re-ranks by alpha query expansion
-        over that many top neighbours (see index/rerank.py and benchmarks/README.md for its effect)."""
+        """The k nearest indexed images to `vector` (`exclude`: an id never returned)."""
+        query = Query(vector=vector, exclude=exclude)
+        return self.search_batch([query], k, embedder=embedder, label=label, expand=expand)[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[Query | ImageInput | np.ndarray],
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        label: str | None = None,
+        expand: int = 0,
+    ) -> list[list[SearchResult]]:
+        """The k most similar images of each query, best first: the one search every entry point uses.
+
+        A query is a `Query`, an image (path, bytes, Pillow image) or a vector. An indexed image
+        (by id, or by its path) is searched with its stored vector and never returned as its own
+        match; images are embedded together in one batch.
+        """
         name = embedder or self.default_embedder
-        index = self.index(name)
-        allowed = None
+        vectors, exclude = self.query_vectors([q if isinstance(q, Query) else _as_query(q) for q in queries], name)
+        found = self.search_vectors(vectors, k, embedder=name, label=label, exclude=exclude, expand=expand)
+        return self.results(found)
+
+    def query_vectors(self, queries: Sequence[Query], embedder: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, dim), excluded id per query or -1): stored vectors where the query is indexed, else embedded."""
+        name = embedder or self.default_embedder
+        exclude = np.full(len(queries), -1, dtype=np.int64)
+        vectors: list[np.ndarray | None] = [None] * len(queries)
+        to_embed: list[int] = []
+        for i, query in enumerate(queries):
+            if query.vector is not None:
+                vectors[i] = np.asarray(query.vector, dtype=np.float32)
+                exclude[i] = -1 if query.exclude is None else query.exclude
+                continue
+            if query.exclude is not None:
+                exclude[i] = query.exclude
+            record = None
+            if query.id is not None:
+                record = self.catalog.get(int(query.id))
+                if record is None or record.status != "ok":
+                    raise KeyError(f"no indexed image with id {query.id}")
+            elif isinstance(query.image, str | os.PathLike):
+                record = self.catalog.get_by_path(str(Path(query.image).expanduser().resolve()))
+            if record is not None and record.status == "ok":
+                exclude[i] = record.id if query.exclude is None else query.exclude
+                if query.box is None:
+                    vectors[i] = self.stored_vector(record.id, name)
+            if vectors[i] is None:
+                if query.image is None and record is None:
+                    raise ValueError("a query needs an image, an id or a vector")
+                to_embed.append(i)
+        if to_embed:
+            sources = [
+                queries[i].image if queries[i].image is not None else self._path_of(queries[i]) for i in to_embed
+            ]
+            embedded = self.embed_images(sources, embedder=name, boxes=[queries[i].box for i in to_embed])
+            for i, vector in zip(to_embed, embedded, strict=True):
+                vectors[i] = vector
+        dim = self.embedder(name).dim if not vectors else len(vectors[0])  # type: ignore[arg-type]
+        stacked = np.stack(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)  # type: ignore[arg-type]
+        return stacked, exclude
+
+    def _source_of(self, query: Query) -> ImageInput:
+        """What to embed for a query: its image, else the file of the indexed image it names."""
+        if query.image is not None:
+            return query.image
+        record = self.catalog.get(int(query.id))  # type: ignore[arg-type]
+        if record is None:
+            raise KeyError(f"no indexed image with id {query.id}")
+        return Path(record.path)
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        label: str | None = None,
+        within: np.ndarray | None = None,
+        exclude: np.ndarray | Sequence[int] | None = None,
+        expand: int = 0,
+        exact: bool = False,
+    ) -> Neighbours:
+        """The k nearest indexed images of each vector, as arrays: the core of every search.
+
+        `label` and `within` (ids) restrict the candidates; `exclude` is one id per query never
+        returned (-1: none); `expand` > 0 re-ranks by alpha query expansion over that many top
+        neighbours (index/rerank.py); `exact` ranks by brute force over the stored vectors
+        whatever the index (evaluation). A hit deleted by another thread or process between the
+        index search and the catalog lookup is replaced by searching again.
+        """
+        name = embedder or self.default_embedder
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        excluded = np.full(len(vectors), -1, dtype=np.int64) if exclude is None else np.asarray(exclude, np.int64)
+        allowed = within
         if label is not None:
-            allowed = self.catalog.ids_with_label(label)
-            if not len(allowed):
-                return []
-        if expand > 0:
-            scores, ids = alpha_query_expansion(
-                vector[None, :], index, k, n_expand=expand, allowed_ids=allowed,
-                exclude_ids=np.asarray([-1 if exclude is None else exclude]),
-                vectors_of=lambda wanted: self._stored_vectors(name, wanted),
-            )  # fmt: skip
-        else:
-            scores, ids = index.search(vector[None, :], k + (exclude is not None), allowed_ids=allowed)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i != exclude][:k]
-        records = self.catalog.get_many(i for i, _ in pairs)
-        return [
-            SearchResult(id=i, path=records[i].path, label=records[i].label, score=s, rank=rank)
-            for rank, (i, s) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
-        ]
+            with_label = self.catalog.ids_with_label(label)
+            allowed = with_label if allowed is None else np.intersect1d(with_label, allowed)
+        if allowed is not None and not len(allowed):
+            return Neighbours.empty(len(vectors), k)
+        if exact:
+            ids, stored = self.catalog.vectors(name, None if allowed is None else allowed.tolist())
+            scores, found = exact_search(vectors, stored, ids, k, exclude=excluded)
+            return Neighbours(found, scores)
+        for _ in range(MAX_SEARCH_ATTEMPTS):
+            index = self.index(name)
+            if expand > 0:
+                scores, found = alpha_query_expansion(
+                    vectors, index, k, n_expand=expand, allowed_ids=allowed, exclude_ids=excluded,
+                    vectors_of=lambda wanted: self._stored_vectors(name, wanted),
+                )  # fmt: skip
+            else:
+                scores, found = search_excluding(index, vectors, k, allowed, excluded)
+            hits = np.unique(found[found >= 0])
+            if len(self.catalog.get_many(hits.tolist())) == len(hits):
+                return Neighbours(found, scores)
+            # A hit was deleted since the index answered: the next `index()` call sees the change.
+        present = np.isin(found, np.fromiter(self.catalog.get_many(hits.tolist()), dtype=np.int64))
+        return Neighbours(np.where(present, found, -1), np.where(present, scores, -np.inf))
+
+    def results(self, found: Neighbours) -> list[list[SearchResult]]:
+        """Typed results of a batched search, with each image's catalog record."""
+        records = self.catalog.get_many(np.unique(found.ids[found.ids >= 0]).tolist())
+        out = []
+        for row_ids, row_scores in zip(found.ids, found.scores, strict=True):
+            row = [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if int(i) in records]
+            out.append(
+                [
+                    SearchResult(
+                        id=i, path=records[i].path, label=records[i].label, score=s, rank=rank, record=records[i]
+                    )
+                    for rank, (i, s) in enumerate(row, start=1)
+                ]
+            )
+        return out
 
     def _stored_vectors(self, embedder: str, ids: np.ndarray) -> np.ndarray:
         """Vectors of `ids` from the catalog, in the order asked."""
         found, vectors = self.catalog.vectors(embedder, ids.tolist())
         row = {int(i): r for r, i in enumerate(found)}
+        if not len(ids):
+            return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float32)
         return vectors[[row[int(i)] for i in ids]]
+
+    # --- reading the catalog -----------------------------------------------------------------------
+
+    def image(self, image_id: int) -> ImageRecord | None:
+        """The catalog record of an image (readable or not), or None."""
+        return self.catalog.get(int(image_id))
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        return self.catalog.get_many(ids)
+
+    def records(self, *, under: str | os.PathLike[str] | None = None, status: str | None = "ok") -> list[ImageRecord]:
+        """Catalog records in id order (by default the readable ones), optionally only under a folder."""
+        folder = None if under is None else str(Path(under).expanduser().resolve())
+        return self.catalog.records(status=status, under=folder)
+
+    def image_ids(self, label: str | None = None) -> np.ndarray:
+        """Ids of the readable images in id order (one label's, if given), for browsing.
+
+        The full list is kept until the catalog changes (here or in another process), so paging
+        through a large collection does not list every row per page.
+        """
+        if label is not None:
+            return np.sort(self.catalog.ids_with_label(label))
+        with self._lock:
+            version = (self.catalog.data_version(), self._writes)
+            if self._all_ids is None or version != self._all_ids[0]:
+                records = self.catalog.records(status="ok")
+                self._all_ids = (version, np.fromiter((r.id for r in records), dtype=np.int64, count=len(records)))
+            return self._all_ids[1]
+
+    def stored_vector(self, image_id: int, embedder: str | None = None) -> np.ndarray | None:
+        """The stored vector of an indexed image, or None when it has none of that embedder."""
+        _, stored = self.catalog.vectors(embedder or self.default_embedder, [int(image_id)])
+        return stored[0] if len(stored) else None
+
+    def vectors_of(self, ids: np.ndarray | Sequence[int], embedder: str | None = None) -> np.ndarray:
+        """Stored vectors of `ids`, in the order asked (KeyError if one has none)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        name = embedder or self.default_embedder
+        try:
+            return self._stored_vectors(name, ids)
+        except KeyError as exc:
+            raise KeyError(f"image {exc.args[0]} has no {name} vector") from None
+
+    def vector_ids(self, embedder: str | None = None) -> set[int]:
+        """Ids of the images that have a vector of `embedder`."""
+        return self.catalog.vector_ids(embedder or self.default_embedder)
+
+    def identical_files(self, ids: Iterable[int] | None = None) -> list[list[int]]:
+        """Groups of ids (among `ids`, if given) whose files have the same bytes."""
+        return self.catalog.duplicate_groups(ids)
+
+    def throughput(self, embedder: str | None = None) -> tuple[int, float] | None:
+        """(images, seconds) of the last sync that embedded at least 64 images with `embedder`."""
+        stored = self.catalog.get_meta(f"throughput:{embedder or self.default_embedder}")
+        if not stored:
+            return None
+        data = json.loads(stored)
+        return int(data["images"]), float(data["seconds"])
+
+    def vector_counts(self) -> dict[str, int]:
+        """How many images each embedder has vectors of (embedders with none are left out)."""
+        return {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()}
 
     # --- facts -----------------------------------------------------------------------------------
 
@@ -612,6 +872,10 @@ class Collection:
             "indexed_embedders": {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()},
             "index_type": self.config.get("index", DEFAULT_INDEX),
         }
+
+
+def _as_query(query: ImageInput | np.ndarray) -> Query:
+    return Query(vector=query) if isinstance(query, np.ndarray) else Query(image=query)
 
 
 def _clamp_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -43,6 +43,19 @@ def summary_table(evaluation: Evaluation, k: int = 5) -> str:
     return "\n".join(lines)
 
 
+CURVE_POINTS = (1, 2, 5, 10, 20, 50)
+
+
+def curve_table(evaluation: Evaluation) -> str:
+    """precision@k at a few k, one row per embedder (the plot's numbers, for reports without pictures)."""
+    points = [k for k in CURVE_POINTS if evaluation.results and k <= len(evaluation.results[0].precision_curve)]
+    lines = ["| precision@k | " + " | ".join(f"k={k}" for k in points) + " |", "|---|" + "---|" * len(points)]
+    for result in evaluation.results:
+        cells = " | ".join(f"{result.precision_curve[k - 1]:.4f}" for k in points)
+        lines.append(f"| {result.embedder} | {cells} |")
+    return "\n".join(lines)
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "none (pretrained)"
@@ -135,15 +148,19 @@ def example_grid(sample: RetrievalSample, path: Path, top: int = 5) -> None:
 
 
 def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: bool | None = None) -> tuple[Path, Path]:
-    """Write report.md, results.json and precision_at_k.png into `out_dir`.
+    """Write report.md and results.json into `out_dir`.
 
-    `visuals` (default: when the evaluation is on a held-out split) adds a 2-D map of the
-    embeddings and a grid of example queries per embedder (see `visuals.py`).
+    `visuals` (default: when the evaluation is on a held-out split) adds pictures: the precision@k
+    curves, a 2-D map of the embeddings and a grid of example queries per embedder. Without them
+    the curves are a table, and neither matplotlib nor scikit-learn is imported.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path, plot_path = out_dir / "results.json", out_dir / "report.md", out_dir / "precision_at_k.png"
     write_json(json_path, evaluation.to_dict())
-    plot_precision_curves(evaluation, plot_path)
+    if visuals is None:
+        visuals = evaluation.held_out is not None
+    if visuals:
+        plot_precision_curves(evaluation, plot_path)
     m = evaluation.machine
     scope = "Leave-one-out: every image queries all the others; metric definitions in docs/metrics.md."
     if evaluation.held_out is not None:
@@ -162,7 +179,7 @@ def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: boo
         "",
         summary_table(evaluation, k),
         "",
-        "![precision@k](precision_at_k.png)",
+        "![precision@k](precision_at_k.png)" if visuals else curve_table(evaluation),
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']}. "
         f"Wall time {evaluation.wall_seconds:.1f} s (started {evaluation.started}).",
@@ -171,8 +188,6 @@ def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: boo
     for result in evaluation.results:
         speed = f"{result.images_per_second:.1f} images/s" if result.images_per_second else "n/a"
         lines.append(f"- {result.embedder}: embedding throughput {speed}, {result.throughput_note}.")
-    if visuals is None:
-        visuals = evaluation.held_out is not None
     if visuals and evaluation.samples:
         embedding_map(evaluation, out_dir / "embedding_map.png")
         lines += ["", "## 2-D map of the embeddings (t-SNE, coloured by label)", "", "![map](embedding_map.png)"]

@@ -14,9 +14,7 @@ import io
 import logging
 import math
 import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -34,10 +32,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog import ImageRecord
-from ..collection import Collection, sha256_of
+from ..collection import Box, Collection, Neighbours, sha256_of
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
-from .batching import BatchedSearch
+from .batching import BatchedSearch, SearchFunction
 from .limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
 from .locking import FifoSemaphore, ReadWriteLock
 from .thumbnails import ThumbnailCache
@@ -53,8 +51,8 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 # 40 megapixels (e.g. 8000x5000): larger uploads are refused before being decoded in full.
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_K = 12
-MAX_SEARCH_ATTEMPTS = 3  # a search that races a delete is repeated, at most this often
 MAX_K = 100
+MAX_EXPAND = 50
 MAX_PAGE = 200
 MAX_LABEL_LENGTH = 100
 UPLOADS_DIR = "uploads"
@@ -170,36 +168,6 @@ class StatsOut(BaseModel):
 # --- server state -------------------------------------------------------------------------------
 
 
-class ImageIds:
-    """The ids of indexed images in id order, for browsing; one label's come from the catalog's label index.
-
-    Listing every catalog row per page would cost about 100 ms at 10,000 images, so the
-    full list is kept until the collection changes: this server invalidates it when it
-    changes the collection, and the catalog's data version tells when another process did.
-    """
-
-    def __init__(self, collection: Collection):
-        self._collection = collection
-        self._all: np.ndarray | None = None
-        self._version = -1
-        self._lock = threading.Lock()
-
-    def ids(self, label: str | None = None) -> np.ndarray:
-        if label is not None:
-            return np.sort(self._collection.catalog.ids_with_label(label))
-        with self._lock:
-            version = self._collection.catalog.data_version()
-            if self._all is None or version != self._version:
-                records = self._collection.catalog.records(status="ok")
-                self._all = np.fromiter((r.id for r in records), dtype=np.int64, count=len(records))
-                self._version = version
-            return self._all
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._all = None
-
-
 @dataclass
 class ServerState:
     collection: Collection
@@ -212,7 +180,6 @@ class ServerState:
     index_lock: ReadWriteLock
     # Embeddings at once (more than the cores only makes every request slower), first come first served.
     embed_slots: FifoSemaphore
-    image_ids: ImageIds
     # Unfiltered searches of concurrent requests go through the index together, per embedder.
     batched_search: dict[str, BatchedSearch]
 
@@ -225,6 +192,9 @@ State = Annotated[ServerState, Depends(server_state)]
 ImageId = Annotated[int, PathParam(ge=1, description="catalog id of an indexed image")]
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="how many results")]
 EmbedderParam = Annotated[str | None, Query(description="embedder name (default: the collection's)")]
+ExpandParam = Annotated[
+    int, Query(ge=0, le=MAX_EXPAND, description="re-rank by query expansion over the top N results (0: off)")
+]
 LabelParam = Annotated[str | None, Query(max_length=MAX_LABEL_LENGTH, description="only return images with this label")]
 BoxParam = Annotated[
     str | None,
@@ -265,7 +235,7 @@ def image_out(record: ImageRecord) -> ImageOut:
 
 
 def indexed_record(state: ServerState, image_id: int) -> ImageRecord:
-    record = state.collection.catalog.get(image_id)
+    record = state.collection.image(image_id)
     if record is None or record.status != "ok":
         raise HTTPException(404, f"no indexed image with id {image_id}")
     return record
@@ -320,65 +290,42 @@ def decode_upload(state: ServerState, data: bytes) -> Image.Image:
         raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
 
 
-def run_search(
-    state: ServerState,
-    image: Image.Image,
-    *,
-    k: int,
-    embedder: str,
-    label: str | None,
-    box: tuple[float, float, float, float] | None,
-    exclude: int | None = None,
-    query_id: int | None = None,
-    started: float,
-) -> SearchOut:
-    width, height = image.info.get("original_size", image.size)
-    check_box_overlaps(box, width, height)
-    with state.embed_slots:
-        vector = state.collection.embed(image, embedder=embedder, box=box)
-    return search_with_vector(
-        state,
-        vector,
-        k=k,
-        embedder=embedder,
-        label=label,
-        exclude=exclude,
-        query=QueryOut(id=query_id, width=width, height=height, box=list(box) if box else None),
-        started=started,
-    )
-
-
-def search_with_vector(
+def search_response(
     state: ServerState,
     vector: np.ndarray,
     *,
     k: int,
     embedder: str,
     label: str | None,
-    exclude: int | None,
+    expand: int,
     query: QueryOut,
     started: float,
 ) -> SearchOut:
-    count = k + (exclude is not None)
-    for _ in range(MAX_SEARCH_ATTEMPTS):
-        if label is None:
-            scores, ids = state.batched_search[embedder].search(vector, count)
-        else:
-            allowed = state.image_ids.ids(label)
-            with state.index_lock.reading():
-                scores, ids = state.collection.index(embedder).search(vector[None, :], count, allowed_ids=allowed)
-            scores, ids = scores[0], ids[0]
-        pairs = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0 and i != exclude][:k]
-        records = state.collection.catalog.get_many(i for i, _ in pairs)
-        if len(records) == len(pairs):
-            break
-        # A result was deleted between the index search and this lookup: search again for a full k.
+    """Search with a query vector (the query's own image, when indexed, left out) and shape the answer."""
+    exclude = -1 if query.id is None else query.id
+    if label is None and expand == 0:
+        scores, ids = state.batched_search[embedder].search(vector, k, exclude)
+        found = Neighbours(ids[None, :], scores[None, :])
+    else:
+        with state.index_lock.reading():
+            found = state.collection.search_vectors(
+                vector[None, :], k, embedder=embedder, label=label, exclude=[exclude], expand=expand
+            )
     hits = [
-        SearchHit(**image_out(records[i]).model_dump(), rank=rank, score=round(score, 6))
-        for rank, (i, score) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
+        SearchHit(**image_out(hit.record).model_dump(), rank=hit.rank, score=round(hit.score, 6))
+        for hit in state.collection.results(found)[0]
+        if hit.record is not None
     ]
     took_ms = (time.perf_counter() - started) * 1000
     return SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+
+
+def embed_query(state: ServerState, image: Image.Image, embedder: str, box: Box | None) -> np.ndarray:
+    """The query image (or its region) as a vector, one of a bounded number of embeddings at once."""
+    width, height = image.info.get("original_size", image.size)
+    check_box_overlaps(box, width, height)
+    with state.embed_slots:
+        return state.collection.embed(image, embedder=embedder, box=box)
 
 
 def media_type_of(path: str) -> str:
@@ -413,12 +360,16 @@ def search_upload(
     embedder: EmbedderParam = None,
     label: LabelParam = None,
     box: BoxParam = None,
+    expand: ExpandParam = 0,
 ) -> SearchOut:
     started = time.perf_counter()
     name = resolve_embedder(state, embedder)
     region = parse_box(box)
     image = decode_upload(state, read_upload(state, file))
-    return run_search(state, image, k=k, embedder=name, label=label, box=region, started=started)
+    vector = embed_query(state, image, name, region)
+    width, height = image.info.get("original_size", image.size)
+    query = QueryOut(id=None, width=width, height=height, box=list(region) if region else None)
+    return search_response(state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started)
 
 
 @router.get(
@@ -434,26 +385,26 @@ def search_by_id(
     embedder: EmbedderParam = None,
     label: LabelParam = None,
     box: BoxParam = None,
+    expand: ExpandParam = 0,
 ) -> SearchOut:
     started = time.perf_counter()
     name = resolve_embedder(state, embedder)
     region = parse_box(box)
     record = indexed_record(state, image_id)
-    if region is None:
-        # The stored vector: no decoding, no embedding.
-        _, stored = state.collection.catalog.vectors(name, [image_id])
-        if len(stored):
-            query = QueryOut(id=image_id, width=record.width or 0, height=record.height or 0, box=None)
-            return search_with_vector(
-                state, stored[0], k=k, embedder=name, label=label, exclude=image_id, query=query, started=started
-            )
-    try:
-        image = open_image(record.path, max_pixels=state.max_pixels)
-    except ImageError as exc:
-        raise HTTPException(404, f"image {image_id} is no longer readable: {exc.reason}") from exc
-    return run_search(
-        state, image, k=k, embedder=name, label=label, box=region, exclude=image_id, query_id=image_id, started=started
+    query = QueryOut(
+        id=image_id, width=record.width or 0, height=record.height or 0, box=list(region) if region else None
     )
+    # The stored vector when the whole image is searched: no decoding, no embedding.
+    vector = state.collection.stored_vector(image_id, name) if region is None else None
+    if vector is None:
+        try:
+            image = open_image(record.path, max_pixels=state.max_pixels)
+        except ImageError as exc:
+            raise HTTPException(404, f"image {image_id} is no longer readable: {exc.reason}") from exc
+        vector = embed_query(state, image, name, region)
+        width, height = image.info.get("original_size", image.size)
+        query = QueryOut(id=image_id, width=width, height=height, box=query.box)
+    return search_response(state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started)
 
 
 @router.get("/images", response_model=ImagePage, summary="Browse the collection, a page at a time")
@@ -463,9 +414,9 @@ def list_images(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 48,
     label: LabelParam = None,
 ) -> ImagePage:
-    ids = state.image_ids.ids(label)
+    ids = state.collection.image_ids(label)
     page = [int(i) for i in ids[offset : offset + limit]]
-    records = state.collection.catalog.get_many(page)
+    records = state.collection.images(page)
     items = [image_out(records[i]) for i in page if i in records]
     return ImagePage(total=len(ids), offset=offset, limit=limit, items=items)
 
@@ -494,8 +445,6 @@ def add_image(
             record = state.collection.add_image(data, target, label=label)
         except ImageError as exc:
             raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
-        finally:
-            state.image_ids.invalidate()
     return image_out(record)
 
 
@@ -549,7 +498,6 @@ def delete_image(state: State, image_id: ImageId) -> Response:
     with state.index_lock.writing():
         record = indexed_record(state, image_id)
         state.collection.remove([image_id])
-        state.image_ids.invalidate()
     state.thumbnails.discard(image_id)
     # Files this server stored are its to delete; files from the user's folders are left alone.
     stored = Path(record.path)
@@ -583,12 +531,13 @@ def limits(state: State) -> LimitsOut:
 def embedders(state: State) -> EmbeddersOut:
     collection = state.collection
     names = sorted(set(collection.available_embedders()) | set(state.ready_embedders))
+    counts = collection.vector_counts()
     return EmbeddersOut(
         default=collection.default_embedder,
         embedders=[
             EmbedderOut(
                 name=name,
-                vectors=collection.catalog.count_vectors(name),
+                vectors=counts.get(name, 0),
                 default=name == collection.default_embedder,
                 ready=name in state.ready_embedders,
             )
@@ -623,19 +572,20 @@ class SameOriginWritesMiddleware:
         await self.app(scope, receive, send)
 
 
-def locked_search(
-    collection: Collection, embedder: str, lock: ReadWriteLock
-) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
-    def search(queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+def locked_search(collection: Collection, embedder: str, lock: ReadWriteLock) -> SearchFunction:
+    """The batched searches of one embedder: the collection's search, alongside other readers."""
+
+    def search(queries: np.ndarray, count: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with lock.reading():
-            return collection.index(embedder).search(queries, count)
+            found = collection.search_vectors(queries, count, embedder=embedder, exclude=exclude)
+        return found.scores, found.ids
 
     return search
 
 
 def load_embedders(collection: Collection) -> list[str]:
     """Load every searchable embedder and its index now, and run each once, so no request pays for it."""
-    names = sorted(set(collection.catalog.embedders()) | {collection.default_embedder})
+    names = sorted(set(collection.vector_counts()) | {collection.default_embedder})
     blank = Image.new("RGB", (64, 64))
     ready = []
     for name in names:
@@ -680,7 +630,6 @@ def create_app(
         max_pixels=max_pixels,
         index_lock=index_lock,
         embed_slots=FifoSemaphore(max(1, os.cpu_count() or 1)),
-        image_ids=ImageIds(collection),
         batched_search={name: BatchedSearch(locked_search(collection, name, index_lock)) for name in ready},
     )
     app.include_router(router)
