@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..collection import DEFAULT_COLLECTION_DIR, Progress
+from ..storage import DEFAULT_COLLECTION_DIR
+
+#: progress(stage, done, total), as the library reports it
+Progress = Callable[[str, int, int], None]
 
 
 def add_collection_option(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..collection import Collection
 from .common import add_collection_option, print_json, progress_bars
 
 
@@ -29,6 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..collection import Collection
+
     with Collection.open(args.collection, embedder=args.embedder, index=args.index_kind) as collection:
         if args.weights:
             collection.embedder(args.embedder, weights=args.weights)

@@ -6,7 +6,6 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from ..collection import Collection
 from .common import add_collection_option, print_json
 
 
@@ -26,6 +25,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..collection import Collection
+
     with Collection.open(args.collection, create=False) as collection:
         results = collection.search(
             args.image, args.k, embedder=args.embedder, label=args.label, box=args.box, expand=args.expand
