@@ -520,7 +520,7 @@ class Collection:
         else:
             pil = open_image(image if isinstance(image, bytes) else Path(image))
         if box is not None:
-            pil = pil.crop(_clamp_box(box, pil.size))
+            pil = pil.crop(_clamp_box(_box_in_decoded_pixels(box, pil), pil.size))
         return self.embedder(embedder).embed_images([pil])[0]
 
     def search(
@@ -612,6 +612,14 @@ class Collection:
             "indexed_embedders": {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()},
             "index_type": self.config.get("index", DEFAULT_INDEX),
         }
+
+
+def _box_in_decoded_pixels(box: Box, image: Image.Image) -> Box:
+    """A box in the upright original's pixels, in pixels of `image` (a large JPEG may have been decoded reduced)."""
+    width, height = image.info.get("original_size", image.size)
+    sx, sy = image.width / max(1, width), image.height / max(1, height)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return x0 * sx, y0 * sy, x1 * sx, y1 * sy
 
 
 def _clamp_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
