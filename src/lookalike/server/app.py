@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog import ImageRecord
 from ..collection import Collection, sha256_of
+from ..confidence import calibrate_weak_match
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
 from .batching import BatchedSearch
@@ -113,6 +114,13 @@ class ImageOut(BaseModel):
 class SearchHit(ImageOut):
     rank: int
     score: float = Field(description="cosine similarity, 1.0 = identical")
+    weak: bool = Field(False, description="a weak match: its score is below `weak_below`")
+
+
+class ImageDetails(ImageOut):
+    path: str = Field(description="where the file is, relative to the folder the collection indexed")
+    file_size: int = Field(description="bytes")
+    uploaded: bool = Field(description="stored by this server (added through the API); removing it deletes the file")
 
 
 class QueryOut(BaseModel):
@@ -129,6 +137,12 @@ class SearchOut(BaseModel):
     query: QueryOut
     results: list[SearchHit]
     took_ms: float
+    weak_below: float | None = Field(
+        None,
+        description="the similarity below which a result is a weak match, calibrated on this collection "
+        "(null when it is too small to tell)",
+    )
+    no_close_match: bool = Field(False, description="every result is a weak match: nothing here is really alike")
 
 
 class ImagePage(BaseModel):
@@ -155,6 +169,7 @@ class LimitsOut(BaseModel):
     max_pixels: int
     max_k: int
     default_k: int
+    read_only: bool = Field(description="adding and removing images is switched off")
 
 
 class StatsOut(BaseModel):
@@ -176,28 +191,72 @@ class ImageIds:
     Listing every catalog row per page would cost about 100 ms at 10,000 images, so the
     full list is kept until the collection changes: this server invalidates it when it
     changes the collection, and the catalog's data version tells when another process did.
+    The folder that holds every indexed file (the root paths are shown relative to) comes
+    from the same listing.
     """
 
-    def __init__(self, collection: Collection):
+    def __init__(self, collection: Collection, uploads_dir: Path):
         self._collection = collection
+        self._uploads = str(uploads_dir) + os.sep
         self._all: np.ndarray | None = None
+        self._root = ""
         self._version = -1
         self._lock = threading.Lock()
 
     def ids(self, label: str | None = None) -> np.ndarray:
         if label is not None:
             return np.sort(self._collection.catalog.ids_with_label(label))
+        return self._current()[0]
+
+    def root(self) -> str:
+        """The deepest folder holding every indexed file except this server's uploads ("" if none)."""
+        return self._current()[1]
+
+    def _current(self) -> tuple[np.ndarray, str]:
         with self._lock:
             version = self._collection.catalog.data_version()
             if self._all is None or version != self._version:
                 records = self._collection.catalog.records(status="ok")
                 self._all = np.fromiter((r.id for r in records), dtype=np.int64, count=len(records))
+                self._root = common_folder(r.path for r in records if not r.path.startswith(self._uploads))
                 self._version = version
-            return self._all
+            return self._all, self._root
 
     def invalidate(self) -> None:
         with self._lock:
             self._all = None
+
+
+class WeakMatchThresholds:
+    """Each embedder's weak-match threshold, calibrated on the collection (`calibrate_weak_match`).
+
+    Calibrated when the server starts; recalibrated when the embedder's vectors have changed
+    (the catalog generation moved on) and their number by a tenth or more since.
+    """
+
+    def __init__(self, collection: Collection, index_lock: ReadWriteLock):
+        self._collection = collection
+        self._index_lock = index_lock
+        self._known: dict[str, tuple[int, int, float | None]] = {}  # embedder: (generation, vectors, threshold)
+        self._lock = threading.Lock()
+
+    def threshold(self, embedder: str) -> float | None:
+        generation = self._collection.catalog.generation(embedder)
+        known = self._known.get(embedder)
+        if known is not None and known[0] == generation:
+            return known[2]
+        with self._lock:
+            known = self._known.get(embedder)
+            if known is not None and known[0] == generation:
+                return known[2]
+            count = self._collection.catalog.count_vectors(embedder)
+            if known is not None and abs(count - known[1]) < max(1, known[1] // 10):
+                self._known[embedder] = (generation, known[1], known[2])
+                return known[2]
+            with self._index_lock.reading():
+                threshold = calibrate_weak_match(self._collection, embedder)
+            self._known[embedder] = (generation, count, threshold)
+            return threshold
 
 
 @dataclass
@@ -215,6 +274,8 @@ class ServerState:
     image_ids: ImageIds
     # Unfiltered searches of concurrent requests go through the index together, per embedder.
     batched_search: dict[str, BatchedSearch]
+    weak_match: WeakMatchThresholds
+    read_only: bool = False
 
 
 def server_state(request: Request) -> ServerState:
@@ -245,6 +306,58 @@ router = APIRouter(prefix="/api")
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def common_folder(paths: Iterable[str]) -> str:
+    """The deepest folder that holds every one of `paths` ("" for none)."""
+    lowest = highest = None
+    for path in paths:  # the common prefix of the smallest and largest string is everyone's
+        lowest = path if lowest is None or path < lowest else lowest
+        highest = path if highest is None or path > highest else highest
+    if lowest is None or highest is None:
+        return ""
+    return os.path.dirname(os.path.commonprefix([lowest, highest]) + "x")
+
+
+def relative_path(state: ServerState, record: ImageRecord) -> str:
+    """Where an image's file is, never as a server path: relative to the indexed folder, or under uploads/."""
+    path = Path(record.path)
+    if path.parent == state.uploads_dir:
+        return f"{UPLOADS_DIR}/{path.name}"
+    root = state.image_ids.root()
+    if root and record.path.startswith(root.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(record.path, root)).as_posix()
+    return path.name
+
+
+def image_details(state: ServerState, record: ImageRecord) -> ImageDetails:
+    try:
+        file_size = os.path.getsize(record.path)
+    except OSError:
+        file_size = record.size
+    return ImageDetails(
+        **image_out(record).model_dump(),
+        path=relative_path(state, record),
+        file_size=file_size,
+        uploaded=Path(record.path).parent == state.uploads_dir,
+    )
+
+
+def mark_weak_matches(state: ServerState, out: SearchOut) -> SearchOut:
+    """Flag the results below the collection's calibrated weak-match threshold (lookalike.confidence)."""
+    threshold = state.weak_match.threshold(out.embedder)
+    if threshold is None:
+        return out
+    out.weak_below = round(threshold, 4)
+    for hit in out.results:
+        hit.weak = hit.score < threshold
+    out.no_close_match = bool(out.results) and all(hit.weak for hit in out.results)
+    return out
+
+
+def require_writable(state: State) -> None:
+    if state.read_only:
+        raise HTTPException(403, "this server is read-only: adding and removing images is switched off")
 
 
 def _version(record: ImageRecord) -> str:
@@ -316,7 +429,7 @@ def decode_upload(state: ServerState, data: bytes) -> Image.Image:
         return open_image(data, max_pixels=state.max_pixels)
     except ImageError as exc:
         if exc.reason.startswith("image too large"):
-            raise HTTPException(413, f"upload refused: {exc.reason}") from exc
+            raise HTTPException(413, exc.reason) from exc
         raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
 
 
@@ -378,7 +491,8 @@ def search_with_vector(
         for rank, (i, score) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
     ]
     took_ms = (time.perf_counter() - started) * 1000
-    return SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+    out = SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+    return mark_weak_matches(state, out)
 
 
 def media_type_of(path: str) -> str:
@@ -474,8 +588,9 @@ def list_images(
     "/images",
     response_model=ImageOut,
     status_code=201,
-    responses=ERROR_RESPONSES,
+    responses={**ERROR_RESPONSES, 403: {"model": ErrorOut, "description": "the server is read-only"}},
     summary="Add an uploaded image to the collection",
+    dependencies=[Depends(require_writable)],
 )
 def add_image(
     state: State,
@@ -499,9 +614,9 @@ def add_image(
     return image_out(record)
 
 
-@router.get("/images/{image_id}", response_model=ImageOut, responses=ERROR_RESPONSES, summary="An image's details")
-def get_image(state: State, image_id: ImageId) -> ImageOut:
-    return image_out(indexed_record(state, image_id))
+@router.get("/images/{image_id}", response_model=ImageDetails, responses=ERROR_RESPONSES, summary="An image's details")
+def get_image(state: State, image_id: ImageId) -> ImageDetails:
+    return image_details(state, indexed_record(state, image_id))
 
 
 @router.get(
@@ -543,7 +658,11 @@ def get_thumbnail(state: State, image_id: ImageId) -> FileResponse:
 
 
 @router.delete(
-    "/images/{image_id}", status_code=204, responses={404: {"model": ErrorOut}}, summary="Remove an image by id"
+    "/images/{image_id}",
+    status_code=204,
+    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut, "description": "the server is read-only"}},
+    summary="Remove an image by id",
+    dependencies=[Depends(require_writable)],
 )
 def delete_image(state: State, image_id: ImageId) -> Response:
     with state.index_lock.writing():
@@ -575,7 +694,11 @@ def stats(state: State) -> StatsOut:
 @router.get("/limits", response_model=LimitsOut, summary="What this server accepts")
 def limits(state: State) -> LimitsOut:
     return LimitsOut(
-        max_upload_bytes=state.max_upload_bytes, max_pixels=state.max_pixels, max_k=MAX_K, default_k=DEFAULT_K
+        max_upload_bytes=state.max_upload_bytes,
+        max_pixels=state.max_pixels,
+        max_k=MAX_K,
+        default_k=DEFAULT_K,
+        read_only=state.read_only,
     )
 
 
@@ -658,19 +781,25 @@ def create_app(
     cors_origins: list[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allowed_hosts: list[str] | None = None,
+    read_only: bool = False,
 ) -> FastAPI:
     """The web app and API over an open collection (loads its embedders and indexes now).
 
     `allowed_hosts`, when given, refuses requests for any other Host header (DNS rebinding).
+    `read_only` refuses adding and removing images (403).
     """
     app = make_fastapi(
         title="lookalike",
         version="0.1.0",
         description="Find the images in a collection that look like a given image.",
+        redoc_url=None,  # ReDoc's bundle loads its logo from the network; /docs is served whole from here
     )
     uploads_dir = collection.path / UPLOADS_DIR
     ready = load_embedders(collection)
     index_lock = ReadWriteLock()
+    weak_match = WeakMatchThresholds(collection, index_lock)
+    for name in ready:
+        weak_match.threshold(name)  # calibrated now, so no request pays for it
     app.state.lookalike = ServerState(
         collection=collection,
         ready_embedders=ready,
@@ -680,8 +809,10 @@ def create_app(
         max_pixels=max_pixels,
         index_lock=index_lock,
         embed_slots=FifoSemaphore(max(1, os.cpu_count() or 1)),
-        image_ids=ImageIds(collection),
+        image_ids=ImageIds(collection, uploads_dir),
         batched_search={name: BatchedSearch(locked_search(collection, name, index_lock)) for name in ready},
+        weak_match=weak_match,
+        read_only=read_only,
     )
     app.include_router(router)
 
@@ -716,6 +847,7 @@ def serve(
     port: int = 8000,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     cors_origins: list[str] | None = None,
+    read_only: bool = False,
 ) -> None:
     """Run the web app on host:port until interrupted (loopback only unless told otherwise)."""
     import uvicorn
@@ -725,7 +857,11 @@ def serve(
         # On loopback, only answer to loopback names: a foreign page cannot rebind its DNS name to us.
         allowed_hosts = LOOPBACK_HOST_NAMES if host in LOOPBACK_HOST_NAMES else None
         app = create_app(
-            collection, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins, allowed_hosts=allowed_hosts
+            collection,
+            max_upload_bytes=max_upload_bytes,
+            cors_origins=cors_origins,
+            allowed_hosts=allowed_hosts,
+            read_only=read_only,
         )
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
