@@ -228,35 +228,53 @@ class ImageIds:
 
 
 class WeakMatchThresholds:
-    """Each embedder's weak-match threshold, calibrated on the collection (`calibrate_weak_match`).
+    """Each embedder's weak-match thresholds, calibrated on the collection (`calibrate_weak_match`).
 
-    Calibrated when the server starts; recalibrated when the embedder's vectors have changed
-    (the catalog generation moved on) and their number by a tenth or more since.
+    The whole-image threshold is calibrated when the server starts, the region one (it embeds
+    crops: about a second per 60 on an idle machine) in a background thread started then; a
+    region search that comes first waits for it. Both are calibrated again when the embedder's
+    vectors have changed (the catalog generation moved on) and their number by a tenth or more.
     """
 
     def __init__(self, collection: Collection, index_lock: ReadWriteLock):
         self._collection = collection
         self._index_lock = index_lock
-        self._known: dict[str, tuple[int, int, float | None]] = {}  # embedder: (generation, vectors, threshold)
+        # (embedder, region): (generation, vectors, threshold)
+        self._known: dict[tuple[str, bool], tuple[int, int, float | None]] = {}
         self._lock = threading.Lock()
 
-    def threshold(self, embedder: str) -> float | None:
+    def threshold(self, embedder: str, region: bool = False) -> float | None:
+        key = (embedder, region)
         generation = self._collection.catalog.generation(embedder)
-        known = self._known.get(embedder)
+        known = self._known.get(key)
         if known is not None and known[0] == generation:
             return known[2]
         with self._lock:
-            known = self._known.get(embedder)
+            known = self._known.get(key)
             if known is not None and known[0] == generation:
                 return known[2]
             count = self._collection.catalog.count_vectors(embedder)
             if known is not None and abs(count - known[1]) < max(1, known[1] // 10):
-                self._known[embedder] = (generation, known[1], known[2])
+                self._known[key] = (generation, known[1], known[2])
                 return known[2]
             with self._index_lock.reading():
-                threshold = calibrate_weak_match(self._collection, embedder)
-            self._known[embedder] = (generation, count, threshold)
+                threshold = calibrate_weak_match(self._collection, embedder, region=region)
+            self._known[key] = (generation, count, threshold)
             return threshold
+
+    def calibrate_in_background(self, embedders: list[str]) -> threading.Thread:
+        """Calibrate the region thresholds of `embedders` now, in a daemon thread."""
+
+        def run() -> None:
+            for name in embedders:
+                try:
+                    self.threshold(name, region=True)
+                except Exception:  # the server goes on; a region search will try again
+                    log.exception("calibrating the region threshold of %s failed", name)
+
+        thread = threading.Thread(target=run, name="lookalike-calibrate", daemon=True)
+        thread.start()
+        return thread
 
 
 @dataclass
@@ -345,7 +363,7 @@ def image_details(state: ServerState, record: ImageRecord) -> ImageDetails:
 
 def mark_weak_matches(state: ServerState, out: SearchOut) -> SearchOut:
     """Flag the results below the collection's calibrated weak-match threshold (lookalike.confidence)."""
-    threshold = state.weak_match.threshold(out.embedder)
+    threshold = state.weak_match.threshold(out.embedder, region=out.query.box is not None)
     if threshold is None:
         return out
     out.weak_below = round(threshold, 4)
@@ -800,6 +818,7 @@ def create_app(
     weak_match = WeakMatchThresholds(collection, index_lock)
     for name in ready:
         weak_match.threshold(name)  # calibrated now, so no request pays for it
+    weak_match.calibrate_in_background(ready)
     app.state.lookalike = ServerState(
         collection=collection,
         ready_embedders=ready,
