@@ -230,6 +230,11 @@ def test_a_foreign_photo_is_marked_as_no_close_match(
     assert cat["no_close_match"] is False
     assert cat["results"][0]["weak"] is False
     assert [hit["weak"] for hit in cat["results"]] == [hit["score"] < threshold for hit in cat["results"]]
+    # A region has its own threshold: crops are less like anything than whole photos.
+    region_threshold = calibrate_weak_match(collection, region=True)
+    assert region_threshold is not None and region_threshold < threshold
+    region = client.post("/api/search?k=6&box=40,60,300,320", files=jpeg_upload((data_dir / NEW_CAT).read_bytes()))
+    assert region.json()["weak_below"] == pytest.approx(region_threshold, abs=1e-4)
     # Searching by id and with a label filter carry the same marks.
     by_id = client.get(f"/api/images/{cat['results'][0]['id']}/similar", params={"k": 3, "label": "dog"}).json()
     assert by_id["weak_below"] == body["weak_below"]

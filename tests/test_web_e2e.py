@@ -424,6 +424,39 @@ def test_a_48_megapixel_phone_photo_is_searched(page, server_url: str, data_dir:
     expect(page.locator("#query")).to_be_hidden()
 
 
+def test_a_region_is_adjusted_by_its_handles_and_moved(page, server_url: str, data_dir: Path) -> None:
+    page.goto(server_url)
+    wait_for_collection(page)
+    page.set_input_files("#file-input", str(data_dir / QUERY_CAT))  # 403x499
+    status_says(page, "12 results with")
+    image = page.locator("#query-image").bounding_box()
+    scale = 403 / image["width"]
+
+    def drag(start: tuple[float, float], end: tuple[float, float]) -> list[float]:
+        with page.expect_request(lambda request: "box=" in request.url) as searched:
+            page.mouse.move(*start)
+            page.mouse.down()
+            page.mouse.move(*end, steps=4)
+            page.mouse.up()
+        return [float(v) for v in re.search(r"box=([\d.,%C]+)", searched.value.url)[1].replace("%2C", ",").split(",")]
+
+    x, y = image["x"], image["y"]
+    box = drag((x + 40, y + 40), (x + 140, y + 140))
+    assert box == pytest.approx([40 * scale, 40 * scale, 140 * scale, 140 * scale], abs=3)
+    status_says(page, "(region)")
+    handle = page.locator('#selection [data-handle="se"]').bounding_box()
+    corner = (handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+    box = drag(corner, (corner[0] + 60, corner[1] + 30))  # the south-east corner, out and down
+    assert box == pytest.approx([40 * scale, 40 * scale, 200 * scale, 170 * scale], abs=4)
+    handle = page.locator('#selection [data-handle="w"]').bounding_box()
+    box = drag((handle["x"] + 6, handle["y"] + 6), (handle["x"] + 26, handle["y"] + 6))  # the west edge, inwards
+    assert box == pytest.approx([60 * scale, 40 * scale, 200 * scale, 170 * scale], abs=4)
+    middle = (x + 130, y + 100)
+    box = drag(middle, (middle[0] + 50, middle[1] + 50))  # the whole region, moved
+    assert box == pytest.approx([110 * scale, 90 * scale, 250 * scale, 220 * scale], abs=4)
+    status_says(page, "12 results (region)")
+
+
 # --- honest confidence ----------------------------------------------------------------------------
 
 
