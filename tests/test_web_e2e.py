@@ -378,6 +378,7 @@ def test_a_phone_sized_run(phone, server_url: str, data_dir: Path, tmp_path: Pat
     cards.nth(11).wait_for()
     assert cards.first.bounding_box()["y"] < 844 - 60, "the first result starts below the screen"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+    wait_until(lambda: images_loaded(page.locator("#query-image")) and images_loaded(cards.locator("img").nth(2)))
     save_screenshot(page, "phone", tmp_path)
 
     # Scroll down, tap the last result: the new query and the first new results are in view.
@@ -473,6 +474,7 @@ def test_a_photo_unlike_the_collection_is_marked_as_no_close_match(
     expect(notice).to_contain_text("No close match in this collection")
     expect(page.locator("#results .card.weak")).to_have_count(12)
     assert "weak match" in page.locator("#results .card-main").first.get_attribute("aria-label")
+    wait_until(lambda: images_loaded(page.locator("#results img, #query-image")))
     save_screenshot(page, "weak-match", tmp_path)
     page.set_input_files("#file-input", str(data_dir / QUERY_CAT))
     status_says(page, "12 results with")
@@ -563,6 +565,7 @@ def test_a_result_opens_to_its_details_and_can_be_removed(page, server_url: str,
     original = page.locator("#detail-original").get_attribute("href")
     assert page.request.get(f"{server_url}{original}").headers["content-type"] == "image/jpeg"
     assert f"detail={image_id}" in page.url
+    wait_until(lambda: images_loaded(page.locator("#detail-image")))
     save_screenshot(page, "detail", tmp_path)
 
     page.click("#detail-remove")
