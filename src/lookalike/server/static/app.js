@@ -386,10 +386,11 @@ function showResults(body) {
   notice.hidden = !body.no_close_match;
   if (body.no_close_match) {
     const among = body.label ? ` labelled “${body.label}”` : "";
+    const own = body.query.box ? "regions of the collection's own photos" : "the collection's own photos";
     notice.textContent =
       `No close match${among} in this collection: these are the nearest images, but none is really alike ` +
-      `(every similarity is below ${body.weak_below.toFixed(2)}, a level 95% of the collection's own ` +
-      `photos reach with their nearest neighbour).`;
+      `(every similarity is below ${body.weak_below.toFixed(2)}, a level nearly all ${own} reach ` +
+      "with their nearest neighbour).";
   }
   const region = body.query.box ? " (region)" : "";
   const label = body.label ? ` labelled “${body.label}”` : "";
