@@ -141,7 +141,7 @@ class Collection:
         #: decode JPEGs in draft mode when indexing (see benchmarks/bench_indexing.py for its effect)
         self.draft = True
         self._writes = 0  # changes committed through this object (SQLite's data_version counts the others)
-        self._all_ids: tuple[tuple[int, int], np.ndarray] | None = None
+        self._all_ids: tuple[tuple[int, int], np.ndarray, str] | None = None
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -616,7 +616,7 @@ class Collection:
             else:
                 pil = open_image(image if isinstance(image, bytes) else Path(image))
             box = boxes[i] if boxes is not None else None
-            pils.append(pil.crop(_clamp_box(box, pil.size)) if box is not None else pil)
+            pils.append(pil.crop(_clamp_box(_box_in_decoded_pixels(box, pil), pil.size)) if box is not None else pil)
         return self.embedder(embedder).embed_images(pils)
 
     def search(
@@ -819,12 +819,26 @@ class Collection:
         """
         if label is not None:
             return np.sort(self.catalog.ids_with_label(label))
+        return self._listing()[0]
+
+    def indexed_root(self) -> str:
+        """The deepest folder holding every indexed file except the collection's own (uploads); "" if none."""
+        return self._listing()[1]
+
+    def _listing(self) -> tuple[np.ndarray, str]:
         with self._lock:
             version = (self.catalog.data_version(), self._writes)
             if self._all_ids is None or version != self._all_ids[0]:
                 records = self.catalog.records(status="ok")
-                self._all_ids = (version, np.fromiter((r.id for r in records), dtype=np.int64, count=len(records)))
-            return self._all_ids[1]
+                ids = np.fromiter((r.id for r in records), dtype=np.int64, count=len(records))
+                inside = str(self.path) + os.sep
+                root = _common_folder(r.path for r in records if not r.path.startswith(inside))
+                self._all_ids = (version, ids, root)
+            return self._all_ids[1], self._all_ids[2]
+
+    def generation(self, embedder: str | None = None) -> int:
+        """A number that moves on whenever the vectors of `embedder` change (here or in another process)."""
+        return self.catalog.generation(embedder or self.default_embedder)
 
     def stored_vector(self, image_id: int, embedder: str | None = None) -> np.ndarray | None:
         """The stored vector of an indexed image, or None when it has none of that embedder."""
@@ -876,6 +890,25 @@ class Collection:
 
 def _as_query(query: ImageInput | np.ndarray) -> Query:
     return Query(vector=query) if isinstance(query, np.ndarray) else Query(image=query)
+
+
+def _common_folder(paths: Iterable[str]) -> str:
+    """The deepest folder that holds every one of `paths` ("" for none)."""
+    lowest = highest = None
+    for path in paths:  # the common prefix of the smallest and largest string is everyone's
+        lowest = path if lowest is None or path < lowest else lowest
+        highest = path if highest is None or path > highest else highest
+    if lowest is None or highest is None:
+        return ""
+    return os.path.dirname(os.path.commonprefix([lowest, highest]) + "x")
+
+
+def _box_in_decoded_pixels(box: Box, image: Image.Image) -> Box:
+    """A box in the upright original's pixels, in pixels of `image` (a large JPEG may have been decoded reduced)."""
+    width, height = image.info.get("original_size", image.size)
+    sx, sy = image.width / max(1, width), image.height / max(1, height)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return x0 * sx, y0 * sy, x1 * sx, y1 * sy
 
 
 def _clamp_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:

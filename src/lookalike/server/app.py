@@ -10,10 +10,12 @@ Safety rules this module keeps:
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog import ImageRecord
 from ..collection import Box, Collection, Neighbours, sha256_of
+from ..confidence import calibrate_weak_match
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
 from .batching import BatchedSearch, SearchFunction
@@ -111,6 +114,13 @@ class ImageOut(BaseModel):
 class SearchHit(ImageOut):
     rank: int
     score: float = Field(description="cosine similarity, 1.0 = identical")
+    weak: bool = Field(False, description="a weak match: its score is below `weak_below`")
+
+
+class ImageDetails(ImageOut):
+    path: str = Field(description="where the file is, relative to the folder the collection indexed")
+    file_size: int = Field(description="bytes")
+    uploaded: bool = Field(description="stored by this server (added through the API); removing it deletes the file")
 
 
 class QueryOut(BaseModel):
@@ -127,6 +137,12 @@ class SearchOut(BaseModel):
     query: QueryOut
     results: list[SearchHit]
     took_ms: float
+    weak_below: float | None = Field(
+        None,
+        description="the similarity below which a result is a weak match, calibrated on this collection "
+        "(null when it is too small to tell)",
+    )
+    no_close_match: bool = Field(False, description="every result is a weak match: nothing here is really alike")
 
 
 class ImagePage(BaseModel):
@@ -153,6 +169,7 @@ class LimitsOut(BaseModel):
     max_pixels: int
     max_k: int
     default_k: int
+    read_only: bool = Field(description="adding and removing images is switched off")
 
 
 class StatsOut(BaseModel):
@@ -166,6 +183,70 @@ class StatsOut(BaseModel):
 
 
 # --- server state -------------------------------------------------------------------------------
+
+
+class WeakMatchThresholds:
+    """Each embedder's weak-match thresholds, calibrated on the collection (`calibrate_weak_match`).
+
+    The whole-image threshold is calibrated when the server starts, the region one (it embeds
+    crops: about a second per 60 on an idle machine) in a background thread started then; a
+    region search that comes first waits for it. Both are calibrated again when the embedder's
+    vectors have changed (the catalog generation moved on) and their number by a tenth or more.
+    """
+
+    def __init__(self, collection: Collection, index_lock: ReadWriteLock):
+        self._collection = collection
+        self._index_lock = index_lock
+        # (embedder, region): (generation, vectors, threshold)
+        self._known: dict[tuple[str, bool], tuple[int, int, float | None]] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def threshold(self, embedder: str, region: bool = False) -> float | None:
+        key = (embedder, region)
+        generation = self._collection.generation(embedder)
+        known = self._known.get(key)
+        if known is not None and known[0] == generation:
+            return known[2]
+        with self._lock:
+            known = self._known.get(key)
+            if known is not None and known[0] == generation:
+                return known[2]
+            count = self._collection.vector_counts().get(embedder, 0)
+            if known is not None and abs(count - known[1]) < max(1, known[1] // 10):
+                self._known[key] = (generation, known[1], known[2])
+                return known[2]
+            with self._index_lock.reading():
+                threshold = calibrate_weak_match(self._collection, embedder, region=region, cancel=self._stopping)
+            if self._stopping.is_set():
+                return None
+            self._known[key] = (generation, count, threshold)
+            return threshold
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop a calibration in progress and wait for it: a process must not exit while a thread
+        is inside ONNX Runtime (the C++ runtime aborts the process)."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def calibrate_in_background(self, embedders: list[str]) -> threading.Thread:
+        """Calibrate the region thresholds of `embedders` now, in a daemon thread (stopped at exit)."""
+
+        def run() -> None:
+            for name in embedders:
+                try:
+                    self.threshold(name, region=True)
+                except Exception:  # the server goes on; a region search will try again
+                    log.exception("calibrating the region threshold of %s failed", name)
+
+        thread = threading.Thread(target=run, name="lookalike-calibrate", daemon=True)
+        if not self._threads:
+            atexit.register(self.stop)
+        self._threads.append(thread)
+        thread.start()
+        return thread
 
 
 @dataclass
@@ -182,6 +263,8 @@ class ServerState:
     embed_slots: FifoSemaphore
     # Unfiltered searches of concurrent requests go through the index together, per embedder.
     batched_search: dict[str, BatchedSearch]
+    weak_match: WeakMatchThresholds
+    read_only: bool = False
 
 
 def server_state(request: Request) -> ServerState:
@@ -215,6 +298,47 @@ router = APIRouter(prefix="/api")
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def relative_path(state: ServerState, record: ImageRecord) -> str:
+    """Where an image's file is, never as a server path: relative to the indexed folder, or under uploads/."""
+    path = Path(record.path)
+    if path.parent == state.uploads_dir:
+        return f"{UPLOADS_DIR}/{path.name}"
+    root = state.collection.indexed_root()
+    if root and record.path.startswith(root.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(record.path, root)).as_posix()
+    return path.name
+
+
+def image_details(state: ServerState, record: ImageRecord) -> ImageDetails:
+    try:
+        file_size = os.path.getsize(record.path)
+    except OSError:
+        file_size = record.size
+    return ImageDetails(
+        **image_out(record).model_dump(),
+        path=relative_path(state, record),
+        file_size=file_size,
+        uploaded=Path(record.path).parent == state.uploads_dir,
+    )
+
+
+def mark_weak_matches(state: ServerState, out: SearchOut) -> SearchOut:
+    """Flag the results below the collection's calibrated weak-match threshold (lookalike.confidence)."""
+    threshold = state.weak_match.threshold(out.embedder, region=out.query.box is not None)
+    if threshold is None:
+        return out
+    out.weak_below = round(threshold, 4)
+    for hit in out.results:
+        hit.weak = hit.score < threshold
+    out.no_close_match = bool(out.results) and all(hit.weak for hit in out.results)
+    return out
+
+
+def require_writable(state: State) -> None:
+    if state.read_only:
+        raise HTTPException(403, "this server is read-only: adding and removing images is switched off")
 
 
 def _version(record: ImageRecord) -> str:
@@ -286,7 +410,7 @@ def decode_upload(state: ServerState, data: bytes) -> Image.Image:
         return open_image(data, max_pixels=state.max_pixels)
     except ImageError as exc:
         if exc.reason.startswith("image too large"):
-            raise HTTPException(413, f"upload refused: {exc.reason}") from exc
+            raise HTTPException(413, exc.reason) from exc
         raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
 
 
@@ -317,7 +441,8 @@ def search_response(
         if hit.record is not None
     ]
     took_ms = (time.perf_counter() - started) * 1000
-    return SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+    out = SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+    return mark_weak_matches(state, out)
 
 
 def embed_query(state: ServerState, image: Image.Image, embedder: str, box: Box | None) -> np.ndarray:
@@ -425,8 +550,9 @@ def list_images(
     "/images",
     response_model=ImageOut,
     status_code=201,
-    responses=ERROR_RESPONSES,
+    responses={**ERROR_RESPONSES, 403: {"model": ErrorOut, "description": "the server is read-only"}},
     summary="Add an uploaded image to the collection",
+    dependencies=[Depends(require_writable)],
 )
 def add_image(
     state: State,
@@ -448,9 +574,9 @@ def add_image(
     return image_out(record)
 
 
-@router.get("/images/{image_id}", response_model=ImageOut, responses=ERROR_RESPONSES, summary="An image's details")
-def get_image(state: State, image_id: ImageId) -> ImageOut:
-    return image_out(indexed_record(state, image_id))
+@router.get("/images/{image_id}", response_model=ImageDetails, responses=ERROR_RESPONSES, summary="An image's details")
+def get_image(state: State, image_id: ImageId) -> ImageDetails:
+    return image_details(state, indexed_record(state, image_id))
 
 
 @router.get(
@@ -492,7 +618,11 @@ def get_thumbnail(state: State, image_id: ImageId) -> FileResponse:
 
 
 @router.delete(
-    "/images/{image_id}", status_code=204, responses={404: {"model": ErrorOut}}, summary="Remove an image by id"
+    "/images/{image_id}",
+    status_code=204,
+    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut, "description": "the server is read-only"}},
+    summary="Remove an image by id",
+    dependencies=[Depends(require_writable)],
 )
 def delete_image(state: State, image_id: ImageId) -> Response:
     with state.index_lock.writing():
@@ -523,7 +653,11 @@ def stats(state: State) -> StatsOut:
 @router.get("/limits", response_model=LimitsOut, summary="What this server accepts")
 def limits(state: State) -> LimitsOut:
     return LimitsOut(
-        max_upload_bytes=state.max_upload_bytes, max_pixels=state.max_pixels, max_k=MAX_K, default_k=DEFAULT_K
+        max_upload_bytes=state.max_upload_bytes,
+        max_pixels=state.max_pixels,
+        max_k=MAX_K,
+        default_k=DEFAULT_K,
+        read_only=state.read_only,
     )
 
 
@@ -608,19 +742,26 @@ def create_app(
     cors_origins: list[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allowed_hosts: list[str] | None = None,
+    read_only: bool = False,
 ) -> FastAPI:
     """The web app and API over an open collection (loads its embedders and indexes now).
 
     `allowed_hosts`, when given, refuses requests for any other Host header (DNS rebinding).
+    `read_only` refuses adding and removing images (403).
     """
     app = make_fastapi(
         title="lookalike",
         version="0.1.0",
         description="Find the images in a collection that look like a given image.",
+        redoc_url=None,  # ReDoc's bundle loads its logo from the network; /docs is served whole from here
     )
     uploads_dir = collection.path / UPLOADS_DIR
     ready = load_embedders(collection)
     index_lock = ReadWriteLock()
+    weak_match = WeakMatchThresholds(collection, index_lock)
+    for name in ready:
+        weak_match.threshold(name)  # calibrated now, so no request pays for it
+    weak_match.calibrate_in_background(ready)
     app.state.lookalike = ServerState(
         collection=collection,
         ready_embedders=ready,
@@ -631,6 +772,8 @@ def create_app(
         index_lock=index_lock,
         embed_slots=FifoSemaphore(max(1, os.cpu_count() or 1)),
         batched_search={name: BatchedSearch(locked_search(collection, name, index_lock)) for name in ready},
+        weak_match=weak_match,
+        read_only=read_only,
     )
     app.include_router(router)
 
@@ -665,6 +808,7 @@ def serve(
     port: int = 8000,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     cors_origins: list[str] | None = None,
+    read_only: bool = False,
 ) -> None:
     """Run the web app on host:port until interrupted (loopback only unless told otherwise)."""
     import uvicorn
@@ -674,9 +818,14 @@ def serve(
         # On loopback, only answer to loopback names: a foreign page cannot rebind its DNS name to us.
         allowed_hosts = LOOPBACK_HOST_NAMES if host in LOOPBACK_HOST_NAMES else None
         app = create_app(
-            collection, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins, allowed_hosts=allowed_hosts
+            collection,
+            max_upload_bytes=max_upload_bytes,
+            cors_origins=cors_origins,
+            allowed_hosts=allowed_hosts,
+            read_only=read_only,
         )
         uvicorn.run(app, host=host, port=port, log_level="info")
+        app.state.lookalike.weak_match.stop()
     finally:
         collection.save()  # keep the in-memory index changes, so the next start needs no rebuild
         collection.close()
