@@ -6,7 +6,8 @@ and training import this module; searching and indexing run the exported file (`
 - `NormalisedFeatures` wraps any feature network: uint8 pixels in, unit vectors out, pixel
   normalisation inside the graph (cheap there, costly in numpy in the decoding threads).
 - Pretrained: EfficientNet-Lite0/1/2 (weights from their pip packages), torchvision's ResNet-50
-  and VGG-16 (weights downloaded by torchvision, or a local file).
+  and VGG-16 (weights downloaded by torchvision, or a local file). The classifiers among them are
+  wrapped by `NormalisedFeaturesAndClasses`: the same unit vectors, plus ImageNet class probabilities.
 - Trained (`build_module`): an `Embedding` = backbone -> head, described by the `architecture`
   dict that training writes into `models/NAME/model.json`.
 """
@@ -38,9 +39,27 @@ class NormalisedFeatures(nn.Module):
         """(n, 3, H, W) float32, already normalised (training data) -> unit vectors."""
         return nn.functional.normalize(self.features(images).flatten(1), dim=1)
 
+    def normalise_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, H, W, 3) uint8 -> (n, 3, H, W) float32, normalised as the network was trained."""
+        return pixels.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        images = pixels.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
-        return self.forward_normalised(images)
+        return self.forward_normalised(self.normalise_pixels(pixels))
+
+
+class NormalisedFeaturesAndClasses(NormalisedFeatures):
+    """Pixels in; unit vectors and class probabilities out, from one run of a classifier network.
+
+    `features` returns (pooled features, class logits); the embedding is the features, as with
+    `NormalisedFeatures`, so adding the classes changes no vector.
+    """
+
+    def forward_normalised(self, images: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.features(images)[0].flatten(1), dim=1)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        features, logits = self.features(self.normalise_pixels(pixels))
+        return nn.functional.normalize(features.flatten(1), dim=1), logits.softmax(dim=1)
 
 
 # --- weights files --------------------------------------------------------------------------------
@@ -82,6 +101,14 @@ class EfficientNetLiteFeatures(nn.Module):
         return self.network.extract_features(images).mean(dim=(2, 3))
 
 
+class EfficientNetLiteFeaturesAndClasses(EfficientNetLiteFeatures):
+    """The pooled features and the network's ImageNet logits (its dropout is off in eval mode)."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        features = super().forward(images)
+        return features, self.network._fc(features)
+
+
 def efficientnet_lite_network(name: str = "efficientnet-lite0", weights: str | Path | None = None) -> nn.Module:
     """The full classifier network (features + 1000-way ImageNet head) with its pretrained weights."""
     from efficientnet_lite_pytorch import EfficientNet
@@ -111,14 +138,28 @@ def torchvision_state(url: str, weights: str | Path | None, name: str) -> dict[s
         ) from exc
 
 
-def resnet50_features(url: str, weights: str | Path | None = None) -> nn.Module:
-    """ResNet-50: 2048-d pooled features before the classifier."""
+class ResNetFeaturesAndClasses(nn.Module):
+    """A torchvision ResNet's pooled features and its ImageNet logits."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.network
+        x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        features = torch.flatten(net.avgpool(x), 1)
+        return features, net.fc(features)
+
+
+def resnet50_classifier(url: str, weights: str | Path | None = None) -> nn.Module:
+    """ResNet-50: 2048-d pooled features and the 1000 ImageNet logits."""
     from torchvision.models import resnet50
 
     network = resnet50(weights=None)
-    network.fc = nn.Identity()
     load_into(network, torchvision_state(url, weights, "resnet50"), str(weights or url))
-    return network.eval()
+    return ResNetFeaturesAndClasses(network).eval()
 
 
 class VGGFeatures(nn.Module):
