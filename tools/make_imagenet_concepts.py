@@ -10,7 +10,8 @@ ImageNet-1k's classes are WordNet 3.0 noun synsets ("n02084071" = offset 0208407
 each class the file keeps its synonyms (the synset's lemmas) and, through WordNet's hypernym links,
 every more general synset above it with its own lemmas, so that "dog" reaches all dog breeds and
 "vehicle" cars, buses and bikes. Plural forms WordNet lists as exceptions (noun.exc: "geese goose")
-are kept for the words in the file. WordNet's licence (below, in the file's "licence" field) allows
+are kept for the words in the file. Two is-a links WordNet 3.0 lacks are added (`EXTRA_HYPERNYMS`):
+there, buses and trains are "public transport" but not vehicles. WordNet's licence (below, in the file's "licence" field) allows
 copying and redistribution with its notice.
 """
 
@@ -37,6 +38,10 @@ LICENCE = (
     "database. Title to copyright in this software, database and any associated documentation shall at all times "
     "remain with Princeton University and LICENSEE agrees to preserve same."
 )
+
+
+#: (synset, hypernym) links added to WordNet 3.0's: bus -> motor vehicle, train -> wheeled vehicle
+EXTRA_HYPERNYMS = [(2924116, 3791235), (4468005, 4576211)]
 
 
 def read_nouns(wordnet: Path) -> dict[int, tuple[list[str], list[int]]]:
@@ -76,6 +81,8 @@ def main() -> None:
     args = parser.parse_args()
 
     nouns = read_nouns(args.wordnet)
+    for synset, hypernym in EXTRA_HYPERNYMS:
+        nouns[synset][1].append(hypernym)
     wnids = imagenet_wnids()
     order: list[int] = [int(w[1:]) for w in wnids]  # the classes first, in class order
     index = {offset: i for i, offset in enumerate(order)}

@@ -282,8 +282,11 @@ class Catalog:
             r[0] for r in self._db.execute("SELECT DISTINCT image_id FROM concepts WHERE embedder = ?", (embedder,))
         }
 
-    def concept_scores(self, embedder: str, classes: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, summed score) of the images with any of `classes` among their stored ones."""
+    def concept_scores(
+        self, embedder: str, classes: Iterable[int], min_score: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, summed score) of the images with any of `classes` among their stored ones (each
+        counted when its score is at least `min_score`)."""
         wanted = sorted({int(c) for c in classes})
         totals: dict[int, float] = {}
         for start in range(0, len(wanted), 900):
@@ -291,8 +294,8 @@ class Catalog:
             marks = ",".join("?" * len(chunk))
             for image_id, total in self._db.execute(
                 f"SELECT image_id, sum(score) FROM concepts WHERE embedder = ? AND class IN ({marks})"
-                " GROUP BY image_id",
-                [embedder, *chunk],
+                " AND score >= ? GROUP BY image_id",
+                [embedder, *chunk, min_score],
             ):
                 totals[image_id] = totals.get(image_id, 0.0) + total
         ids = np.fromiter(totals, dtype=np.int64, count=len(totals))

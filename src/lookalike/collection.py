@@ -902,14 +902,17 @@ class Collection:
         _, vocab = self._concept_vocabulary(embedder)
         return vocab.read(text)  # type: ignore[attr-defined]
 
-    def concept_scores(self, text: str, *, embedder: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def concept_scores(
+        self, text: str, *, embedder: str | None = None, min_score: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) of the images matching every term of `text`: per term, the summed probability of
-        its classes among the image's stored top classes; over terms, their product. Best first."""
+        its classes among the image's stored top classes (those of at least `min_score`); over terms,
+        their product. Best first."""
         source, vocab = self._concept_vocabulary(embedder)
         ids: np.ndarray | None = None
         scores = np.zeros(0, dtype=np.float32)
         for term in vocab.read(text):  # type: ignore[attr-defined]
-            term_ids, term_scores = self.catalog.concept_scores(source, term.classes)
+            term_ids, term_scores = self.catalog.concept_scores(source, term.classes, min_score)
             if ids is None:
                 ids, scores = term_ids, term_scores
                 continue
@@ -920,9 +923,9 @@ class Collection:
         return ids[order], np.minimum(scores[order], 1.0).astype(np.float32)
 
     def tagged_ids(self, text: str, *, embedder: str | None = None) -> np.ndarray:
-        """Ids of the images tagged with the concept `text` names (score at least TAG_MIN_SCORE), sorted."""
-        ids, scores = self.concept_scores(text, embedder=embedder)
-        return np.sort(ids[scores >= TAG_MIN_SCORE])
+        """Ids of the images tagged with what `text` names: one of their tags (a class of probability at
+        least TAG_MIN_SCORE) is that concept or below it ("dog": any breed), for every term. Sorted."""
+        return np.sort(self.concept_scores(text, embedder=embedder, min_score=TAG_MIN_SCORE)[0])
 
     def tags(self, ids: Iterable[int], *, embedder: str | None = None) -> dict[int, list[Tag]]:
         """Each image's top concepts (the classes its network is most sure of), when the collection has any."""

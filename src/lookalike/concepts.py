@@ -31,10 +31,8 @@ import numpy as np
 IMAGENET = "imagenet-1k"
 #: classes kept per image and embedder when indexing (their probabilities, best first)
 TOP_CLASSES = 10
-#: a class (or a term's summed classes) with at least this probability is one of the image's tags
+#: a class with at least this probability is one of the image's tags (so an image has at most 10)
 TAG_MIN_SCORE = 0.1
-#: tags shown per image at most
-MAX_TAGS = 3
 #: longest phrase tried, in words
 _MAX_PHRASE = 6
 #: words that carry no concept; skipped unless part of a known phrase
@@ -191,7 +189,7 @@ class Vocabulary:
             Tag(self.class_name(int(c)), round(float(s), 4))
             for c, s in zip(classes, scores, strict=True)
             if s >= TAG_MIN_SCORE
-        ][:MAX_TAGS]
+        ]
 
 
 def top_classes(probabilities: np.ndarray, k: int = TOP_CLASSES) -> tuple[np.ndarray, np.ndarray]:
