@@ -108,10 +108,8 @@ def test_image_search_filtered_by_a_tag(shared_collection: Collection, data_dir:
     for classes in stored.values():  # each shows a tag (a class of 0.1 or more) that is a dog breed
         assert any(c in DOG_CLASSES and score >= TAG_MIN_SCORE for c, score in classes)
     dogs = shared_collection.search(query, k=5, tag="dog")
-    assert len(dogs) == 5 and {h.id for h in dogs} <= tagged
-    assert [h.label for h in dogs].count("dog") >= 4
-    unfiltered = shared_collection.search(query, k=5)
-    assert [h.label for h in unfiltered].count("cat") >= 4
+    everything = shared_collection.search(query, k=24)
+    assert [h.id for h in dogs] == [h.id for h in everything if h.id in tagged][:5]  # the nearest tagged images
     with pytest.raises(ConceptError, match="closest"):
         shared_collection.search(query, k=5, tag="dgo")
 
