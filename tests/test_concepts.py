@@ -89,6 +89,17 @@ def test_searching_by_words_finds_the_cats_and_the_dogs(shared_collection: Colle
     assert only_cats and {r.label for r in only_cats} == {"cat"}
 
 
+def test_words_that_match_nothing_are_left_out_and_said_so(shared_collection: Collection) -> None:
+    found = shared_collection.search_text("dog on a beach", 5)
+    assert [t.words for t in found.terms] == ["dog"]
+    assert found.ignored == ("no concept matches 'beach'; closest: bench",)
+    assert [r.id for r in found.results] == [r.id for r in shared_collection.search_text("dog", 5).results]
+    with pytest.raises(ConceptError, match="no concept matches 'qwxz'"):
+        shared_collection.search_text("qwxz beach")  # nothing matches: an error, never an empty list
+    with pytest.raises(ConceptError, match="no concept matches 'beach'"):
+        shared_collection.search(shared_collection.image(1).path, tag="dog on a beach")  # filters are strict
+
+
 def test_every_result_carries_its_tags(shared_collection: Collection, data_dir: Path) -> None:
     hits = shared_collection.search(data_dir / "cat" / "cat.100.jpg", k=5)
     assert all(hit.tags for hit in hits if hit.label == "cat")

@@ -76,6 +76,8 @@ class TextSearch:
     embedder: str
     #: the terms the words were read as (concept search only)
     terms: tuple[Term, ...] = ()
+    #: words left out because they match no concept, each with the closest known words (concept search only)
+    ignored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -897,10 +899,11 @@ class Collection:
             )
         return source, vocabulary(self.catalog.concept_embedders()[source])
 
-    def read_text(self, text: str, *, embedder: str | None = None) -> list[Term]:
-        """How a word query is read: its terms, each a set of classes (ConceptError if a word is unknown)."""
+    def read_text(self, text: str, *, embedder: str | None = None, strict: bool = True) -> list[Term]:
+        """How a word query is read: its terms, each a set of classes. ConceptError when no word matches
+        a concept, or (`strict`) when any word does not."""
         _, vocab = self._concept_vocabulary(embedder)
-        return vocab.read(text)  # type: ignore[attr-defined]
+        return vocab.read(text, strict=strict)  # type: ignore[attr-defined]
 
     def concept_scores(
         self, text: str, *, embedder: str | None = None, min_score: float = 0.0
@@ -908,10 +911,13 @@ class Collection:
         """(ids, scores) of the images matching every term of `text`: per term, the summed probability of
         its classes among the image's stored top classes (those of at least `min_score`); over terms,
         their product. Best first."""
-        source, vocab = self._concept_vocabulary(embedder)
+        source, _ = self._concept_vocabulary(embedder)
+        return self._score_terms(source, self.read_text(text, embedder=source), min_score)
+
+    def _score_terms(self, source: str, terms: Sequence[Term], min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         ids: np.ndarray | None = None
         scores = np.zeros(0, dtype=np.float32)
-        for term in vocab.read(text):  # type: ignore[attr-defined]
+        for term in terms:
             term_ids, term_scores = self.catalog.concept_scores(source, term.classes, min_score)
             if ids is None:
                 ids, scores = term_ids, term_scores
@@ -952,7 +958,8 @@ class Collection:
         With an embedder that encodes text (CLIP), the words are embedded and searched like an image;
         otherwise they are read as concepts (ImageNet classes, through WordNet: "dog" finds every
         breed) and matched against each image's stored top classes. Words that match no concept
-        raise ConceptError naming the closest known words.
+        raise ConceptError naming the closest known words; when some words match, the others are left
+        out and listed in `ignored`.
         """
         name = embedder or self.default_embedder
         try:
@@ -965,9 +972,10 @@ class Collection:
             vector = model.embed_texts([text])
             found = self.search_vectors(vector, k, embedder=name, label=label, tag=tag)
             return TextSearch(text, self.results(found)[0], "text-encoder", name)
-        source, _ = self._concept_vocabulary(embedder)
-        terms = tuple(self.read_text(text, embedder=source))
-        ids, scores = self.concept_scores(text, embedder=source)
+        source, vocab = self._concept_vocabulary(embedder)
+        terms = tuple(self.read_text(text, embedder=source, strict=False))
+        ignored = tuple(vocab.explain(word) for word in vocab.parse(text)[1])  # type: ignore[attr-defined]
+        ids, scores = self._score_terms(source, terms)
         keep = np.ones(len(ids), dtype=bool)
         if label is not None:
             keep &= np.isin(ids, self.catalog.ids_with_label(label))
@@ -978,7 +986,7 @@ class Collection:
             np.concatenate([ids, np.full(k - len(ids), -1, dtype=np.int64)])[None, :],
             np.concatenate([scores, np.full(k - len(ids), -np.inf, dtype=np.float32)])[None, :],
         )
-        return TextSearch(text, self.results(found)[0], "concepts", source, terms)
+        return TextSearch(text, self.results(found)[0], "concepts", source, terms, ignored)
 
     # --- reading the catalog -----------------------------------------------------------------------
 

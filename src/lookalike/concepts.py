@@ -141,11 +141,9 @@ class Vocabulary:
                 return Term(form, tuple(self._lemmas[s][0] for s in senses), tuple(classes))
         return None
 
-    def read(self, text: str) -> list[Term]:
-        """The terms of a query, longest known phrases first; ConceptError if a word is not understood."""
+    def parse(self, text: str) -> tuple[list[Term], list[str]]:
+        """The terms of a query, longest known phrases first, and the words matching no concept."""
         words = normalise(text).split()
-        if not words:
-            raise ConceptError("the text query is empty")
         terms: list[Term] = []
         unknown: list[str] = []
         i = 0
@@ -157,16 +155,24 @@ class Vocabulary:
                     i = j
                     break
             else:
-                if words[i] not in _FILLER:
+                if words[i] not in _FILLER and words[i] not in unknown:
                     unknown.append(words[i])
                 i += 1
-        if unknown:
-            raise ConceptError("; ".join(self._explain(word) for word in unknown))
+        return terms, unknown
+
+    def read(self, text: str, *, strict: bool = True) -> list[Term]:
+        """The terms of a query. ConceptError when nothing matches, or (`strict`) when any word does not."""
+        terms, unknown = self.parse(text)
+        if unknown and (strict or not terms):
+            raise ConceptError("; ".join(self.explain(word) for word in unknown))
         if not terms:
+            if not normalise(text):
+                raise ConceptError("the text query is empty")
             raise ConceptError(f"no concept in {text.strip()!r}: name a thing, such as dog, car or pizza")
         return terms
 
-    def _explain(self, word: str) -> str:
+    def explain(self, word: str) -> str:
+        """Why `word` finds nothing, and the known words spelt most like it."""
         close = self.closest(word)
         if close:
             return f"no concept matches {word!r}; closest: {', '.join(close)}"

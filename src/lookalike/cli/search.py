@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
                     f"{t.words!r} -> {', '.join(t.concepts)} ({len(t.classes)} ImageNet classes)" for t in found.terms
                 )
                 print(f"lookalike: {read}", file=sys.stderr)
+                for reason in found.ignored:
+                    print(f"lookalike: left out: {reason}", file=sys.stderr)
         else:
             results = collection.search(
                 args.image,

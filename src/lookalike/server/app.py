@@ -152,6 +152,7 @@ class TextSearchOut(BaseModel):
     k: int
     label: str | None
     terms: list[TermOut] = Field(description="how the words were read (concept search)")
+    ignored: list[str] = Field(default=[], description="words left out: they match no concept (closest words given)")
     results: list[SearchHit]
     took_ms: float
 
@@ -479,6 +480,7 @@ def search_text(
         k=k,
         label=label,
         terms=terms,
+        ignored=list(found.ignored),
         results=[hit_out(hit) for hit in found.results if hit.record is not None],
         took_ms=round((time.perf_counter() - started) * 1000, 2),
     )

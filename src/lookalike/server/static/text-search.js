@@ -59,8 +59,10 @@
       byId("results").replaceChildren(...body.results.map(textCard));
       const read = body.terms.map((t) => `“${t.words}” → ${t.concepts.join(", ")} (${t.classes} classes)`);
       const count = body.results.length;
+      const left = body.ignored && body.ignored.length ? ` — left out: ${body.ignored.join("; ")}` : "";
       status(`${count} result${count === 1 ? "" : "s"} for ${read.join(" and ") || `“${body.text}”`}` +
-        ` (${body.method === "text-encoder" ? body.embedder + " text encoder" : "concepts of " + body.embedder})`);
+        ` (${body.method === "text-encoder" ? body.embedder + " text encoder" : "concepts of " + body.embedder})` +
+        left);
     } catch (error) {
       byId("results").replaceChildren();
       status(error.message, true);
