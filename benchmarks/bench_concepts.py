@@ -7,7 +7,9 @@ least one of its words is a concept (the words that are not are left out, as a u
 classes whose name matches nothing are listed with the reason. For the matched ones: precision@10
 and MAP@R (R = the class's image count, definitions in shared/docs/metrics.md) of the images
 returned, relevance = the image is in that class's folder. Images without any stored class under
-the query's concepts are never returned, so a query may return fewer than R images: they count as misses.
+the query's concepts are never returned, so a query may return fewer than R images: they count as
+misses. Each class also lists what the network calls most of its photos (their top-1 ImageNet
+class), which says why a query fails.
 
     python benchmarks/bench_concepts.py [--collection DIR]   # indexes once (minutes), reuses DIR after
 """
@@ -19,6 +21,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finish_record, run_record  # noqa: E402
 
 from lookalike import Collection  # noqa: E402
-from lookalike.concepts import ConceptError  # noqa: E402
+from lookalike.concepts import ConceptError, vocabulary  # noqa: E402
 from lookalike.evaluation.metrics import map_at_r, precision_at_k  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "caltech101-dev"
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def top3(counts: Counter[str]) -> list[str]:
+    return [f"{name} ({n})" for name, n in counts.most_common(3)]
 
 
 def main() -> int:
@@ -50,6 +57,11 @@ def main() -> int:
         report = collection.sync(args.data)
         index_seconds = time.perf_counter() - started
         sizes = collection.catalog.labels()
+        vocab = vocabulary()
+        seen_as: dict[str, Counter[str]] = {}  # what the network calls each class's photos (top-1 class)
+        stored = collection.catalog.concepts_of("efficientnet-lite0", collection.vector_ids())
+        for image_id, row in stored.items():
+            seen_as.setdefault(collection.image(image_id).label, Counter())[vocab.class_name(row[0][0])] += 1
         rows = []
         query_seconds = []
         for name in classes:
@@ -60,7 +72,9 @@ def main() -> int:
                 found = collection.search_text(text, R)
                 query_seconds.append(time.perf_counter() - t0)
             except ConceptError as exc:
-                rows.append({"class": name, "query": text, "matched": False, "why": str(exc)})
+                rows.append(
+                    {"class": name, "query": text, "matched": False, "why": str(exc), "seen_as": top3(seen_as[name])}
+                )
                 continue
             labels = [r.label for r in found.results] + [None] * (R - len(found.results))
             rel = np.array([[label == name for label in labels]], dtype=bool)
@@ -69,13 +83,15 @@ def main() -> int:
                     "class": name,
                     "query": text,
                     "matched": True,
-                    "read_as": [f"{t.words} -> {', '.join(t.concepts)} ({len(t.classes)} classes)" for t in found.terms],
+                    "read_as": [
+                        f"{t.words} -> {', '.join(t.concepts)} ({len(t.classes)} classes)" for t in found.terms
+                    ],
                     "left_out": list(found.ignored),
                     "returned": len(found.results),
                     "R": R,
                     "precision_at_10": round(precision_at_k(rel, 10), 4),
                     "map_at_r": round(map_at_r(rel, np.array([R])), 4),
-                    "top_tags": [t.name for t in found.results[0].tags] if found.results else [],
+                    "seen_as": top3(seen_as[name]),
                 }
             )
     matched = [r for r in rows if r["matched"]]

@@ -41,6 +41,7 @@ def test_plurals_and_filler_words_are_understood() -> None:
     assert words.read("dogs")[0].classes == words.read("dog")[0].classes
     assert words.read("buses")[0].words == "bus"
     assert words.read("geese")[0].words == "goose"  # WordNet's irregular plural
+    assert words.read("binocular")[0].words == "binoculars"  # a plural-only name
     assert [t.words for t in words.read("a photo of the school buses")] == ["school bus"]
     assert [t.words for t in words.read("dog with a ball")] == ["dog", "ball"]
 

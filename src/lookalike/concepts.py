@@ -70,7 +70,7 @@ def normalise(text: str) -> str:
 
 
 def _singulars(phrase: str, plurals: dict[str, str]) -> list[str]:
-    """The phrase, and what it may be the plural of (its last word changed)."""
+    """The phrase, and what it may be the plural (or, for plural-only names, the singular) of."""
     head, _, last = phrase.rpartition(" ")
     forms = [phrase]
     candidates = [plurals.get(phrase, ""), plurals.get(last, "")]
@@ -82,6 +82,8 @@ def _singulars(phrase: str, plurals: dict[str, str]) -> list[str]:
         candidates.append(last[:-2])
     if last.endswith("s") and not last.endswith("ss"):
         candidates.append(last[:-1])
+    else:
+        candidates.append(last + "s")  # names that are plural only: "binocular" -> "binoculars"
     for c in candidates:
         if c and c not in forms:
             forms.append(c if " " in c or not head else f"{head} {c}")
