@@ -11,8 +11,8 @@ each class the file keeps its synonyms (the synset's lemmas) and, through WordNe
 every more general synset above it with its own lemmas, so that "dog" reaches all dog breeds and
 "vehicle" cars, buses and bikes. Plural forms WordNet lists as exceptions (noun.exc: "geese goose")
 are kept for the words in the file. Two is-a links WordNet 3.0 lacks are added (`EXTRA_HYPERNYMS`):
-there, buses and trains are "public transport" but not vehicles. WordNet's licence (below, in the file's "licence" field) allows
-copying and redistribution with its notice.
+there, buses and trains are "public transport" but not vehicles. WordNet's licence (below, in the
+file's "licence" field) allows copying and redistribution with its notice.
 """
 
 from __future__ import annotations

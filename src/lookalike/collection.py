@@ -222,11 +222,23 @@ class Collection:
     # --- embedders and indexes ----------------------------------------------------------------
 
     def embedder(self, name: str | None = None, *, weights: str | Path | None = None) -> Embedder:
-        """The embedder called `name` (default: the collection's), built once and kept."""
+        """The embedder called `name` (default: the collection's), built once and kept.
+
+        A local weights file given here is remembered in config.json, so later sessions (a search,
+        the server) build the same embedder without being told again.
+        """
         name = name or self.default_embedder
         with self._lock:
             if name not in self._embedders:
+                remembered = self.config.get("weights", {})
+                if weights is None:
+                    weights = remembered.get(name)
                 self._embedders[name] = embedder_registry.create(name, weights=weights, models_dir=self.models_dir)
+                if weights is not None and remembered.get(name) != str(Path(weights).expanduser().resolve()):
+                    self.config["weights"] = {**remembered, name: str(Path(weights).expanduser().resolve())}
+                    # only this key: the session's other choices (open(embedder=...)) are not the collection's
+                    on_disk = json.loads((self.path / "config.json").read_text())
+                    write_json(self.path / "config.json", {**on_disk, "weights": self.config["weights"]})
             return self._embedders[name]
 
     def use_embedder(self, embedder: Embedder) -> None:

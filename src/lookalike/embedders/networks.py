@@ -184,6 +184,73 @@ def vgg16_features(url: str, weights: str | Path | None = None) -> nn.Module:
     return trunk.eval()
 
 
+# --- timm and open_clip (weights from the Hugging Face cache or a local file) ---------------------
+
+
+class TimmFeatures(nn.Module):
+    """A timm network's pooled features (`forward_head(pre_logits=True)`), and its logits when it has a head."""
+
+    def __init__(self, network: nn.Module, classes: bool):
+        super().__init__()
+        self.network = network
+        self.classes = classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        net = self.network
+        features = net.forward_head(net.forward_features(images), pre_logits=True)
+        return (features, net.get_classifier()(features)) if self.classes else features
+
+
+def timm_network(architecture: str, weights: Path, classes: bool, **kwargs: object) -> nn.Module:
+    """`architecture` ("vit_small_patch14_dinov2.lvd142m") with the weights of a local file, through timm's
+    own loading (which adapts a checkpoint to the model, e.g. a ViT's position embeddings to its image size)."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise EmbedderError("this embedder needs timm: pip install 'lookalike[hub]'") from exc
+    try:
+        network = timm.create_model(
+            architecture, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs
+        )
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        raise EmbedderError(f"weights from {weights.name} do not fit {architecture}: {str(exc)[:300]}") from exc
+    return TimmFeatures(network.eval(), classes)
+
+
+class ClipImage(nn.Module):
+    """An open_clip model's image tower: normalised pixels -> image embedding (before L2-normalising)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.visual = model.visual
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
+
+
+class ClipText(nn.Module):
+    """An open_clip model's text tower: token ids (n, context) int64 -> unit vectors in the images' space."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.model.encode_text(tokens), dim=1)
+
+
+def open_clip_model(architecture: str, weights: Path) -> nn.Module:
+    """An open_clip model ("ViT-B-32") with the weights of a local file."""
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise EmbedderError("this embedder needs open_clip: pip install 'lookalike[hub]'") from exc
+    try:
+        return open_clip.create_model(architecture, pretrained=str(weights), require_pretrained=True).eval()
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        raise EmbedderError(f"weights from {weights.name} do not fit {architecture}: {str(exc)[:300]}") from exc
+
+
 # --- architectures trained on a collection ---------------------------------------------------------
 #
 # Training on CPU is made cheap by splitting a pretrained network at a *cut*: everything before the
