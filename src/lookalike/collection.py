@@ -974,12 +974,10 @@ class Collection:
         out and listed in `ignored`.
         """
         name = embedder or self.default_embedder
-        try:
-            model: Embedder | None = self.embedder(name)
-        except embedder_registry.EmbedderError:
-            if embedder is not None:
-                raise
-            model = None  # the default cannot be loaded here; the concepts it stored can still be searched
+        # Only an embedder that reads text is built here: concept search needs no network.
+        model = self._embedders.get(name)
+        if model is None and embedder_registry.reads_text(name):
+            model = self.embedder(name)
         if model is not None and model.encodes_text:
             vector = model.embed_texts([text])
             found = self.search_vectors(vector, k, embedder=name, label=label, tag=tag)

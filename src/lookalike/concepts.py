@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib.resources import files
 
 import numpy as np
@@ -99,27 +99,38 @@ class Vocabulary:
         synsets = data["synsets"]
         self.wnids: list[str] = data["wnids"][:1000]
         self._lemmas: list[list[str]] = [lemmas for lemmas, _ in synsets]
+        self._parents: list[list[int]] = [parents for _, parents in synsets]
         self._plurals = {normalise(k): normalise(v) for k, v in data["plurals"].items()}
-        parents = [p for _, p in synsets]
-        # classes below each synset (a class is below itself)
-        below: list[set[int]] = [set() for _ in synsets]
+
+    @cached_property
+    def _below(self) -> list[tuple[int, ...]]:
+        """The classes below each synset (a class is below itself); built when words are first read."""
+        below: list[set[int]] = [set() for _ in self._lemmas]
         for c in range(len(self.wnids)):
             stack, seen = [c], {c}
             while stack:
                 s = stack.pop()
                 below[s].add(c)
-                for p in parents[s]:
+                for p in self._parents[s]:
                     if p not in seen:
                         seen.add(p)
                         stack.append(p)
-        self._below = [tuple(sorted(b)) for b in below]
-        self._by_words: dict[str, list[int]] = {}
+        return [tuple(sorted(b)) for b in below]
+
+    @cached_property
+    def _by_words(self) -> dict[str, list[int]]:
+        """Normalised name -> the synsets it names."""
+        by_words: dict[str, list[int]] = {}
         for s, lemmas in enumerate(self._lemmas):
             for lemma in lemmas:
                 key = normalise(lemma)
-                if key and s not in self._by_words.setdefault(key, []):
-                    self._by_words[key].append(s)
-        self._known = sorted(self._by_words)
+                if key and s not in by_words.setdefault(key, []):
+                    by_words[key].append(s)
+        return by_words
+
+    @cached_property
+    def _known(self) -> list[str]:
+        return sorted(self._by_words)
 
     @property
     def size(self) -> int:

@@ -36,6 +36,11 @@ def register(name: str, factory: Callable[..., Embedder]) -> None:
     _BUILTIN[name] = factory
 
 
+def reads_text(name: str) -> bool:
+    """Whether the built-in embedder `name` has a text encoder (known without building it)."""
+    return name in hub.MODELS and hub.MODELS[name].library == "open_clip"
+
+
 def register_hub_model(model: hub.HubModel) -> None:
     """Make a timm or open_clip network (weights from a file or the Hugging Face cache) an embedder."""
     hub.MODELS[model.name] = model
@@ -85,6 +90,7 @@ __all__ = [
     "create",
     "l2_normalise",
     "register",
+    "reads_text",
     "register_hub_model",
     "register_trained_loader",
 ]

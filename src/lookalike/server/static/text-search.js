@@ -33,13 +33,20 @@
     img.src = hit.thumbnail_url;
     img.alt = hit.name;
     img.loading = "lazy";
-    const caption = document.createElement("span");
-    caption.className = "caption";
-    caption.textContent = `${hit.score.toFixed(3)} ${hit.label ?? ""}`;
-    const tagLine = document.createElement("span");
-    tagLine.className = "tags muted";
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = hit.label ?? "";
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = hit.score.toFixed(3);
+    meta.append(label, score);
+    const tagLine = document.createElement("div");
+    tagLine.className = "tags";
     tagLine.textContent = hit.tags.map((t) => t.name).join(", ");
-    li.append(img, caption, tagLine);
+    li.dataset.label = hit.label ?? "";
+    li.append(img, meta, tagLine);
     // Clicking a result searches by that image, when the page's image search is there.
     const open = () => typeof useIndexed === "function" && useIndexed(hit); // eslint-disable-line no-undef
     li.addEventListener("click", open);
