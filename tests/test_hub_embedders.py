@@ -175,6 +175,14 @@ def test_the_weights_given_when_indexing_are_remembered_by_the_collection(
     assert len(json.loads(capsys.readouterr().out)) == 3
     config = json.loads((tmp_path / "collection" / "config.json").read_text())
     assert config["weights"] == {name: str(weights.resolve())} and config["default_embedder"] == name
+    # The server builds it from the remembered file too, and reads words with its text encoder.
+    from fastapi.testclient import TestClient
+
+    from lookalike.server import create_app
+
+    with Collection.open(tmp_path / "collection", create=False) as collection:
+        body = TestClient(create_app(collection)).get("/api/search/text", params={"q": "a dog", "k": 4}).json()
+    assert body["method"] == "text-encoder" and body["embedder"] == name and len(body["results"]) == 4
 
 
 @pytest.mark.slow

@@ -670,7 +670,10 @@ def load_embedders(collection: Collection) -> list[str]:
     for name in names:
         try:
             collection.index(name)
-            collection.embedder(name).embed_images([blank])
+            model = collection.embedder(name)
+            model.embed_images([blank])
+            if model.encodes_text:  # CLIP: its text tower too (exported now, not in a request)
+                model.embed_texts(["a photo"])
         except EmbedderError as exc:
             if name == collection.default_embedder:
                 raise
