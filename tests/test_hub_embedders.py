@@ -41,17 +41,26 @@ def empty_hugging_face_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def random_timm_weights(path: Path, architecture: str) -> Path:
-    """A timm network of `architecture` at its default configuration, random weights, saved as a checkpoint."""
+    """A timm network of `architecture` at its default configuration, random weights, saved as a checkpoint.
+
+    LayerScale factors (DINOv2, ConvNeXt) are set to 1: at their initial 1e-5 every image gets the
+    same vector (pairwise cosine 0.9999999), and rankings would be decided by rounding.
+    """
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    save_file(timm.create_model(architecture.split(".")[0], pretrained=False).state_dict(), str(path))
+    state = timm.create_model(architecture.split(".")[0], pretrained=False).state_dict()
+    state = {k: torch.ones_like(v) if k.endswith("gamma") else v for k, v in state.items()}
+    save_file(state, str(path))
     return path
 
 
 @pytest.fixture()
-def tiny_clip(tmp_path: Path) -> tuple[str, Path]:
-    """A small open_clip config (2-layer towers), registered as an embedder, and random weights for it."""
+def tiny_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """A small open_clip config (2-layer towers), registered as an embedder for this test only, and
+    random weights for it."""
+    monkeypatch.setattr(hub, "MODELS", dict(hub.MODELS))
+    monkeypatch.setattr(embedders, "_BUILTIN", dict(embedders._BUILTIN))
     from open_clip import factory
 
     config = tmp_path / "lookalike-tiny-clip.json"
