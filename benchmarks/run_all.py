@@ -20,6 +20,7 @@ FULL = [
     ["bench_milvus.py"],
     ["bench_server_latency.py"],
     ["bench_server_load.py"],
+    ["bench_concepts.py"],
 ]
 SMOKE = [["bench_indexing.py", "--smoke"], ["bench_search.py", "--smoke"], ["bench_milvus.py", "--smoke"]]
 

@@ -68,8 +68,23 @@ def test_default_embedder_gives_unit_vectors_that_separate_cats_from_dogs(data_d
 def test_onnx_runtime_matches_pytorch_within_1e_4(data_dir: Path) -> None:
     embedder = embedders.create("efficientnet-lite0", runtime="onnx")
     batch = np.stack([embedder.preprocess(open_image(data_dir / "dog" / f"dog.{i}.jpg")) for i in range(1, 5)])
-    np.testing.assert_allclose(embedder.embed_onnx(batch), embedder.embed_torch(batch), atol=1e-4)
+    onnx_outputs, torch_outputs = embedder.run_onnx(batch), embedder.run_torch(batch)
+    assert [o.shape for o in onnx_outputs] == [(4, 1280), (4, 1000)]  # vectors, class probabilities
+    for got, expected in zip(onnx_outputs, torch_outputs, strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
     assert embedder.onnx_path().is_file()
+
+
+def test_a_classifier_embedder_gives_its_classes_from_the_same_run(data_dir: Path) -> None:
+    """The vectors are those of `embed_arrays`; the probabilities sum to 1 and call a cat a cat."""
+    embedder = embedders.create("efficientnet-lite0")
+    assert embedder.classes == "imagenet-1k"
+    batch = np.stack([embedder.preprocess(open_image(data_dir / "cat" / f"cat.{i}.jpg")) for i in (1, 2)])
+    vectors, probabilities = embedder.embed_and_classify(batch)
+    np.testing.assert_array_equal(vectors, embedder.embed_arrays(batch))
+    assert probabilities is not None and probabilities.shape == (2, 1000)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert set(probabilities.argmax(axis=1).tolist()) <= CAT_CLASSES
 
 
 def test_torch_runtime_is_the_fallback(data_dir: Path) -> None:
@@ -95,10 +110,12 @@ def _random_weights(tmp_path: Path, name: str) -> Path:
 @pytest.mark.parametrize(("name", "dim"), [("resnet50", 2048), ("vgg16", 512)])
 def test_torchvision_embedders_load_a_local_weights_file(tmp_path: Path, data_dir: Path, name: str, dim: int) -> None:
     embedder = embedders.create(name, weights=_random_weights(tmp_path, name), runtime="torch")
-    vectors = embedder.embed_images(
-        [open_image(data_dir / "cat" / "cat.3.jpg"), open_image(data_dir / "dog" / "dog.3.jpg")]
-    )
+    images = [open_image(data_dir / "cat" / "cat.3.jpg"), open_image(data_dir / "dog" / "dog.3.jpg")]
+    vectors = embedder.embed_images(images)
     assert vectors.shape == (2, dim)
+    _, probabilities = embedder.embed_and_classify(np.stack([embedder.preprocess(im) for im in images]))
+    # ResNet-50 is used as the classifier it is; VGG-16's 120 M-parameter classifier is not loaded
+    assert (probabilities is not None and probabilities.shape == (2, 1000)) == (name == "resnet50")
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(vectors[0], vectors[1])
 

@@ -34,7 +34,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog import ImageRecord
-from ..collection import Box, Collection, Neighbours, sha256_of
+from ..collection import Box, Collection, Neighbours, SearchResult, sha256_of
+from ..concepts import ConceptError
 from ..confidence import calibrate_weak_match
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
@@ -58,6 +59,7 @@ MAX_K = 100
 MAX_EXPAND = 50
 MAX_PAGE = 200
 MAX_LABEL_LENGTH = 100
+MAX_TEXT_LENGTH = 200
 UPLOADS_DIR = "uploads"
 THUMBNAILS_DIR = "thumbnails"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -111,10 +113,18 @@ class ImageOut(BaseModel):
     thumbnail_url: str
 
 
+class TagOut(BaseModel):
+    name: str = Field(description="an ImageNet class")
+    score: float = Field(description="the probability the network gave it")
+
+
 class SearchHit(ImageOut):
     rank: int
-    score: float = Field(description="cosine similarity, 1.0 = identical")
+    score: float = Field(
+        description="cosine similarity, 1.0 = identical (text search by concepts: the concepts' probability)"
+    )
     weak: bool = Field(False, description="a weak match: its score is below `weak_below`")
+    tags: list[TagOut] = Field(default=[], description="the image's top concepts (ImageNet classes)")
 
 
 class ImageDetails(ImageOut):
@@ -143,6 +153,24 @@ class SearchOut(BaseModel):
         "(null when it is too small to tell)",
     )
     no_close_match: bool = Field(False, description="every result is a weak match: nothing here is really alike")
+
+
+class TermOut(BaseModel):
+    words: str = Field(description="words of the query, as matched")
+    concepts: list[str] = Field(description="the WordNet senses they name")
+    classes: int = Field(description="how many ImageNet classes those cover")
+
+
+class TextSearchOut(BaseModel):
+    embedder: str = Field(description="the embedder whose concepts (or text encoder) answered")
+    method: str = Field(description="'concepts' (words -> ImageNet classes) or 'text-encoder' (CLIP)")
+    text: str
+    k: int
+    label: str | None
+    terms: list[TermOut] = Field(description="how the words were read (concept search)")
+    ignored: list[str] = Field(default=[], description="words left out: they match no concept (closest words given)")
+    results: list[SearchHit]
+    took_ms: float
 
 
 class ImagePage(BaseModel):
@@ -279,6 +307,10 @@ ExpandParam = Annotated[
     int, Query(ge=0, le=MAX_EXPAND, description="re-rank by query expansion over the top N results (0: off)")
 ]
 LabelParam = Annotated[str | None, Query(max_length=MAX_LABEL_LENGTH, description="only return images with this label")]
+TagParam = Annotated[
+    str | None,
+    Query(max_length=MAX_TEXT_LENGTH, description="only return images tagged with this concept (words, e.g. dog)"),
+]
 BoxParam = Annotated[
     str | None,
     Query(
@@ -414,6 +446,12 @@ def decode_upload(state: ServerState, data: bytes) -> Image.Image:
         raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
 
 
+def hit_out(hit: SearchResult) -> SearchHit:
+    assert hit.record is not None
+    tags = [TagOut(name=t.name, score=t.score) for t in hit.tags]
+    return SearchHit(**image_out(hit.record).model_dump(), rank=hit.rank, score=round(hit.score, 6), tags=tags)
+
+
 def search_response(
     state: ServerState,
     vector: np.ndarray,
@@ -424,22 +462,22 @@ def search_response(
     expand: int,
     query: QueryOut,
     started: float,
+    tag: str | None = None,
 ) -> SearchOut:
     """Search with a query vector (the query's own image, when indexed, left out) and shape the answer."""
     exclude = -1 if query.id is None else query.id
-    if label is None and expand == 0:
+    if label is None and expand == 0 and tag is None:
         scores, ids = state.batched_search[embedder].search(vector, k, exclude)
         found = Neighbours(ids[None, :], scores[None, :])
     else:
         with state.index_lock.reading():
-            found = state.collection.search_vectors(
-                vector[None, :], k, embedder=embedder, label=label, exclude=[exclude], expand=expand
-            )
-    hits = [
-        SearchHit(**image_out(hit.record).model_dump(), rank=hit.rank, score=round(hit.score, 6))
-        for hit in state.collection.results(found)[0]
-        if hit.record is not None
-    ]
+            try:
+                found = state.collection.search_vectors(
+                    vector[None, :], k, embedder=embedder, label=label, exclude=[exclude], expand=expand, tag=tag
+                )
+            except ConceptError as exc:
+                raise HTTPException(422, str(exc)) from exc
+    hits = [hit_out(hit) for hit in state.collection.results(found)[0] if hit.record is not None]
     took_ms = (time.perf_counter() - started) * 1000
     out = SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
     return mark_weak_matches(state, out)
@@ -486,6 +524,7 @@ def search_upload(
     label: LabelParam = None,
     box: BoxParam = None,
     expand: ExpandParam = 0,
+    tag: TagParam = None,
 ) -> SearchOut:
     started = time.perf_counter()
     name = resolve_embedder(state, embedder)
@@ -494,7 +533,9 @@ def search_upload(
     vector = embed_query(state, image, name, region)
     width, height = image.info.get("original_size", image.size)
     query = QueryOut(id=None, width=width, height=height, box=list(region) if region else None)
-    return search_response(state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started)
+    return search_response(
+        state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started, tag=tag
+    )
 
 
 @router.get(
@@ -511,6 +552,7 @@ def search_by_id(
     label: LabelParam = None,
     box: BoxParam = None,
     expand: ExpandParam = 0,
+    tag: TagParam = None,
 ) -> SearchOut:
     started = time.perf_counter()
     name = resolve_embedder(state, embedder)
@@ -529,7 +571,44 @@ def search_by_id(
         vector = embed_query(state, image, name, region)
         width, height = image.info.get("original_size", image.size)
         query = QueryOut(id=image_id, width=width, height=height, box=query.box)
-    return search_response(state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started)
+    return search_response(
+        state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started, tag=tag
+    )
+
+
+@router.get(
+    "/search/text",
+    response_model=TextSearchOut,
+    responses=ERROR_RESPONSES,
+    summary='Search by words: ImageNet concepts ("dog" finds every breed), or CLIP\'s text encoder',
+)
+def search_text(
+    state: State,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_TEXT_LENGTH, description="the words, e.g. golden retriever")],
+    k: KParam = DEFAULT_K,
+    embedder: EmbedderParam = None,
+    label: LabelParam = None,
+    tag: TagParam = None,
+) -> TextSearchOut:
+    started = time.perf_counter()
+    name = resolve_embedder(state, embedder) if embedder is not None else None
+    try:
+        with state.index_lock.reading():
+            found = state.collection.search_text(q, k, embedder=name, label=label, tag=tag)
+    except (ConceptError, EmbedderError) as exc:
+        raise HTTPException(422, str(exc)) from exc
+    terms = [TermOut(words=t.words, concepts=list(t.concepts), classes=len(t.classes)) for t in found.terms]
+    return TextSearchOut(
+        embedder=found.embedder,
+        method=found.method,
+        text=q,
+        k=k,
+        label=label,
+        terms=terms,
+        ignored=list(found.ignored),
+        results=[hit_out(hit) for hit in found.results if hit.record is not None],
+        took_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
 
 
 @router.get("/images", response_model=ImagePage, summary="Browse the collection, a page at a time")
@@ -725,7 +804,10 @@ def load_embedders(collection: Collection) -> list[str]:
     for name in names:
         try:
             collection.index(name)
-            collection.embedder(name).embed_images([blank])
+            model = collection.embedder(name)
+            model.embed_images([blank])
+            if model.encodes_text:  # CLIP: its text tower too (exported now, not in a request)
+                model.embed_texts(["a photo"])
         except EmbedderError as exc:
             if name == collection.default_embedder:
                 raise
