@@ -1,10 +1,15 @@
 """The one training loop every method uses.
 
 A method supplies a `Task` (its module, its batches, its loss, its validation); the loop
-owns everything else: the optimiser and its learning-rate schedule, seeding, tqdm progress
-with the running loss, an atomic checkpoint after every epoch, resuming from it, early
-stopping on the validation score (MAP@R when labels exist) and restoring the best epoch's
-weights at the end.
+owns everything else: the optimiser and its learning-rate schedule, seeding, an atomic
+checkpoint after every epoch, resuming from it, early stopping on the validation score
+(MAP@R when labels exist) and restoring the best epoch's weights at the end.
+
+The loop never prints. It reports each epoch's steps through `progress(stage, done, total)` with
+the stage "epoch E/N", the running loss through `figures(stage, {"loss": ...})` and, at the end
+of the epoch, the loss and the validation figure it monitors through `figures` again and the whole
+`EpochRecord` through `on_epoch`. The command line draws these as one bar per epoch
+(`cli/common.py`); before, the loop drew tqdm bars itself.
 
 Determinism: every epoch reseeds torch, numpy and `random` from (seed, epoch), so an
 interrupted-and-resumed run gives the same weights as one that was never interrupted.
@@ -17,7 +22,6 @@ import hashlib
 import json
 import math
 import random
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -29,9 +33,11 @@ import torch
 from torch import nn
 
 from ..storage import atomic_path
+from .run import SCHEDULES, Figures, LoopConfig, Progress
+
+__all__ = ["CHECKPOINT", "SCHEDULES", "EpochRecord", "LoopConfig", "LoopResult", "Task", "cosine_factor", "fit"]
 
 CHECKPOINT = "checkpoint.pt"
-SCHEDULES = ("constant", "cosine")
 
 
 class Task(ABC):
@@ -39,8 +45,12 @@ class Task(ABC):
 
     #: the module whose trainable parameters are optimised and checkpointed
     model: nn.Module
+    #: the inference network that is saved as the embedder (an `embedders.networks.Embedding`, part of `model`)
+    embedding: nn.Module
     #: the validation figure early stopping maximises
     monitor: str = "MAP@R"
+    #: seconds spent filling caches before training (reported in model.json)
+    cache_seconds: float = 0.0
 
     @abstractmethod
     def batches(self, epoch: int) -> Iterable[object]:
@@ -63,23 +73,6 @@ class Task(ABC):
 
     def start_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:  # noqa: B027 (optional hook)
         """Called before each epoch (also after a resume): a place for per-epoch schedules."""
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    epochs: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 3  # epochs without a better validation score before stopping
-    seed: int = 0
-    threads: int = 2
-    # "constant", or "cosine": every group's rate decays per step along a half cosine to 0 at the last
-    # epoch, so the final epochs take small steps and the kept weights do not depend on where a step landed.
-    schedule: str = "constant"
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
 
 
 @dataclass
@@ -125,13 +118,14 @@ def fit(
     config: LoopConfig,
     *,
     run_config: dict[str, object] | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
+    figures: Figures | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> LoopResult:
     """Train `task.model` in `work_dir` (checkpoint there), resuming if a matching checkpoint exists.
 
     `run_config` describes the whole run; a checkpoint from a different run is refused rather
-    than silently continued.
+    than silently continued. `progress`, `figures` and `on_epoch` report as the module docstring says.
     """
     torch.set_num_threads(config.threads)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -181,9 +175,11 @@ def fit(
         task.start_epoch(epoch, optimizer)
         epoch_lrs = [group["lr"] for group in optimizer.param_groups]
         steps = task.steps_per_epoch()
+        stage = f"epoch {epoch}/{config.epochs}"
         model.train()
         total, count = 0.0, 0
-        bar = _bar(task, epoch, config.epochs, progress)
+        if progress:
+            progress(stage, 0, steps or 0)
         for step, batch in enumerate(task.batches(epoch)):
             if config.schedule == "cosine":
                 # A function of (epoch, step) alone, so a resumed run follows the same rates.
@@ -196,15 +192,17 @@ def fit(
             optimizer.step()
             total += float(loss.detach())
             count += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            if progress:
+                progress(stage, count, max(steps or 0, count))
+            if figures:
+                figures(stage, {"loss": total / count})
         model.eval()
         with torch.no_grad():
-            figures = {k: float(v) for k, v in task.validate().items()}
-        record = EpochRecord(epoch, total / max(count, 1), time.perf_counter() - started, figures)
+            scores = {k: float(v) for k, v in task.validate().items()}
+        record = EpochRecord(epoch, total / max(count, 1), time.perf_counter() - started, scores)
         result.history.append(record)
         result.seconds += record.seconds
-        score = figures[task.monitor]
+        score = scores[task.monitor]
         if score > result.best_score:
             result.best_score, result.best_epoch, bad_epochs = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -212,28 +210,14 @@ def fit(
             bad_epochs += 1
         stopped = bad_epochs >= config.patience
         result.stopped_early = stopped and epoch < config.epochs
-        bar.set_postfix(loss=f"{record.train_loss:.4f}", **{task.monitor: f"{score:.4f}"})
-        bar.close()
+        if figures:
+            figures(stage, {"loss": record.train_loss, task.monitor: score})
         _save_checkpoint(checkpoint_path, model, optimizer, best_state, bad_epochs, result, fingerprint)
         if on_epoch:
             on_epoch(record)
     model.load_state_dict(best_state)
     model.eval()
     return result
-
-
-def _bar(task: Task, epoch: int, epochs: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=task.steps_per_epoch(),
-        desc=f"epoch {epoch}/{epochs}",
-        unit="batch",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        disable=not enabled,
-        leave=True,
-    )
 
 
 def _save_checkpoint(

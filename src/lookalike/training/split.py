@@ -11,8 +11,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from ..catalog import ImageRecord
+from .options import option
+
+if TYPE_CHECKING:  # the split itself needs only the content hashes (and `lookalike --help` no numpy)
+    from ..catalog import ImageRecord
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SALT = "lookalike-split-v1"
@@ -22,9 +26,9 @@ DEFAULT_SALT = "lookalike-split-v1"
 class SplitRule:
     """test_fraction of the images are held out for evaluation, val_fraction for early stopping."""
 
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    salt: str = DEFAULT_SALT
+    test_fraction: float = option(0.2, "share of the images held out for evaluation (never trained on)")
+    val_fraction: float = option(0.1, "share of the images for early stopping")
+    salt: str = option(DEFAULT_SALT, "mixed into the hash that assigns each image", cli=False)
 
     def __post_init__(self) -> None:
         if not (
