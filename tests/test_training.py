@@ -565,3 +565,32 @@ def test_a_registered_method_trains_from_the_command_line_and_early_stopping_kee
     with Collection.open(col) as collection:
         assert "toy" in collection.available_embedders()
         assert collection.embed(sample_folder / "cat" / "cat.1.jpg", embedder="toy").shape == (8,)
+
+
+def test_a_checkpoint_that_could_run_code_is_refused(
+    sample_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A collection folder from someone else may hold a checkpoint whose pickle runs code when loaded:
+    resuming loads tensors and plain values only, so it is refused and the code never runs."""
+    marker = tmp_path / "the-payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    col = tmp_path / "col"
+    checkpoint = col / "models" / "siamese" / CHECKPOINT
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"model": {}, "optimizer": Payload(), "fingerprint": "x"}, checkpoint)
+    torch.load(checkpoint, weights_only=False)  # the payload is live: an unrestricted load runs it
+    assert marker.exists()
+    marker.unlink()
+
+    argv = ["train", "siamese", str(sample_folder), "--collection", str(col), "--backbone", "scratch", "--width", "8"]
+    argv += ["--batch-size", "8", "--epochs", "1", "--val-fraction", "0.25", "--test-fraction", "0.25"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "could run code: refused" in err and "--restart" in err
+    assert not marker.exists()
+    assert main([*argv, "--restart", "--json"]) == 0  # starting over discards it
+    assert not marker.exists() and not checkpoint.exists()

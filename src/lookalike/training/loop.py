@@ -11,6 +11,10 @@ of the epoch, the loss and the validation figure it monitors through `figures` a
 `EpochRecord` through `on_epoch`. The command line draws these as one bar per epoch
 (`cli/common.py`); before, the loop drew tqdm bars itself.
 
+A checkpoint is read back with `torch.load(weights_only=True)`: tensors and plain values only, so
+a checkpoint planted in a collection folder cannot run code when training resumes; anything else
+is refused with a ValueError.
+
 Determinism: every epoch reseeds torch, numpy and `random` from (seed, epoch), so an
 interrupted-and-resumed run gives the same weights as one that was never interrupted.
 """
@@ -21,6 +25,7 @@ import copy
 import hashlib
 import json
 import math
+import pickle
 import random
 import time
 from abc import ABC, abstractmethod
@@ -144,7 +149,7 @@ def fit(
     start_epoch = 0
 
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(checkpoint_path)
         if state["fingerprint"] != fingerprint:
             raise ValueError(
                 f"{checkpoint_path} belongs to a run with other settings; use the same options to resume, "
@@ -218,6 +223,25 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "best_state", "bad_epochs", "result", "fingerprint")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's tensors and plain values; ValueError for anything else (a pickle that could run code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain values, and loading it could run code: "
+            "refused. Delete it, or use --restart to start over"
+        ) from exc
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ValueError(f"{path} cannot be read ({exc}); use --restart to start over") from exc
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        raise ValueError(f"{path} is not a training checkpoint; use --restart to start over")
+    return state
 
 
 def _save_checkpoint(
