@@ -7,9 +7,12 @@ Every run here is tiny (the 24 sample photos, 64x64 pixels or cached features, 1
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ from lookalike.cli.main import main
 from lookalike.training import TrainingRun, train
 from lookalike.training.loop import CHECKPOINT
 from lookalike.training.saved import read_split
-from lookalike.training.split import Split, SplitRule
+from lookalike.training.split import DEFAULT_SALT, Split, SplitRule
 
 # Big validation and test shares so 24 images still give every split both labels.
 RULE = SplitRule(test_fraction=0.25, val_fraction=0.25)
@@ -41,12 +44,28 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_split_is_by_content_stable_and_keeps_duplicates_together(shared_collection: Collection) -> None:
     records = shared_collection.catalog.records(status="ok")
     split = Split.of(records, RULE)
-    assert split.counts() == Split.of(list(reversed(records)), RULE).counts()
+    # The documented rule, computed here on its own: sha256("salt:content hash") as a 64-bit fraction u;
+    # u < 0.25 test, u < 0.5 validation, the rest train.
+    for record in records:
+        digest = hashlib.sha256(f"{DEFAULT_SALT}:{record.sha256}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        side = "test" if u < 0.25 else "val" if u < 0.5 else "train"
+        assert record.sha256 in getattr(split, side), (record.path, u)
+    assert all(0 < n < len(records) for n in split.counts().values())
     assert sum(split.counts().values()) == len({r.sha256 for r in records})
     assert not set(split.train) & set(split.test) and not set(split.val) & set(split.test)
-    # A copy of an image (same content, other path) lands on the same side.
-    copy = records[0].__class__(**{**records[0].__dict__, "id": -1, "path": "/elsewhere/copy.jpg"})
-    assert RULE.assign(copy.sha256) == RULE.assign(records[0].sha256)
+    # Neither the order of the records nor their paths matter: a moved folder keeps its split.
+    assert Split.of(list(reversed(records)), RULE).to_dict() == split.to_dict()
+    moved = [dataclasses.replace(r, path="/moved" + r.path) for r in records]
+    assert Split.of(moved, RULE).to_dict() == split.to_dict()
+    # A copy of an image (same content, other path) is the same image: listed once, selected once.
+    copy = dataclasses.replace(records[0], id=-1, path="/elsewhere/copy.jpg")
+    with_copy = Split.of([*records, copy], RULE)
+    assert with_copy.to_dict() == split.to_dict()
+    side = next(name for name in ("train", "val", "test") if records[0].sha256 in getattr(split, name))
+    chosen = with_copy.select([*records, copy], side)
+    assert [r.sha256 for r in chosen].count(records[0].sha256) == 1
+    assert len(chosen) == len(getattr(split, side))
     # Same rule, other fractions: a different split (the rule is part of what is saved).
     assert Split.of(records, SplitRule(0.5, 0.25)).counts() != split.counts()
 
@@ -161,8 +180,7 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
     assert resumed_epochs == [2]  # epoch 1 was not trained again
     assert [h["epoch"] for h in resumed.info["history"]] == [1, 2]
     assert not (model_dir / CHECKPOINT).exists()
-    for key, value in weights(whole.module).items():
-        torch.testing.assert_close(resumed.module.state_dict()[key], value, msg=key)
+    assert_same_weights(resumed.module.state_dict(), whole.module.state_dict())
 
 
 def assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
@@ -206,11 +224,14 @@ def test_cosine_schedule_decays_every_group_to_zero_and_keeps_the_warm_up(tmp_pa
         def validate(self) -> dict[str, float]:
             return {"MAP@R": float(len(self.rates))}  # always improving: every epoch runs
 
+    # Half a cosine over 3 epochs of 4 steps: 0.5 * (1 + cos(pi * t / 3)) at t = 0, 0.25, ..., 2.75, by hand.
+    expected = [1.0, 0.98296, 0.93301, 0.85355, 0.75, 0.62941, 0.5, 0.37059, 0.25, 0.14645, 0.06699, 0.01704]
+    assert cosine_factor(1.5, 3) == pytest.approx(0.5) and cosine_factor(0.75, 3) == pytest.approx(0.8536, abs=1e-4)
+    assert cosine_factor(0, 3) == 1.0 and cosine_factor(3, 3) == pytest.approx(0.0)
     task = Recorder()
     fit(task, tmp_path, LoopConfig(epochs=3, lr=0.1, schedule="cosine"))
-    expected = [cosine_factor(epoch + step / 4, 3) for epoch in range(3) for step in range(4)]
-    assert [head for head, _ in task.rates] == pytest.approx([0.1 * f for f in expected])
-    assert [rest for _, rest in task.rates] == pytest.approx([0.0] * 4 + [0.01 * f for f in expected[4:]])
+    assert [head for head, _ in task.rates] == pytest.approx([0.1 * f for f in expected], abs=1e-6)
+    assert [rest for _, rest in task.rates] == pytest.approx([0.0] * 4 + [0.01 * f for f in expected[4:]], abs=1e-7)
     assert task.rates[0][0] == pytest.approx(0.1) and task.rates[-1][0] < 0.01  # decays towards 0
     with pytest.raises(ValueError, match="schedule"):
         LoopConfig(schedule="linear")
@@ -594,3 +615,42 @@ def test_a_checkpoint_that_could_run_code_is_refused(
     assert not marker.exists()
     assert main([*argv, "--restart", "--json"]) == 0  # starting over discards it
     assert not marker.exists() and not checkpoint.exists()
+
+
+def test_a_training_process_killed_mid_run_resumes_to_bit_identical_weights(
+    sample_folder: Path, tmp_path: Path
+) -> None:
+    """SIGKILL a real `lookalike train` process after its first checkpoint, run the same command again:
+    it resumes (the epochs before the kill are kept, not retrained) and ends with exactly the weights
+    of a run that was never interrupted."""
+    args = ["train", "siamese", str(sample_folder), "--backbone", "scratch", "--batch-size", "8", "--epochs", "40"]
+    args += ["--patience", "40", "--val-fraction", "0.25", "--test-fraction", "0.25", "--json"]
+
+    def command(col: Path) -> list[str]:
+        return [sys.executable, "-m", "lookalike.cli.main", *args, "--collection", str(col)]
+
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, whole.stderr
+
+    col = tmp_path / "killed"
+    model_dir = col / "models" / "siamese"
+    process = subprocess.Popen(command(col), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (model_dir / CHECKPOINT).exists() and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (model_dir / "model.json").exists(), "killed too late to test anything"
+    before = torch.load(model_dir / CHECKPOINT, weights_only=True)["result"]["history"]
+    assert 1 <= len(before) < 40
+
+    rerun = subprocess.run(command(col), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    info = json.loads(rerun.stdout)
+    assert [h["epoch"] for h in info["history"]] == list(range(1, 41))
+    assert info["history"][: len(before)] == before  # carried over from the checkpoint (timings included)
+    expected = json.loads(whole.stdout)
+    assert [h["train_loss"] for h in info["history"]] == [h["train_loss"] for h in expected["history"]]
+    load = lambda path: torch.load(path / "models" / "siamese" / "weights.pt", weights_only=True)  # noqa: E731
+    assert_same_weights(load(col), load(tmp_path / "whole"))
