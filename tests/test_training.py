@@ -613,8 +613,12 @@ def test_a_checkpoint_that_could_run_code_is_refused(
     err = capsys.readouterr().err
     assert "could run code: refused" in err and "--restart" in err
     assert not marker.exists()
-    assert main([*argv, "--restart", "--json"]) == 0  # starting over discards it
+    assert main([*argv, "--restart"]) == 0  # starting over discards it
     assert not marker.exists() and not checkpoint.exists()
+    out, err = capsys.readouterr()
+    assert out.startswith("trained siamese (siamese, 128 dims): best epoch")
+    # The command line draws the epoch's bar from the loop's callbacks: its batches, loss, validation score.
+    assert "epoch 1/1: 100%" in err and "batch" in err and "loss=" in err and "MAP@R=" in err
 
 
 def test_a_training_process_killed_mid_run_resumes_to_bit_identical_weights(

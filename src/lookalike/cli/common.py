@@ -42,10 +42,7 @@ class Bars:
         if bar is None:
             from tqdm import tqdm
 
-            for name, old in list(self.bars.items()):
-                if old.total and old.n >= old.total:
-                    old.close()
-                    del self.bars[name]
+            self.close_finished()
             unit = next((u for prefix, u in self.units.items() if stage.startswith(prefix)), "img")
             bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, dynamic_ncols=True)
         bar.total = total
@@ -56,6 +53,13 @@ class Bars:
         bar = self.bars.get(stage)
         if bar is not None:
             bar.set_postfix({name: f"{value:.4f}" for name, value in values.items()})
+
+    def close_finished(self) -> None:
+        """Close the bars that reached their total (they stay on screen as they ended)."""
+        for name, bar in list(self.bars.items()):
+            if bar.total and bar.n >= bar.total:
+                bar.close()
+                del self.bars[name]
 
     def close(self) -> None:
         for bar in self.bars.values():

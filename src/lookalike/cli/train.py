@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         Collection.open(args.collection) as collection,
         progress_bars(not args.json, units={"epoch ": "batch"}) as bars,
     ):
-        info = train(collection, request, progress=bars, figures=bars.figures).info
+        on_epoch = lambda record: bars.close_finished()  # noqa: E731 (the epoch's bar ends with its validation)
+        info = train(collection, request, progress=bars, figures=bars.figures, on_epoch=on_epoch).info
     if args.json:
         print_json(info)
         return 0
