@@ -69,7 +69,7 @@ def _add(group: Any, f: dataclasses.Field, opt: Option, dest: str, shown: str | 
     """One option from one field: given or absent (argparse.SUPPRESS), never a copied default."""
     default = f.default
     if shown is None:
-        shown = opt.default_help if opt.default_help is not None else _show(default)
+        shown = _show(default)
     help_text = f"{opt.help} (default: {shown})" if shown is not None else opt.help
     kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
     if isinstance(default, bool):

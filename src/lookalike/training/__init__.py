@@ -10,6 +10,7 @@ Layout:
   with one module there (its docstring says how); nothing else needs to change.
 - `run.py`: `TrainingRun` (the shared options: loop, split, name) and the reporting callbacks.
 - `session.py`: `train(collection, run)`, from a folder to a saved embedder.
+- `task.py`: what a method gives the loop (network, batches, loss, validation), free of PyTorch.
 - `loop.py`: the one loop (checkpoints, resume, early stopping); `autoencoder.py`,
   `metric_learning.py`: the built-in methods' tasks; `data.py`, `prepared.py`, `split.py`: data.
 

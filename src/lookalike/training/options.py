@@ -28,8 +28,6 @@ class Option:
     methods: tuple[str, ...] | None = None
     #: False: set by the program (a method's preset, or a positional argument), not a command-line option
     cli: bool = True
-    #: how `--help` states the default, when the field's default does not say it (None: the default itself)
-    default_help: str | None = None
 
     def applies_to(self, method: str) -> bool:
         return self.cli and (self.methods is None or method in self.methods)
@@ -42,12 +40,10 @@ def option(
     choices: tuple[str, ...] | None = None,
     methods: tuple[str, ...] | None = None,
     cli: bool = True,
-    default_help: str | None = None,
 ) -> Any:
     """A dataclass field with its `Option` in the field metadata."""
     return dataclasses.field(
-        default=default,
-        metadata={"option": Option(help, tuple(choices) if choices else None, methods, cli, default_help)},
+        default=default, metadata={"option": Option(help, tuple(choices) if choices else None, methods, cli)}
     )
 
 

@@ -52,7 +52,7 @@ class TrainingRun:
 
     method: str = option(help="the training method (a `training.methods` name)", cli=False)
     folder: Path = option(help="the labelled folder (sub-folder = label)", cli=False)
-    name: str | None = option(None, "embedder name", default_help="the method's name")
+    name: str | None = option(None, "embedder name")  # default: the method's (`training.methods.Defaults`)
     epochs: int | None = option(None, "maximum epochs")
     lr: float | None = option(None, "learning rate of the new layers")
     patience: int = option(3, "stop after N epochs without a better validation score (MAP@R when labelled)")

@@ -8,19 +8,24 @@ A method is declared by a module in this package, which registers itself when im
         temperature: float = option(0.1, "NT-Xent temperature")
         def architecture(self): ...            # the network, as embedders.networks.build_module reads it
 
+    class SimCLRTask(Task):                    # training.task.Task: network, batches, loss, validation
+        def __init__(self, spec, prepared):
+            import torch                       # heavy imports inside the task, never at the top
+            ...
+
     register(Method(
         "simclr", "self-supervised contrastive learning on augmented views", SimCLRSpec,
-        task="lookalike.training.methods.simclr:SimCLRTask",    # (spec, prepared) -> training.loop.Task
+        task="lookalike.training.methods.simclr:SimCLRTask",    # (spec, prepared) -> Task, imported when training
         defaults={"": Defaults(epochs=20)},
     ))
 
 Nothing else changes: `lookalike train simclr FOLDER` gets its options from the spec's fields,
 `training.train` finds the entry by name. Every module here is imported to build
-`lookalike --help`, so it must not import PyTorch (or numpy) at the top: the task is named by
-"module:attribute" and imported only when training runs. It may live in the same module if its
-heavy imports are inside it, or in a module of its own, as the built-in methods' tasks do
-(`training/autoencoder.py`, `training/metric_learning.py`). Modules whose name starts with "_" are
-not imported automatically.
+`lookalike --help`, so it must not import PyTorch (or numpy) at the top; `training.task.Task` and
+`training.options` are free of both. The task is named by "module:attribute" and imported only
+when training runs; it may live in the method's module, as above, or in a module of its own, as
+the built-in methods' tasks do (`training/autoencoder.py`, `training/metric_learning.py`).
+Modules whose name starts with "_" are not imported automatically.
 """
 
 from __future__ import annotations
@@ -76,13 +81,9 @@ class Method:
         """The spec fields that are options of this method."""
         return [(f, opt) for f, opt in options_of(self.spec) if opt.applies_to(self.name)]
 
-    def variant(self, spec_or_options: MethodSpec | Mapping[str, object]) -> str:
-        if self.defaults_by is None:
-            return ""
-        if isinstance(spec_or_options, Mapping):
-            default = next(f.default for f in dataclasses.fields(self.spec) if f.name == self.defaults_by)
-            return str(spec_or_options.get(self.defaults_by, default))
-        return str(getattr(spec_or_options, self.defaults_by))
+    def variant(self, spec: MethodSpec) -> str:
+        """The key of `defaults` this spec falls under."""
+        return "" if self.defaults_by is None else str(getattr(spec, self.defaults_by))
 
     def make_spec(self, options: Mapping[str, object]) -> MethodSpec:
         """The spec of these options (field name -> value), with the method's preset and defaults."""
@@ -164,8 +165,4 @@ def get(name: str) -> Method:
         raise ValueError(f"unknown training method {name!r}; choose one of {known}") from None
 
 
-def names() -> list[str]:
-    return [m.name for m in all_methods()]
-
-
-__all__ = ["Defaults", "Method", "MethodSpec", "all_methods", "get", "names", "register"]
+__all__ = ["Defaults", "Method", "MethodSpec", "all_methods", "get", "register"]
