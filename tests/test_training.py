@@ -629,8 +629,9 @@ def test_a_training_process_killed_mid_run_resumes_to_bit_identical_weights(
     """SIGKILL a real `lookalike train` process after its first checkpoint, run the same command again:
     it resumes (the epochs before the kill are kept, not retrained) and ends with exactly the weights
     of a run that was never interrupted."""
-    args = ["train", "siamese", str(sample_folder), "--backbone", "scratch", "--batch-size", "8", "--epochs", "40"]
-    args += ["--patience", "40", "--val-fraction", "0.25", "--test-fraction", "0.25", "--json"]
+    tiny = ["--width", "8", "--scratch-features", "32", "--hidden", "32", "--dim", "16", "--batch-size", "8"]
+    args = ["train", "siamese", str(sample_folder), "--backbone", "scratch", *tiny, "--epochs", "12"]
+    args += ["--patience", "12", "--val-fraction", "0.25", "--test-fraction", "0.25", "--json"]
 
     def command(col: Path) -> list[str]:
         return [sys.executable, "-m", "lookalike.cli.main", *args, "--collection", str(col)]
@@ -649,12 +650,12 @@ def test_a_training_process_killed_mid_run_resumes_to_bit_identical_weights(
     process.wait()
     assert not (model_dir / "model.json").exists(), "killed too late to test anything"
     before = torch.load(model_dir / CHECKPOINT, weights_only=True)["result"]["history"]
-    assert 1 <= len(before) < 40
+    assert 1 <= len(before) < 12
 
     rerun = subprocess.run(command(col), capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr
     info = json.loads(rerun.stdout)
-    assert [h["epoch"] for h in info["history"]] == list(range(1, 41))
+    assert [h["epoch"] for h in info["history"]] == list(range(1, 13))
     assert info["history"][: len(before)] == before  # carried over from the checkpoint (timings included)
     expected = json.loads(whole.stdout)
     assert [h["train_loss"] for h in info["history"]] == [h["train_loss"] for h in expected["history"]]

@@ -8,7 +8,6 @@ so a copy of a test image can never be trained on.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -38,6 +37,8 @@ class SplitRule:
 
     def bucket(self, sha256: str) -> float:
         """A uniform number in [0, 1) fixed by the image's content."""
+        import hashlib  # here, not at the top: `lookalike --help` reads SplitRule's options and needs no OpenSSL
+
         digest = hashlib.sha256(f"{self.salt}:{sha256}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
 
