@@ -202,14 +202,30 @@ def test_unknown_or_unindexed_embedder_is_refused(client: TestClient, collection
 def test_embedders_are_loaded_at_startup_not_per_request(
     collection: Collection, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app_client = TestClient(create_app(collection))
+    """A fresh `Collection` object (no embedder built yet): `create_app` builds the embedder once, and no
+    request of any kind (upload, id, region, label filter, query expansion) builds another."""
+    created: list[str] = []
+    real_create = embedder_registry.create
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("an embedder was built while serving a request")
+    def counting_create(name: str, **kwargs: object):
+        created.append(name)
+        return real_create(name, **kwargs)
 
-    monkeypatch.setattr(embedder_registry, "create", refuse)
-    response = app_client.post("/api/search", files=jpeg_upload((data_dir / NEW_CAT).read_bytes()))
-    assert response.status_code == 200
+    monkeypatch.setattr(embedder_registry, "create", counting_create)
+    with Collection.open(collection.path, create=False) as fresh:
+        app_client = TestClient(create_app(fresh))
+        assert created == ["efficientnet-lite0"]
+        record_id = fresh.records()[0].id
+        data = (data_dir / NEW_CAT).read_bytes()
+        responses = [
+            app_client.post("/api/search", files=jpeg_upload(data)),
+            app_client.post("/api/search", params={"box": "10,10,200,200", "label": "dog"}, files=jpeg_upload(data)),
+            app_client.get(f"/api/images/{record_id}/similar"),
+            app_client.get(f"/api/images/{record_id}/similar", params={"box": "0,0,100,100", "expand": 3}),
+            app_client.get("/api/embedders"),
+        ]
+        assert [r.status_code for r in responses] == [200] * len(responses)
+        assert created == ["efficientnet-lite0"], "an embedder was built while serving a request"
 
 
 # --- bad uploads --------------------------------------------------------------------------------
