@@ -7,7 +7,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from lookalike.embedders import Embedder, Preprocessing, l2_normalise
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LOOKALIKE_DATA", REPO.parent / "shared" / "data" / "catsdogs"))
@@ -76,3 +80,27 @@ def shared_collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
     collection.sync(root)
     yield collection
     collection.close()
+
+
+class MeanColour(Embedder):
+    """An embedder (registered as "mean-colour" by the fixture below): a picture's mean colour, centred on
+    mid-grey, as a unit vector. One-colour pictures give vectors chosen by hand; photos embed in microseconds."""
+
+    name = "mean-colour"
+    dim = 3
+    preprocessing = Preprocessing()
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3).mean(axis=0)
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        return l2_normalise(np.asarray(batch, dtype=np.float32) - 128.0)
+
+
+@pytest.fixture()
+def mean_colour(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Registers the "mean-colour" embedder for one test (plug-ins register by name) and returns its name."""
+    from lookalike import embedders
+
+    monkeypatch.setitem(embedders._BUILTIN, MeanColour.name, lambda weights=None, runtime="auto": MeanColour())
+    return MeanColour.name
