@@ -325,6 +325,36 @@ def test_thumbnail_is_made_once_and_cached_in_the_collection(client: TestClient,
     assert not list((collection.path / "thumbnails").glob(".*.tmp"))  # no leftovers from the atomic write
 
 
+def test_a_thumbnail_is_remade_when_its_file_changes(small_collection: Collection, data_dir: Path) -> None:
+    """The same path (and id) with new content, indexed by another process while the server runs: the next
+    thumbnail shows the new picture, and the old one is dropped from the cache."""
+    client = TestClient(create_app(small_collection))
+    record = small_collection.records()[0]
+    before = client.get(client.get(f"/api/images/{record.id}").json()["thumbnail_url"])
+    assert before.status_code == 200
+    path = Path(record.path)
+    shutil.copyfile(data_dir / NEW_DOG, path)  # new bytes, new size and mtime
+    with Collection.open(small_collection.path, create=False) as other:
+        assert other.sync(path.parent.parent).updated == [str(path)]
+    info = client.get(f"/api/images/{record.id}").json()
+    after = client.get(info["thumbnail_url"])
+    assert after.status_code == 200 and after.content != before.content
+
+    def pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+        return np.asarray(image.convert("RGB").resize(size), dtype=np.float32)
+
+    shown = Image.open(io.BytesIO(after.content))
+    expected = Image.open(data_dir / NEW_DOG)
+    expected.thumbnail((256, 256))
+    assert shown.size == expected.size
+    new_difference = np.abs(pixels(shown, shown.size) - pixels(expected, shown.size)).mean()
+    old_difference = np.abs(pixels(Image.open(io.BytesIO(before.content)), shown.size) - pixels(expected, shown.size))
+    assert new_difference < 8 and old_difference.mean() > 3 * new_difference
+    sha = small_collection.image(record.id).sha256
+    cached = list((small_collection.path / "thumbnails").glob(f"{record.id}-*.jpg"))
+    assert [p.name for p in cached] == [f"{record.id}-{sha[:12]}.jpg"]
+
+
 @pytest.mark.parametrize(
     "url",
     [
