@@ -1,4 +1,5 @@
-"""Shared fixtures: a small fixed subset of the real cats-and-dogs photos, copied to a temp folder."""
+"""Shared fixtures (a small fixed subset of the real cats-and-dogs photos, copied to a temp folder), the
+`--runslow` option, and the CI rules of ci_rules.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Under CI, a skipped browser or Milvus test (or a skipped test module) fails the run.
+from ci_rules import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
 from PIL import Image
 
 from lookalike.embedders import Embedder, Preprocessing, l2_normalise
@@ -21,7 +25,7 @@ SAMPLE_PER_LABEL = 12
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (`make test` and CI do)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
