@@ -34,6 +34,7 @@ def test_efficientnet_lite0_head_calls_a_cat_a_cat(data_dir: Path) -> None:
     assert top in CAT_CLASSES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet-lite1", "efficientnet-lite2"])
 def test_larger_efficientnet_lites_load_their_pip_weights_and_know_a_cat(name: str, data_dir: Path) -> None:
     network = efficientnet_lite_network(name)
@@ -131,6 +132,7 @@ def _random_weights(tmp_path: Path, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "dim"), [("resnet50", 2048), ("vgg16", 512)])
 def test_torchvision_embedders_load_a_local_weights_file(tmp_path: Path, data_dir: Path, name: str, dim: int) -> None:
     embedder = embedders.create(name, weights=_random_weights(tmp_path, name), runtime="torch")

@@ -10,9 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from lookalike import Collection
 
 IMAGES = 96
+# Each test embeds 96 photos in real `lookalike index` processes (about half a minute of CPU).
+pytestmark = pytest.mark.slow
 
 
 def _committed(catalog: Path) -> int:
