@@ -45,7 +45,13 @@ def _index_command(folder: Path, collection_dir: Path) -> list[str]:
 def _stop_part_way(command: list[str], catalog: Path, how: signal.Signals) -> tuple[int, str, int]:
     """Start an indexing run and send it `how` once 8 images are committed: (exit code, stderr, images committed)."""
     process = subprocess.Popen(
-        [*command, "--batch-size", "4", "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*command, "--batch-size", "4", "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As from a terminal: a test run started in the background (`cmd &` without job control) ignores
+        # SIGINT, and a child would inherit that and never see Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while _committed(catalog) < 8 and time.monotonic() < deadline:
