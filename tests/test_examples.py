@@ -60,6 +60,7 @@ def test_ray_example_embeds_photos_into_milvus_lite_as_lookalike_index_would(tmp
     assert all(image_id == example.image_id(path) for image_id, path in paths.items())
     client = MilvusClient(str(db))
     try:
+        client.load_collection(summary["collection"])  # a new Milvus Lite session starts it released
         rows = client.query(summary["collection"], filter="id >= 0", output_fields=["id", "vector"])
     finally:
         client.close()
