@@ -204,14 +204,30 @@ def test_unknown_or_unindexed_embedder_is_refused(client: TestClient, collection
 def test_embedders_are_loaded_at_startup_not_per_request(
     collection: Collection, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app_client = TestClient(create_app(collection))
+    """A fresh `Collection` object (no embedder built yet): `create_app` builds the embedder once, and no
+    request of any kind (upload, id, region, label filter, query expansion) builds another."""
+    created: list[str] = []
+    real_create = embedder_registry.create
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("an embedder was built while serving a request")
+    def counting_create(name: str, **kwargs: object):
+        created.append(name)
+        return real_create(name, **kwargs)
 
-    monkeypatch.setattr(embedder_registry, "create", refuse)
-    response = app_client.post("/api/search", files=jpeg_upload((data_dir / NEW_CAT).read_bytes()))
-    assert response.status_code == 200
+    monkeypatch.setattr(embedder_registry, "create", counting_create)
+    with Collection.open(collection.path, create=False) as fresh:
+        app_client = TestClient(create_app(fresh))
+        assert created == ["efficientnet-lite0"]
+        record_id = fresh.records()[0].id
+        data = (data_dir / NEW_CAT).read_bytes()
+        responses = [
+            app_client.post("/api/search", files=jpeg_upload(data)),
+            app_client.post("/api/search", params={"box": "10,10,200,200", "label": "dog"}, files=jpeg_upload(data)),
+            app_client.get(f"/api/images/{record_id}/similar"),
+            app_client.get(f"/api/images/{record_id}/similar", params={"box": "0,0,100,100", "expand": 3}),
+            app_client.get("/api/embedders"),
+        ]
+        assert [r.status_code for r in responses] == [200] * len(responses)
+        assert created == ["efficientnet-lite0"], "an embedder was built while serving a request"
 
 
 def test_a_foreign_photo_is_marked_as_no_close_match(
@@ -374,6 +390,36 @@ def test_thumbnail_is_made_once_and_cached_in_the_collection(client: TestClient,
     assert second.content == first.content
     assert cached[0].stat().st_mtime_ns == stamp  # served from the cache, not remade
     assert not list((collection.path / "thumbnails").glob(".*.tmp"))  # no leftovers from the atomic write
+
+
+def test_a_thumbnail_is_remade_when_its_file_changes(small_collection: Collection, data_dir: Path) -> None:
+    """The same path (and id) with new content, indexed by another process while the server runs: the next
+    thumbnail shows the new picture, and the old one is dropped from the cache."""
+    client = TestClient(create_app(small_collection))
+    record = small_collection.records()[0]
+    before = client.get(client.get(f"/api/images/{record.id}").json()["thumbnail_url"])
+    assert before.status_code == 200
+    path = Path(record.path)
+    shutil.copyfile(data_dir / NEW_DOG, path)  # new bytes, new size and mtime
+    with Collection.open(small_collection.path, create=False) as other:
+        assert other.sync(path.parent.parent).updated == [str(path)]
+    info = client.get(f"/api/images/{record.id}").json()
+    after = client.get(info["thumbnail_url"])
+    assert after.status_code == 200 and after.content != before.content
+
+    def pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+        return np.asarray(image.convert("RGB").resize(size), dtype=np.float32)
+
+    shown = Image.open(io.BytesIO(after.content))
+    expected = Image.open(data_dir / NEW_DOG)
+    expected.thumbnail((256, 256))
+    assert shown.size == expected.size
+    new_difference = np.abs(pixels(shown, shown.size) - pixels(expected, shown.size)).mean()
+    old_difference = np.abs(pixels(Image.open(io.BytesIO(before.content)), shown.size) - pixels(expected, shown.size))
+    assert new_difference < 8 and old_difference.mean() > 3 * new_difference
+    sha = small_collection.image(record.id).sha256
+    cached = list((small_collection.path / "thumbnails").glob(f"{record.id}-*.jpg"))
+    assert [p.name for p in cached] == [f"{record.id}-{sha[:12]}.jpg"]
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from .catalog import Catalog, ImageRecord
 from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocabulary
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import ImageError, iter_image_files, open_image
-from .index import DEFAULT_INDEX, VectorIndex, create_index, load_index
+from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
 from .index.exact import exact_search
 from .index.rerank import alpha_query_expansion, search_excluding
 from .storage import DEFAULT_COLLECTION_DIR, write_json
@@ -194,6 +194,8 @@ class Collection:
                 raise embedder_registry.EmbedderError(
                     f"unknown embedder {embedder!r}; available: {', '.join(embedder_registry.available())}"
                 )
+            if index is not None:
+                check_index_kind(index)
             path.mkdir(parents=True, exist_ok=True)
             config = {"version": 1, "default_embedder": embedder or DEFAULT_EMBEDDER, "index": index or DEFAULT_INDEX}
             write_json(config_path, config)

@@ -34,7 +34,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog import ImageRecord
-from ..collection import Box, Collection, Neighbours, SearchResult, sha256_of
+from ..collection import MAX_SEARCH_ATTEMPTS, Box, Collection, Neighbours, SearchResult, sha256_of
 from ..concepts import ConceptError
 from ..confidence import calibrate_weak_match
 from ..embedders import EmbedderError
@@ -466,18 +466,23 @@ def search_response(
 ) -> SearchOut:
     """Search with a query vector (the query's own image, when indexed, left out) and shape the answer."""
     exclude = -1 if query.id is None else query.id
-    if label is None and expand == 0 and tag is None:
-        scores, ids = state.batched_search[embedder].search(vector, k, exclude)
-        found = Neighbours(ids[None, :], scores[None, :])
-    else:
-        with state.index_lock.reading():
-            try:
-                found = state.collection.search_vectors(
-                    vector[None, :], k, embedder=embedder, label=label, exclude=[exclude], expand=expand, tag=tag
-                )
-            except ConceptError as exc:
-                raise HTTPException(422, str(exc)) from exc
-    hits = [hit_out(hit) for hit in state.collection.results(found)[0] if hit.record is not None]
+    for _ in range(MAX_SEARCH_ATTEMPTS):
+        if label is None and expand == 0 and tag is None:
+            scores, ids = state.batched_search[embedder].search(vector, k, exclude)
+            found = Neighbours(ids[None, :], scores[None, :])
+        else:
+            with state.index_lock.reading():
+                try:
+                    found = state.collection.search_vectors(
+                        vector[None, :], k, embedder=embedder, label=label, exclude=[exclude], expand=expand, tag=tag
+                    )
+                except ConceptError as exc:
+                    raise HTTPException(422, str(exc)) from exc
+        results = state.collection.results(found)[0]
+        if len(results) == int((found.ids >= 0).sum()):
+            break
+        # An image was deleted between the search and the lookup of its record: search again for a full k.
+    hits = [hit_out(hit) for hit in results if hit.record is not None]
     took_ms = (time.perf_counter() - started) * 1000
     out = SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
     return mark_weak_matches(state, out)
