@@ -417,7 +417,9 @@ def pick(
                 chosen += take(source, want - len(chosen), as_original)
         if len(chosen) < want:
             kind = "originals" if as_original else "distractors"
-            raise SystemExit(f"the sources hold only {len(chosen)} usable {kind} after the others, {want} asked for")
+            raise SystemExit(
+                f"the sources hold only {len(chosen)} usable {kind} besides those already taken, {want} asked for"
+            )
         return chosen
 
     return draw(originals, True), draw(distractors, False)
