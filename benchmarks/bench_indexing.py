@@ -15,15 +15,18 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from lookalike import Collection, embedders
-from lookalike.evaluation.runner import machine_info
-from lookalike.images import open_image
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish_record, run_record  # noqa: E402
+
+from lookalike import Collection, embedders  # noqa: E402
+from lookalike.images import open_image  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "catsdogs"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,11 +79,11 @@ def main() -> None:
     if args.smoke:
         args.onnx_images, args.torch_images, args.repeats = 32, 16, 1
 
+    record = run_record()
     onnx = embedders.create("efficientnet-lite0", runtime="onnx")
     torch_embedder = embedders.create("efficientnet-lite0", runtime="torch")
     results = {
-        "machine": machine_info(),
-        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        **record,
         "model_only_onnx_images_per_s": model_only(onnx, repeats=max(3, 3 * args.repeats)),
         "model_only_onnx_batch64_images_per_s": model_only(onnx, repeats=max(3, 3 * args.repeats), batch=64),
         "model_only_torch_images_per_s": model_only(torch_embedder, repeats=max(1, args.repeats)),
@@ -98,6 +101,7 @@ def main() -> None:
         results["pipeline_onnx_images_per_s"] / results["pipeline_torch_images_per_s"]
     )
     results["settings"] = vars(args)
+    finish_record(results)
     print(json.dumps(results, indent=2))
     if not args.smoke:  # a smoke run only shows that the benchmark works: its figures are not kept
         RESULTS.mkdir(exist_ok=True)
