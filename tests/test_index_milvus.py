@@ -214,7 +214,14 @@ def test_an_unreachable_server_is_a_clear_error(tmp_path):
     marker = tmp_path / "e.faiss"  # a saved index whose server has gone away
     marker.write_text(
         json.dumps(
-            {"format": "lookalike-milvus-1", "kind": f"milvus://127.0.0.1:{port}/photos", "collection": "c", "dim": 8}
+            {
+                "format": milvus.MARKER_FORMAT,
+                "kind": f"milvus://127.0.0.1:{port}/photos",
+                "collection": "c",
+                "dim": 8,
+                "catalog": None,
+                "namespace": None,
+            }
         )
     )
     with pytest.raises(IndexError_, match=f"cannot reach the Milvus server at 127.0.0.1:{port}"):

@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,7 @@ from .catalog import Catalog, ImageRecord
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, create_index, load_index
+from .index.milvus import is_milvus_kind
 from .index.rerank import alpha_query_expansion
 from .storage import write_json
 
@@ -48,6 +50,8 @@ class SearchResult:
     label: str | None
     score: float
     rank: int
+    #: set for an image another catalog indexed into a shared remote index (its uid); its path is on that machine
+    catalog: str | None = None
 
 
 @dataclass
@@ -199,11 +203,11 @@ class Collection:
             if index_path.is_file() and meta_path.is_file():
                 meta = json.loads(meta_path.read_text())
                 if meta.get("generation") == generation:
-                    index = load_index(index_path)
+                    index = load_index(index_path, owner=self.catalog)
             if index is None:
                 ids, vectors = self.catalog.vectors(name)
                 dim = vectors.shape[1] if len(ids) else self.embedder(name).dim
-                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim, name=name)
+                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim, name=name, owner=self.catalog)
                 index.add(ids, vectors)
                 self._save_index(name, index, generation)
             self._indexes[name] = index
@@ -588,9 +592,19 @@ class Collection:
         else:
             scores, ids = index.search(vector[None, :], k + (exclude is not None), allowed_ids=allowed)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i != exclude][:k]
-        records = self.catalog.get_many(i for i, _ in pairs)
+        records: dict[int, Any] = dict(self.catalog.get_many(i for i, _ in pairs))
+        foreign = getattr(index, "foreign_records", None)  # images other catalogs put in a shared index
+        if foreign is not None and len(records) < len(pairs):
+            records.update(foreign(i for i, _ in pairs if i not in records))
         return [
-            SearchResult(id=i, path=records[i].path, label=records[i].label, score=s, rank=rank)
+            SearchResult(
+                id=i,
+                path=records[i].path,
+                label=records[i].label,
+                score=s,
+                rank=rank,
+                catalog=getattr(records[i], "catalog", None),
+            )  # fmt: skip
             for rank, (i, s) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
         ]
 
@@ -611,7 +625,14 @@ class Collection:
             "default_embedder": self.default_embedder,
             "indexed_embedders": {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()},
             "index_type": self.config.get("index", DEFAULT_INDEX),
+            **self._remote_index_stats(),
         }
+
+    def _remote_index_stats(self) -> dict[str, object]:
+        """The remote side of a remote index (Milvus: collection, rows, index, server version); {} for a local one."""
+        if not is_milvus_kind(str(self.config.get("index", DEFAULT_INDEX))):
+            return {}  # a local index is not loaded just to describe it
+        return {"remote_index": self.index().describe()}  # type: ignore[attr-defined]
 
 
 def _clamp_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:

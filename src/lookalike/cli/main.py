@@ -8,6 +8,7 @@ import sys
 
 from ..embedders import EmbedderError
 from ..images import ImageError
+from ..index import IndexError_
 
 # Each module registers one or more sub-commands; `train` arrives with the training subsystem.
 COMMAND_MODULES = ["index", "search", "evaluate", "train", "serve", "stats"]
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ImageError, EmbedderError, FileNotFoundError, NotADirectoryError, ValueError, KeyError) as exc:
+    except (ImageError, EmbedderError, IndexError_, FileNotFoundError, NotADirectoryError, ValueError, KeyError) as exc:
         print(f"lookalike: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
