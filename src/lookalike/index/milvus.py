@@ -80,6 +80,12 @@ NAMESPACE_SHIFT = 32
 #: longest path and label stored beside a vector (bytes; PATH_MAX on Linux is 4096)
 PATH_BYTES, LABEL_BYTES = 4096, 512
 
+#: Searches see every write this process made (Session). Strong also waits for every other client's writes
+#: acknowledged before the search, which costs a server time tick (~200 ms) per search; with Session another
+#: process's writes show up within about that time instead.
+CONSISTENCY_LEVELS = ("Session", "Strong", "Bounded", "Eventually")
+DEFAULT_CONSISTENCY = "Session"
+
 SEARCH_KEYS = {"ef", "nprobe", "search_list"}
 #: search knobs that must be at least k
 AT_LEAST_K = {"ef", "search_list"}
@@ -119,6 +125,7 @@ class MilvusTarget:
     index_type: str
     build_params: dict[str, int] = field(default_factory=dict)
     search_params: dict[str, int] = field(default_factory=dict)
+    consistency: str = DEFAULT_CONSISTENCY  # of searches
 
     @property
     def lite(self) -> bool:
@@ -128,7 +135,9 @@ class MilvusTarget:
     def kind(self) -> str:
         """The kind string that parses back to this target (relative Lite paths made absolute)."""
         base = f"{LITE_PREFIX}{self.uri}" if self.lite else f"{REMOTE_PREFIX}{self.uri[len('http://') :]}/{self.prefix}"
-        knobs = {"index": self.index_type, **self.build_params, **self.search_params}
+        knobs: dict[str, object] = {"index": self.index_type, **self.build_params, **self.search_params}
+        if self.consistency != DEFAULT_CONSISTENCY:
+            knobs["consistency"] = self.consistency
         return base + "?" + "&".join(f"{k}={v}" for k, v in knobs.items())
 
     def where(self) -> str:
@@ -157,6 +166,9 @@ def parse_kind(kind: str) -> MilvusTarget:
     else:
         raise IndexError_(f"{kind!r} is not a Milvus index kind (milvus://HOST:PORT/NAME or milvus-lite:PATH)")
     index_type = knobs.pop("index", default_type).upper()
+    consistency = knobs.pop("consistency", DEFAULT_CONSISTENCY).capitalize()
+    if consistency not in CONSISTENCY_LEVELS:
+        raise IndexError_(f"{kind!r}: consistency must be one of {', '.join(CONSISTENCY_LEVELS)}")
     if index_type not in BUILD_DEFAULTS:
         raise IndexError_(f"{kind!r}: unknown Milvus index type {index_type}; available: {', '.join(BUILD_DEFAULTS)}")
     try:
@@ -165,7 +177,7 @@ def parse_kind(kind: str) -> MilvusTarget:
         raise IndexError_(f"{kind!r}: index knobs must be integers") from None
     build = {**BUILD_DEFAULTS[index_type], **{k: v for k, v in numbers.items() if k not in SEARCH_KEYS}}
     search = {**SEARCH_DEFAULTS.get(index_type, {}), **{k: v for k, v in numbers.items() if k in SEARCH_KEYS}}
-    return MilvusTarget(uri, _valid_name(prefix), index_type, build, search)
+    return MilvusTarget(uri, _valid_name(prefix), index_type, build, search, consistency)
 
 
 def _valid_name(text: str) -> str:
@@ -254,7 +266,9 @@ class MilvusIndex:
         self.namespace = namespace  # None: this index owns the whole remote collection
         self._count: int | None = None  # cached row count, dropped by every write
         self._unflushed = False  # Milvus Lite searches unflushed rows slowly: flush before the next search
-        self._empty = False  # own rows just cleared: the first add can insert instead of upsert
+        # Every key above this is absent: none was written since this index cleared its rows (None: unknown).
+        # New catalog images get ever larger ids, so their vectors can be inserted, cheaper than upserts.
+        self._absent_above: int | None = None
         self._marker: Path | None = None  # the marker file written by save / read by load
         self._timeout = _seconds(TIMEOUT_ENV, CALL_TIMEOUT)
 
@@ -331,7 +345,7 @@ class MilvusIndex:
                     client.load_collection(index.collection, timeout=index._timeout)
                     return
                 client.drop_collection(index.collection, timeout=index._timeout)
-            # Strong consistency: a search sees every write acknowledged before it
+            # Strong by default (counts and listings see every acknowledged write); searches ask for their own level
             client.create_collection(
                 index.collection, schema=schema, index_params=params, consistency_level="Strong", timeout=index._timeout
             )
@@ -340,7 +354,7 @@ class MilvusIndex:
         if owner is not None:
             index.namespace = index._rpc("claim a namespace", index._claim_namespace)
             index._rpc("clear this catalog's rows", lambda: client.delete(index.collection, filter=index._own_filter()))
-        index._count, index._empty = 0, True
+        index._count, index._absent_above = 0, -1
         return index
 
     def _shareable(self) -> bool:
@@ -517,26 +531,28 @@ class MilvusIndex:
                         "vector": vector,
                     }
                 )
-            self._write(f"write {len(ids)} vectors", batch)
+            self._write(f"write {len(ids)} vectors", batch, int(keys[chunk].min()), int(keys[chunk].max()))
             if progress is not None:
                 progress("milvus", min(start + rows, len(ids)), len(ids))
         if not self.target.lite and len(ids) >= REMOTE_FLUSH_AFTER:
             self._rpc("flush", lambda: self._client.flush(self.collection, timeout=self._timeout), write=True)
         self._unflushed = self.target.lite
 
-    def _write(self, what: str, batch: list[dict[str, Any]]) -> None:
-        """Send one batch. Nothing to replace right after a rebuild: plain inserts are cheaper than upserts,
-        but a retried call upserts, so a batch the server took before its answer was lost is not doubled."""
+    def _write(self, what: str, batch: list[dict[str, Any]], low: int, high: int) -> None:
+        """Send one batch of keys low..high: inserted when all are absent, else upserted. A retried call
+        upserts, so a batch the server took before its answer was lost is not stored twice."""
+        absent = self._absent_above is not None and low > self._absent_above
         attempts = 0
 
         def send() -> None:
             nonlocal attempts
-            write = self._client.insert if self._empty and not attempts else self._client.upsert
+            write = self._client.insert if absent and not attempts else self._client.upsert
             attempts += 1
             write(self.collection, batch, timeout=self._timeout)
 
         self._rpc(what, send, write=True)
-        self._empty = False
+        if self._absent_above is not None:
+            self._absent_above = max(self._absent_above, high)
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
@@ -596,6 +612,7 @@ class MilvusIndex:
                         output_fields=["id"],  # without it Milvus Lite sends every vector back
                         search_params={"metric_type": "IP", "params": params},
                         anns_field="vector",
+                        consistency_level=self.target.consistency,
                         timeout=self._timeout,
                     ),
                 )
