@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lookalike import Collection
+from lookalike.catalog import Catalog
 from lookalike.index import IndexError_, create_index, load_index, milvus
 from lookalike.index.milvus import MilvusIndex, collection_name, parse_kind, release_lite
 
@@ -293,3 +294,69 @@ def test_a_write_the_server_refuses_commits_nothing(milvus_collection, sample_fo
     collection.add_image(photo, new_path)
     assert len(collection.index(name)) == collection.catalog.count() == before + 1
     assert collection.search(sample_folder / "dog" / "dog.3.jpg", k=1)[0].path == str(new_path)
+
+
+# --- catalogs sharing one remote collection ------------------------------------------------------------
+
+
+def catalog_of(tmp_path, name: str, n: int) -> Catalog:
+    """A real catalog whose n images are numbered 1..n, as every new catalog numbers them."""
+    catalog = Catalog(tmp_path / f"{name}.sqlite")
+    for i in range(n):
+        catalog.upsert_image(
+            path=f"/{name}/{i}.jpg", sha256=None, size=1, mtime_ns=0, label=name, width=1, height=1, status="ok"
+        )
+    return catalog
+
+
+def test_catalogs_share_a_remote_collection_without_their_ids_colliding(lite, data, tmp_path):
+    _, vectors, _ = data
+    a, b = catalog_of(tmp_path, "a", 300), catalog_of(tmp_path, "b", 300)
+    assert a.uid() != b.uid() and a.uid() == Catalog(tmp_path / "a.sqlite").uid(), "one uid per catalog, kept"
+    local = np.arange(1, 301)  # the same ids in both catalogs
+    in_a = create_index(lite, DIM, name="shared", owner=a)
+    in_a.add(local, vectors[:300])
+    in_b = create_index(lite, DIM, name="shared", owner=b)
+    in_b.add(local, vectors[300:600])
+    assert isinstance(in_a, MilvusIndex) and isinstance(in_b, MilvusIndex)
+    assert in_a.collection == in_b.collection and in_a.namespace != in_b.namespace
+    assert len(in_a) == len(in_b) == 300, "nothing overwritten"
+    np.testing.assert_array_equal(np.sort(in_a.ids()), local)
+    # A search covers both catalogs: A's own rows under A's ids, B's under B's full keys.
+    _, found = in_a.search(vectors[[0, 300]], 1)
+    b_key = (in_b.namespace << milvus.NAMESPACE_SHIFT) + 1
+    assert found[:, 0].tolist() == [1, b_key]
+    record = in_a.foreign_records([b_key, 1])[b_key]
+    assert (record.catalog, record.id, record.path, record.label) == (b.uid(), 1, "/b/0.jpg", "b")
+    assert list(in_a.foreign_records([b_key, 1])) == [b_key], "own ids are not foreign"
+    # allowed_ids are the catalog's own ids
+    _, found = in_a.search(vectors[300:301], 5, allowed_ids=local[:10])
+    assert set(found[0]) <= set(local[:10])
+    # Removing and rebuilding touch only the catalog's own rows.
+    in_a.remove(local[:100])
+    assert (len(in_a), len(in_b)) == (200, 300)
+    rebuilt = create_index(lite, DIM, name="shared", owner=a)
+    assert rebuilt.namespace == in_a.namespace and len(rebuilt) == 0 and len(in_b) == 300
+    in_b.save(tmp_path / "b.faiss")
+    assert load_index(tmp_path / "b.faiss", owner=b).namespace == in_b.namespace
+    with pytest.raises(IndexError_, match="belongs to another catalog"):
+        load_index(tmp_path / "b.faiss", owner=a)
+    with pytest.raises(IndexError_, match="must lie in"):
+        in_b.add(np.array([2**32]), vectors[:1])
+
+
+def test_add_reports_progress_through_a_callback_and_prints_nothing(index, data, monkeypatch, capsys):
+    ids, vectors, _ = data
+    monkeypatch.setattr(milvus, "INSERT_BYTES", 4 * DIM * 300)  # 300 vectors per call
+    calls: list[tuple[str, int, int]] = []
+    index.add(ids, vectors, progress=lambda *args: calls.append(args))
+    assert calls == [("milvus", 300, N), ("milvus", 600, N), ("milvus", 900, N), ("milvus", N, N)]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_collection_describes_its_remote_index_in_stats(milvus_collection):
+    collection, db = milvus_collection
+    remote = collection.stats()["remote_index"]
+    assert (remote["engine"], remote["server"], remote["index_type"]) == ("Milvus Lite", str(db), "FLAT")
+    assert remote["rows"] == remote["this_catalog_rows"] == 24
+    assert remote["catalog"] == collection.catalog.uid()
