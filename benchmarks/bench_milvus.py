@@ -39,6 +39,7 @@ import gc
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -199,6 +200,7 @@ def main() -> int:
         "load_average_at_start": load_average(),
     }
     report["idle"] = report["load_average_at_start"][0] < 0.5
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still stops the server and cleans up
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     import pymilvus
 
