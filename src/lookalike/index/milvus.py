@@ -33,6 +33,7 @@ the failed write.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -62,6 +63,8 @@ RETRY_SECONDS = 60.0
 #: seconds one call may take before it fails (a server that accepts connections but never answers)
 TIMEOUT_ENV = "LOOKALIKE_MILVUS_TIMEOUT"
 CALL_TIMEOUT = 120.0
+#: seconds a read waits for a restarted server to load the collection again
+LOAD_WAIT = 30.0
 
 #: seconds to wait for a server to answer when connecting; an unreachable host fails after this
 CONNECT_TIMEOUT = 10.0
@@ -702,6 +705,11 @@ class MilvusIndex:
 
     # --- calls and errors ----------------------------------------------------------------------------
 
+    def _reload(self) -> None:
+        """Ask a restarted server to load the collection again (it does so by itself, in its own time)."""
+        with contextlib.suppress(Exception):  # the retry that follows reports what is wrong
+            self._client.load_collection(self.collection, timeout=self._timeout)
+
     def _rpc(self, what: str, call: Callable[[], T], *, write: bool = False) -> T:
         """Run one client call; turn any client or server failure into one clear IndexError_.
 
@@ -710,7 +718,7 @@ class MilvusIndex:
         the few seconds a restarted server takes to load its collections. After a failed write the
         remote collection may hold part of it, so the marker goes: the next use rebuilds rather than trust it.
         """
-        patience = _seconds(RETRY_ENV, RETRY_SECONDS) if write else 5.0
+        patience = _seconds(RETRY_ENV, RETRY_SECONDS) if write else LOAD_WAIT
         deadline = time.monotonic() + (0.0 if self.target.lite else patience)
         while True:
             try:
@@ -722,6 +730,8 @@ class MilvusIndex:
                 retry = _transient(exc) and (write or not unreachable) and time.monotonic() < deadline
                 if retry:
                     time.sleep(1.0)
+                    if "not loaded" in _message(exc).lower():
+                        self._reload()
                     continue
                 if write and self._marker is not None:
                     self._marker.unlink(missing_ok=True)
