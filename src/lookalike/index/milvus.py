@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -309,6 +310,10 @@ class MilvusIndex:
             from pymilvus import MilvusClient
         except ImportError:
             raise IndexError_("the Milvus backend needs pymilvus: pip install 'lookalike[milvus]'") from None
+        # pymilvus logs every failed call to stderr with a traceback, through a handler of its own; each
+        # failure reaches the caller here as one IndexError_, so that log would only repeat it (or report
+        # a retry that then succeeds).
+        logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
         if target.lite:
             Path(target.uri).parent.mkdir(parents=True, exist_ok=True)
         try:
