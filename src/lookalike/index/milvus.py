@@ -310,10 +310,11 @@ class MilvusIndex:
             from pymilvus import MilvusClient
         except ImportError:
             raise IndexError_("the Milvus backend needs pymilvus: pip install 'lookalike[milvus]'") from None
-        # pymilvus logs every failed call to stderr with a traceback, through a handler of its own; each
-        # failure reaches the caller here as one IndexError_, so that log would only repeat it (or report
-        # a retry that then succeeds).
-        logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+        # pymilvus logs every failed call and reconnection to stderr with a traceback, through handlers of
+        # its own; each failure reaches the caller here as one IndexError_, so that log would only repeat it
+        # (or report a retry that then succeeds).
+        for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         if target.lite:
             Path(target.uri).parent.mkdir(parents=True, exist_ok=True)
         try:
