@@ -253,8 +253,13 @@ def main() -> int:
             gc.collect()
         if not args.milvus_first:
             run_milvus()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    except BaseException:
+        # keep the server's logs (why it failed), drop its data and the vectors
+        shutil.rmtree(workdir / "vectors", ignore_errors=True)
+        shutil.rmtree(workdir / "server" / "data", ignore_errors=True)
+        print(f"failed; the server's logs are in {workdir / 'server' / 'logs'}", flush=True)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
     report["complete"] = True
     write()
     print(json.dumps(report, indent=2) if out is None else f"wrote {out}")

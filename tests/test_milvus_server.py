@@ -60,16 +60,17 @@ def remote_rows(server, name: str) -> list[int]:
     client = MilvusClient(uri=target.uri, timeout=10)
     remote = collection_name(target, DEFAULT_EMBEDDER)
     try:
-        for _ in range(60):
+        for _ in range(120):
             if not client.has_collection(remote):
                 return []
             try:
                 rows = client.query(remote, filter="id >= 0", output_fields=["id"], consistency_level="Strong")
                 return sorted(int(r["id"]) for r in rows)
-            except Exception as exc:  # a restarted server loads its collections again in its own time
-                if "not loaded" not in str(exc):
+            except Exception as exc:
+                # being created (no index yet), or restarted: the server loads it in its own time
+                if "not loaded" not in str(exc) and "index not found" not in str(exc):
                     raise
-                client.load_collection(remote)
+                time.sleep(1)
         raise AssertionError(f"{remote} never loaded")
     finally:
         client.close()

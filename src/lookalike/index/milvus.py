@@ -273,6 +273,9 @@ class MilvusIndex:
         # Every key above this is absent: none was written since this index cleared its rows (None: unknown).
         # New catalog images get ever larger ids, so their vectors can be inserted, cheaper than upserts.
         self._absent_above: int | None = None
+        # The first search after this process's own writes reads at Strong consistency, so it sees them
+        # however far behind the server is (Session alone relies on the client tracking write timestamps).
+        self._wrote = False
         self._marker: Path | None = None  # the marker file written by save / read by load
         self._timeout = _seconds(TIMEOUT_ENV, CALL_TIMEOUT)
 
@@ -546,6 +549,7 @@ class MilvusIndex:
         if not self.target.lite and len(ids) >= REMOTE_FLUSH_AFTER:
             self._rpc("flush", lambda: self._client.flush(self.collection, timeout=self._timeout), write=True)
         self._unflushed = self.target.lite
+        self._wrote = True
 
     def _write(self, what: str, batch: list[dict[str, Any]], low: int, high: int) -> None:
         """Send one batch of keys low..high: inserted when all are absent, else upserted. A retried call
@@ -579,6 +583,7 @@ class MilvusIndex:
                 write=True,
             )
         self._unflushed = self.target.lite
+        self._wrote = True
 
     def search(
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
@@ -607,6 +612,7 @@ class MilvusIndex:
         limit = min(k, MAX_TOPK)
         params = {k_: max(v, limit) if k_ in AT_LEAST_K else v for k_, v in self.target.search_params.items()}
         self._flush_if_needed()
+        consistency = "Strong" if self._wrote else self.target.consistency
         for start in range(0, len(queries), QUERY_BATCH):
             block = queries[start : start + QUERY_BATCH]
             hits: list[list[tuple[float, int]]] = [[] for _ in block]
@@ -621,7 +627,7 @@ class MilvusIndex:
                         output_fields=["id"],  # without it Milvus Lite sends every vector back
                         search_params={"metric_type": "IP", "params": params},
                         anns_field="vector",
-                        consistency_level=self.target.consistency,
+                        consistency_level=consistency,
                         timeout=self._timeout,
                     ),
                 )
@@ -632,6 +638,7 @@ class MilvusIndex:
                 best = [(s, int(j)) for s, j in zip(*self._mapped(row), strict=True) if j >= 0][:limit]
                 scores[i, : len(best)] = [s for s, _ in best]
                 found[i, : len(best)] = [j for _, j in best]
+        self._wrote = False
         return scores, found
 
     def _mapped(self, row: list[tuple[float, int]]) -> tuple[list[float], np.ndarray]:
@@ -726,14 +733,19 @@ class MilvusIndex:
         """
         patience = _seconds(RETRY_ENV, RETRY_SECONDS) if write else LOAD_WAIT
         deadline = time.monotonic() + (0.0 if self.target.lite else patience)
+        goaways = 0
         while True:
             try:
                 return call()
             except IndexError_:
                 raise
             except Exception as exc:
+                # gRPC closes a connection that pinged "too often" while a busy server answered slowly
+                # (GOAWAY); the client reconnects on the next call, so that one is retried on Lite too
+                goaway = "too many pings" in _message(exc).lower() and goaways < 3
+                goaways += goaway
                 unreachable = getattr(exc, "code", None) == 2 or "connect" in _message(exc).lower()
-                retry = _transient(exc) and (write or not unreachable) and time.monotonic() < deadline
+                retry = goaway or (_transient(exc) and (write or not unreachable) and time.monotonic() < deadline)
                 if retry:
                     time.sleep(1.0)
                     if "not loaded" in _message(exc).lower():
