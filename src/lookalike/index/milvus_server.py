@@ -9,7 +9,7 @@ The package starts the real server binary (`milvus run standalone`, with its emb
 in a folder of our choosing. Its own defaults listen on fixed ports (19530, 2379/2380 for etcd, 9091 for
 health), so a second server on the same machine fails; here every port is a free one picked at start,
 etcd included (through an etcd config file), and several servers can run side by side (a test session
-beside a benchmark, or two developers' test runs).
+beside a benchmark, or two developers' test runs). Its components talk to each other on 127.0.0.1 only.
 
 `stop` ends the server through the package's own API (terminate, then kill after a second); `start`
 again on the same folder brings the same data back on the same ports, as a restarted server would.
@@ -26,6 +26,8 @@ from typing import Any
 
 #: seconds to wait for a server to answer its health check after start
 START_TIMEOUT = 180.0
+#: the components of a standalone server, each listening on its own port
+ROLES = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
 
 
 def free_port() -> int:
@@ -64,6 +66,10 @@ class EmbeddedMilvus:
         self._ports = {key: free_port() for key in config.configurable_items if key.endswith("_port")}
         self._server: Any = MilvusServer(config, wait_for_started=False, **self._ports)
         self._server.set_base_dir(str(self.base_dir))
+        # Each component registers an address the others dial; left unset that is the machine's first
+        # network address, so keep all of the server's traffic on loopback.
+        for role in ROLES:
+            config.set(f"{role}.ip", "127.0.0.1")
         self._server.webservice_port = free_port()  # health and metrics; the package scans up from there
         self.etcd_peer_port = free_port()
         self.version = self._server_version()
