@@ -8,6 +8,7 @@ answered. Clients start no request after the duration is over, and the whole run
 is cut off after duration + request timeout, so it always stops by itself.
 
     .venv/bin/python benchmarks/bench_server_load.py     # writes benchmarks/results/server_load.json
+    .venv/bin/python benchmarks/bench_server_load.py --smoke   # 200 images, 4 clients for 3 s; writes nothing
 """
 
 from __future__ import annotations
@@ -102,12 +103,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--request-timeout", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "server_load.json")
+    parser.add_argument("--size", type=int, default=COLLECTION_SIZE, help="images in the collection")
+    parser.add_argument("--smoke", action="store_true", help="200 images, 4 clients for 3 s; writes nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.size, args.clients, args.seconds = 200, 4, 3.0
 
     payloads = [(f.name, f.read_bytes()) for f in query_files(500, seed=2)]
     workdir = Path(tempfile.mkdtemp(prefix="lookalike-bench-load-"))
     try:
-        collection = build_synthetic_collection(workdir)
+        collection = build_synthetic_collection(workdir, size=args.size)
         with running_server(collection, workdir / "server.log") as url:
             # One warm-up request, so the run measures the steady state.
             httpx.post(f"{url}/api/search", files={"file": payloads[0]}, timeout=60).raise_for_status()
@@ -121,20 +126,24 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine(), "load_average_before": load_before},
         "collection": {
-            "images": COLLECTION_SIZE,
+            "images": args.size,
             "how": "8,000 real photos + 2,000 symlinks to them; random unit vectors instead of embeddings",
         },
         "request": "POST /api/search?k=12 with a real cats-and-dogs JPEG (random of 500), on 127.0.0.1",
         "note": "client and server share the machine's cores",
         **figures,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     latency = figures["latency"] or {}
     print(
         f"{figures['requests_ok']} ok, {figures['errors']} errors, {figures['throughput_per_s']} req/s; "
         f"p50 {latency.get('p50_ms')} ms, p99 {latency.get('p99_ms')} ms"
     )
+    if args.smoke:
+        if not figures["requests_ok"] or figures["errors"]:
+            raise SystemExit("smoke run: the server answered no request, or with errors")
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {args.out}")
 
 

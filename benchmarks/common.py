@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -84,3 +85,25 @@ def memory_bandwidth(gib: float = 1.0) -> dict[str, float]:
     read = a.nbytes / median_seconds(lambda: a.sum(), 5)[1]
     copy = 2 * a.nbytes / median_seconds(lambda: np.copyto(b, a), 5)[1]  # a copy reads and writes
     return {"read_bytes_per_s": read, "copy_bytes_per_s": copy}
+
+
+def run_record() -> dict[str, object]:
+    """When a benchmark ran and how loaded the machine was when it started (call `finish_record` at the end).
+
+    "idle" is claimed only when the 1-minute load average at the start was below 0.5.
+    """
+    from lookalike.evaluation.runner import machine_info
+
+    load = os.getloadavg()
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_average_start": [round(x, 2) for x in load],
+        "idle": load[0] < 0.5,
+        "machine": machine_info(),
+    }
+
+
+def finish_record(record: dict[str, object]) -> dict[str, object]:
+    record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    record["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return record

@@ -28,7 +28,9 @@ from lookalike.index.specs import SPECS
 DIM = 32
 N = 2000
 KINDS = list(SPECS)
-MILVUS = ["milvus-lite", "milvus-server"]
+# Milvus backends are marked `milvus`: under CI (ci_rules.py) they must run, not be skipped
+MILVUS_KINDS = ("milvus-lite", "milvus-server")
+MILVUS = [pytest.param(kind, marks=pytest.mark.milvus) for kind in MILVUS_KINDS]
 BACKENDS = KINDS + MILVUS  # every backend behind the VectorIndex interface
 # recall@10 vs exact on the clustered data below, measured with the default knobs: flat 1.0, hnsw 0.986,
 # hnsw-sq8 0.968 (at ef 64), ivf 0.998, ivf-sq8 0.986, ivf-pq 0.948, ivf-pq-flat 0.956
@@ -218,7 +220,8 @@ def test_pads_with_minus_one_when_fewer_than_k(kind, data, empty):
 
 @pytest.mark.parametrize(
     ("kind", "exact_filter_limit"),
-    [(k, limit) for k in KINDS for limit in (0, 20_000)] + [(k, None) for k in MILVUS],
+    [(k, limit) for k in KINDS for limit in (0, 20_000)]
+    + [pytest.param(k, None, marks=pytest.mark.milvus) for k in MILVUS_KINDS],
 )
 def test_allowed_ids_restrict_results(kind, exact_filter_limit, data, built):
     ids, vectors, queries = data
@@ -290,6 +293,33 @@ def test_save_is_atomic(kind, data, tmp_path, monkeypatch, built):
     assert [p.name for p in tmp_path.iterdir()] == ["e.faiss"]
     monkeypatch.undo()
     assert len(load_index(path)) == 1200
+
+
+@pytest.mark.parametrize(
+    ("kind", "knob"),
+    [("hnsw", "ef_search"), ("hnsw-sq8", "ef_search"), *((k, "nprobe") for k in KINDS if k.startswith("ivf"))],
+)
+def test_search_knobs_trade_recall_for_work_and_are_saved(kind, knob, data, tmp_path):
+    """ef_search (graph nodes visited) and nprobe (IVF lists scanned): few find less than the default, many find
+    as much or more (all of them when the vectors are stored whole); a saved index keeps the setting."""
+    ids, vectors, queries = data
+    index = FaissIndex(DIM, kind)
+    index.add(ids, vectors)
+    truth = exact(queries, ids, vectors, 10)
+
+    def found_with(value: int | None) -> np.ndarray:
+        setattr(index, knob, value)
+        return index.search(queries, 10)[1]
+
+    narrow, default, wide = found_with(1), found_with(None), found_with(1024)
+    assert recall(narrow, truth) + 0.2 < recall(default, truth) <= recall(wide, truth) + 0.01
+    if kind in ("hnsw", "ivf"):
+        assert recall(wide, truth) == 1.0
+    found_with(1)
+    index.save(tmp_path / "narrow.faiss")
+    loaded = load_index(tmp_path / "narrow.faiss")
+    assert getattr(loaded, knob) == 1
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], narrow)
 
 
 def test_trainable_kinds_stay_exact_until_enough_vectors(data):

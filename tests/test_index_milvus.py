@@ -5,15 +5,22 @@ on Milvus, and failures. The behaviours every backend shares are tested in tests
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from lookalike import Collection
 from lookalike.catalog import Catalog
 from lookalike.index import IndexError_, create_index, load_index, milvus
 from lookalike.index.milvus import MilvusIndex, collection_name, parse_kind, release_lite
+from lookalike.server import create_app
+
+#: a vector database: under CI (ci_rules.py) these must run, not be skipped
+pytestmark = pytest.mark.milvus
 
 DIM = 32
 N = 1000
@@ -360,3 +367,67 @@ def test_a_collection_describes_its_remote_index_in_stats(milvus_collection):
     assert (remote["engine"], remote["server"], remote["index_type"]) == ("Milvus Lite", str(db), "FLAT")
     assert remote["rows"] == remote["this_catalog_rows"] == 24
     assert remote["catalog"] == collection.catalog.uid()
+
+
+def test_collections_sharing_a_remote_collection_find_each_others_images(tmp_path, sample_folder, mean_colour):
+    """Through Collection (what the CLI, the server and the API call): one catalog's search finds the other's
+    images with the path and label stored beside them; query expansion folds their vectors in."""
+    db = tmp_path / "milvus" / "shared.db"
+    kind = f"milvus-lite:{db}"
+    a = Collection.open(tmp_path / "a", embedder=mean_colour, index=kind)
+    b = Collection.open(tmp_path / "b", embedder=mean_colour, index=kind)
+    try:
+        for collection, label in ((a, "cat"), (b, "dog")):  # two machines: one folder each
+            shutil.copytree(sample_folder / label, tmp_path / f"{label}s" / label)
+            collection.sync(tmp_path / f"{label}s")
+        assert a.catalog.count() == b.catalog.count() == 12
+        # every stored vector, by path: what an exact search over both catalogs ranks
+        paths, vectors = [], []
+        for collection in (a, b):
+            ids, stored = collection.catalog.vectors(mean_colour)
+            records = collection.images(ids.tolist())
+            paths += [records[int(i)].path for i in ids]
+            vectors.append(stored)
+        stored = np.concatenate(vectors)
+
+        def ranked(query: np.ndarray, k: int) -> list[str]:
+            return [paths[i] for i in np.argsort(-(stored @ query), kind="stable")[:k]]
+
+        dog = b.catalog.records()[0]
+        query = b.stored_vector(dog.id)
+        found = a.search_vector(query, k=24)
+        assert [r.path for r in found] == ranked(query, 24)
+        assert found[0].path == dog.path and found[0].score == pytest.approx(1.0, abs=1e-5)
+        theirs = [r for r in found if r.catalog is not None]
+        assert len(theirs) == 12 and {r.catalog for r in theirs} == {b.catalog.uid()}
+        assert all(r.id >= 2**32 and r.record is None and r.label == "dog" for r in theirs)
+        assert all(r.catalog is None and r.record is not None for r in found if r.label == "cat")
+        assert found[0].to_dict()["catalog"] == b.catalog.uid()
+        # A label filter keeps to the searching collection's own images.
+        assert {r.catalog for r in a.search_vector(query, k=5, label="cat")} == {None}
+
+        # REST: this server serves its own images; the other collection's are named under `elsewhere`.
+        with TestClient(create_app(a)) as client:
+            upload = {"file": ("q.jpg", Path(dog.path).read_bytes())}
+            answer = client.post("/api/search", params={"k": 24}, files=upload)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert [h["name"] for h in body["elsewhere"]] == [Path(r.path).name for r in theirs]
+        assert {h["catalog"] for h in body["elsewhere"]} == {b.catalog.uid()} and body["elsewhere"][0]["rank"] == 1
+        assert len(body["results"]) == 12 and {h["label"] for h in body["results"]} == {"cat"}
+        assert sorted(h["rank"] for h in body["results"] + body["elsewhere"]) == list(range(1, 25))
+        assert str(tmp_path) not in answer.text, "no server path in an HTTP answer"
+
+        # alpha query expansion (rerank.py: alpha 3) over both catalogs' top 3, by hand
+        top = np.argsort(-(stored @ query), kind="stable")[:3]
+        weights = np.maximum(stored[top] @ query, 0) ** 3
+        expanded = query + weights @ stored[top]
+        expanded /= np.linalg.norm(expanded)
+        assert [r.path for r in a.search_vector(query, k=10, expand=3)] == ranked(expanded, 10)
+        # B's images vanish from A's results once B removes them.
+        assert b.remove([r.id for r in b.records()]) == 12
+        assert {r.catalog for r in a.search_vector(query, k=24)} == {None}
+    finally:
+        a.close()
+        b.close()
+        release_lite(db)

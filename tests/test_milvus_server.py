@@ -23,6 +23,9 @@ from lookalike.embedders import DEFAULT_EMBEDDER
 from lookalike.index.milvus import NAMESPACE_SHIFT, MilvusIndex, collection_name, parse_kind
 
 #: seconds any one `lookalike` process may take here: a hang fails the test instead of stalling the suite
+#: a vector database: under CI (ci_rules.py) these must run, not be skipped
+pytestmark = pytest.mark.milvus
+
 PROCESS_TIMEOUT = 600
 
 

@@ -28,19 +28,24 @@ from PIL import Image
 
 from . import embedders as embedder_registry
 from .catalog import Catalog, ImageRecord
+from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocabulary
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import ImageError, iter_image_files, open_image
-from .index import DEFAULT_INDEX, VectorIndex, create_index, load_index
+from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
+from .index.base import FOREIGN_IDS_FROM
+from .index.exact import exact_search
 from .index.milvus import is_milvus_kind
-from .index.rerank import alpha_query_expansion
-from .storage import write_json
-
-DEFAULT_COLLECTION_DIR = ".lookalike"
+from .index.rerank import alpha_query_expansion, search_excluding
+from .storage import DEFAULT_COLLECTION_DIR, write_json
 
 #: progress(stage, done, total); the core library never prints, the CLI draws bars from this
 Progress = Callable[[str, int, int], None]
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
 Box = tuple[float, float, float, float]
+
+
+#: a search that races a delete is repeated, at most this often, so it still returns k results
+MAX_SEARCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,60 @@ class SearchResult:
     label: str | None
     score: float
     rank: int
-    #: set for an image another catalog indexed into a shared remote index (its uid); its path is on that machine
+    #: the image's catalog row (size, content hash, ...)
+    record: ImageRecord | None = field(default=None, repr=False, compare=False)
+    #: its top concepts (ImageNet classes), when an embedder of the collection is a classifier
+    tags: tuple[Tag, ...] = field(default=(), compare=False)
+    #: set for an image another catalog indexed into a shared remote index (that catalog's uid): its id is
+    #: the remote key (>= 2**32, never a local id), its path is on that catalog's machine, `record` is None
     catalog: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rank": self.rank, "score": self.score, "id": self.id, "label": self.label, "path": self.path,
+            "tags": [{"name": t.name, "score": t.score} for t in self.tags], "catalog": self.catalog,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TextSearch:
+    """The answer to a search by words: the images, and how the words were read."""
+
+    text: str
+    results: list[SearchResult]
+    #: "concepts" (the words matched ImageNet classes) or "text-encoder" (a CLIP-like embedder read them)
+    method: str
+    #: the embedder whose concepts or text encoder answered
+    embedder: str
+    #: the terms the words were read as (concept search only)
+    terms: tuple[Term, ...] = ()
+    #: words left out because they match no concept, each with the closest known words (concept search only)
+    ignored: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Query:
+    """One query of a batched search: an image, an indexed image, or a vector."""
+
+    image: ImageInput | None = None  # a path, bytes or a Pillow image
+    id: int | None = None  # an indexed image (searched with its stored vector unless a box is given)
+    vector: np.ndarray | None = None  # an embedding already made
+    box: Box | None = None  # search only this region of the image (pixels of the upright original)
+    exclude: int | None = None  # an id never returned; by default the query's own, when it is indexed
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """A batched search's answer as arrays: per query, hit ids (-1: none) and cosine scores, best first."""
+
+    ids: np.ndarray  # (n_queries, k) int64
+    scores: np.ndarray  # (n_queries, k) float32
+    #: the embedder searched (None: the collection's default); `results` describes other catalogs' hits from its index
+    embedder: str | None = None
+
+    @classmethod
+    def empty(cls, n: int, k: int, embedder: str | None = None) -> Neighbours:
+        return cls(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32), embedder)
 
 
 @dataclass
@@ -64,6 +121,8 @@ class SyncReport:
     removed: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     unchanged: int = 0
+    #: images that already had vectors and only got their concepts (top classes) now
+    described: int = 0
     embedded: int = 0
     embed_seconds: float = 0.0
     seconds: float = 0.0
@@ -113,6 +172,8 @@ class Collection:
         self._lock = threading.RLock()  # guards index loading and every write
         #: decode JPEGs in draft mode when indexing (see benchmarks/bench_indexing.py for its effect)
         self.draft = True
+        self._writes = 0  # changes committed through this object (SQLite's data_version counts the others)
+        self._all_ids: tuple[tuple[int, int], np.ndarray, str] | None = None
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -141,6 +202,8 @@ class Collection:
                 raise embedder_registry.EmbedderError(
                     f"unknown embedder {embedder!r}; available: {', '.join(embedder_registry.available())}"
                 )
+            if index is not None:
+                check_index_kind(index)
             path.mkdir(parents=True, exist_ok=True)
             config = {"version": 1, "default_embedder": embedder or DEFAULT_EMBEDDER, "index": index or DEFAULT_INDEX}
             write_json(config_path, config)
@@ -169,11 +232,23 @@ class Collection:
     # --- embedders and indexes ----------------------------------------------------------------
 
     def embedder(self, name: str | None = None, *, weights: str | Path | None = None) -> Embedder:
-        """The embedder called `name` (default: the collection's), built once and kept."""
+        """The embedder called `name` (default: the collection's), built once and kept.
+
+        A local weights file given here is remembered in config.json, so later sessions (a search,
+        the server) build the same embedder without being told again.
+        """
         name = name or self.default_embedder
         with self._lock:
             if name not in self._embedders:
+                remembered = self.config.get("weights", {})
+                if weights is None:
+                    weights = remembered.get(name)
                 self._embedders[name] = embedder_registry.create(name, weights=weights, models_dir=self.models_dir)
+                if weights is not None and remembered.get(name) != str(Path(weights).expanduser().resolve()):
+                    self.config["weights"] = {**remembered, name: str(Path(weights).expanduser().resolve())}
+                    # only this key: the session's other choices (open(embedder=...)) are not the collection's
+                    on_disk = json.loads((self.path / "config.json").read_text())
+                    write_json(self.path / "config.json", {**on_disk, "weights": self.config["weights"]})
             return self._embedders[name]
 
     def use_embedder(self, embedder: Embedder) -> None:
@@ -235,6 +310,8 @@ class Collection:
         except BaseException:
             self._indexes.clear()
             raise
+        finally:
+            self._writes += 1
 
     def _forget(self, ids: Sequence[int], embedders: Iterable[str] | None = None) -> None:
         """Inside `_change`: drop vectors of `ids` (of some or all embedders) from catalog and indexes."""
@@ -369,7 +446,7 @@ class Collection:
         with self._lock:
             self.index(name)  # loaded now, so each batch updates it in place
             known = {r.path: r for r in self.catalog.records(under=str(root))}
-            have_vectors = self.catalog.vector_ids(name)
+            have_vectors = self._embedded_ids(model)
             seen: set[str] = set()
             todo: list[Path] = []
             for path in iter_image_files(root, exclude=self.path):
@@ -399,29 +476,87 @@ class Collection:
                     self.catalog.delete_images(r.id for r in gone)
                 report.removed = [r.path for r in gone]
 
-            done = 0
-            if progress:
-                progress("embedding", 0, len(todo))
-            for batch in self._decoded_batches(
-                todo, model, known, have_vectors, batch_size, workers or min(4, os.cpu_count() or 1)
-            ):
-                arrays = [item for item in batch if item.array is not None]
-                t0 = time.perf_counter()
-                vectors = model.embed_arrays(np.stack([a.array for a in arrays])) if arrays else None
-                report.embed_seconds += time.perf_counter() - t0
-                report.embedded += len(arrays)
-                self._write_batch(name, batch, arrays, vectors, known, report)
-                done += len(batch)
-                if progress:
-                    progress("embedding", done, len(todo))
+            self._ingest(todo, model, known, have_vectors, report, batch_size, workers, progress)
             if todo or gone:
                 self._save_index(name, self.index(name), self.catalog.generation(name))
-            if report.embedded >= 64:
-                self.catalog.set_meta(
-                    f"throughput:{name}", json.dumps({"images": report.embedded, "seconds": report.embed_seconds})
-                )
         report.seconds = time.perf_counter() - started
         return report
+
+    def _embedded_ids(self, model: Embedder) -> set[int]:
+        """Images with everything `model` gives: its vector, and its concepts when it is a classifier
+        (images indexed before concepts were kept get them on the next sync)."""
+        ids = self.catalog.vector_ids(model.name)
+        return ids & self.catalog.concept_ids(model.name) if model.classes else ids
+
+    def embed_missing(
+        self,
+        records: Sequence[ImageRecord],
+        *,
+        embedder: str | None = None,
+        batch_size: int = 64,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Give each of these catalog images a vector of `embedder` if it lacks one (a subset's `sync`).
+
+        The same pipeline as `sync`: a file whose content changed since it was indexed is re-read
+        and its row updated; nothing outside `records` is looked at or removed.
+        """
+        started = time.perf_counter()
+        model = self.embedder(embedder)
+        report = SyncReport(embedder=model.name)
+        with self._lock:
+            self.index(model.name)
+            have_vectors = self.catalog.vector_ids(model.name)
+            todo = [r for r in records if r.id not in have_vectors]
+            report.unchanged = len(records) - len(todo)
+            known = {r.path: r for r in todo}
+            self._ingest(
+                [Path(r.path) for r in todo], model, known, have_vectors, report, batch_size, workers, progress
+            )
+            if todo:
+                self._save_index(model.name, self.index(model.name), self.catalog.generation(model.name))
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _ingest(
+        self,
+        todo: Sequence[Path],
+        model: Embedder,
+        known: dict[str, ImageRecord],
+        have_vectors: set[int],
+        report: SyncReport,
+        batch_size: int,
+        workers: int | None,
+        progress: Progress | None,
+    ) -> None:
+        """Read, decode, embed and commit files batch by batch (decoding in threads ahead of the model)."""
+        name = model.name
+        stage = "embedding" if name == self.default_embedder else f"embedding ({name})"
+        done = 0
+        if progress:
+            progress(stage, 0, len(todo))
+        for batch in self._decoded_batches(
+            todo, model, known, have_vectors, batch_size, workers or min(4, os.cpu_count() or 1)
+        ):
+            arrays = [item for item in batch if item.array is not None]
+            t0 = time.perf_counter()
+            vectors, probabilities = (
+                model.embed_and_classify(np.stack([a.array for a in arrays])) if arrays else (None, None)
+            )
+            report.embed_seconds += time.perf_counter() - t0
+            report.embedded += len(arrays)
+            concepts = None
+            if probabilities is not None and model.classes:
+                concepts = (model.classes, *top_classes(probabilities))
+            self._write_batch(name, batch, arrays, vectors, known, report, concepts)
+            done += len(batch)
+            if progress:
+                progress(stage, done, len(todo))
+        if report.embedded >= 64:
+            self.catalog.set_meta(
+                f"throughput:{name}", json.dumps({"images": report.embedded, "seconds": report.embed_seconds})
+            )
 
     def _write_batch(
         self,
@@ -431,17 +566,25 @@ class Collection:
         vectors: np.ndarray | None,
         known: dict[str, ImageRecord],
         report: SyncReport,
+        concepts: tuple[str, np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Commit one decoded batch: rows, vectors and index updates in one transaction."""
+        """Commit one decoded batch: rows, vectors, concepts and index updates in one transaction.
+
+        `concepts`: (vocabulary, class ids (n, k), scores (n, k)) of the images in `arrays`.
+        """
         vector_of = {id(item): v for item, v in zip(arrays, vectors if vectors is not None else [], strict=True)}
+        row_of = {id(item): r for r, item in enumerate(arrays)}
         new_ids: list[int] = []
         new_vectors: list[np.ndarray] = []
+        described: list[tuple[int, int]] = []  # (image id, row in arrays) of every image given concepts
         stale: list[int] = []  # rows whose content changed or became unreadable: every embedder's vectors go
+        inside = str(self.path) + os.sep
         with self._change():
             for item in batch:
                 key = str(item.path)
                 record = known.get(key)
-                label = item.path.parent.name
+                # A folder's image is labelled by its sub-folder; an added image keeps the label it was given.
+                label = record.label if record is not None and key.startswith(inside) else item.path.parent.name
                 if item.error is not None:
                     image_id = self.catalog.upsert_image(
                         path=key, sha256=item.sha256, size=item.size, mtime_ns=item.mtime_ns, label=label,
@@ -462,6 +605,16 @@ class Collection:
                 )  # fmt: skip
                 if content_changed:
                     stale.append(image_id)
+                if concepts is not None:
+                    described.append((image_id, row_of[id(item)]))
+                    if (
+                        record is not None
+                        and not content_changed
+                        and record.status == "ok"
+                        and self.catalog.has_vector(name, image_id)
+                    ):
+                        report.described += 1  # indexed before concepts were kept: its vector stays
+                        continue
                 new_ids.append(image_id)
                 new_vectors.append(vector_of[id(item)])
                 if record is None:
@@ -473,6 +626,10 @@ class Collection:
             self._forget(stale)
             if new_ids:
                 self._store(name, new_ids, np.stack(new_vectors))
+            if concepts is not None and described:
+                vocab, classes, scores = concepts
+                rows = [r for _, r in described]
+                self.catalog.put_concepts(name, vocab, [i for i, _ in described], classes[rows], scores[rows])
 
     # --- single images -----------------------------------------------------------------------
 
@@ -489,7 +646,11 @@ class Collection:
         os.replace(tmp, target)
         stat = target.stat()
         names = sorted(set(self.catalog.embedders()) | {self.default_embedder})
-        vectors = {n: self.embedder(n).embed_images([image]) for n in names}
+        outputs = {}
+        for n in names:
+            model = self.embedder(n)
+            vector, probabilities = model.embed_and_classify(model.preprocess(image)[None])
+            outputs[n] = (model.classes, vector, probabilities)
         width, height = image.info.get("original_size", image.size)
         with self._lock, self._change():
             image_id = self.catalog.upsert_image(
@@ -497,8 +658,10 @@ class Collection:
                 label=label, width=width, height=height, status="ok",
             )  # fmt: skip
             self._forget([image_id])  # a replaced file's vectors of embedders not recomputed here go too
-            for n, v in vectors.items():
-                self._store(n, [image_id], v)
+            for n, (classes, vector, probabilities) in outputs.items():
+                self._store(n, [image_id], vector)
+                if classes and probabilities is not None:
+                    self.catalog.put_concepts(n, classes, [image_id], *top_classes(probabilities))
         record = self.catalog.get(image_id)
         assert record is not None
         return record
@@ -519,50 +682,56 @@ class Collection:
 
     def embed(self, image: ImageInput, *, embedder: str | None = None, box: Box | None = None) -> np.ndarray:
         """One image (path, bytes or Pillow image), optionally cropped to `box`, as a (dim,) vector."""
-        if isinstance(image, Image.Image):
-            pil = image.convert("RGB")
-        else:
-            pil = open_image(image if isinstance(image, bytes) else Path(image))
-        if box is not None:
-            pil = pil.crop(_clamp_box(box, pil.size))
-        return self.embedder(embedder).embed_images([pil])[0]
+        return self.embed_images([image], embedder=embedder, boxes=[box])[0]
+
+    def embed_images(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        embedder: str | None = None,
+        boxes: Sequence[Box | None] | None = None,
+    ) -> np.ndarray:
+        """Images (paths, bytes or Pillow images), each optionally cropped to its box, as (n, dim) vectors."""
+        pils = []
+        for i, image in enumerate(images):
+            if isinstance(image, Image.Image):
+                pil = image.convert("RGB")
+            else:
+                pil = open_image(image if isinstance(image, bytes) else Path(image))
+            box = boxes[i] if boxes is not None else None
+            pils.append(pil.crop(_clamp_box(_box_in_decoded_pixels(box, pil), pil.size)) if box is not None else pil)
+        return self.embedder(embedder).embed_images(pils)
 
     def search(
         self,
-        image: ImageInput,
+        image: ImageInput | Query,
         k: int = 5,
         *,
         embedder: str | None = None,
         box: Box | None = None,
         label: str | None = None,
         expand: int = 0,
+        tag: str | None = None,
     ) -> list[SearchResult]:
-        """The k images most similar to `image`, best first.
+        """The k images most similar to `image`, best first (`tag`: only images showing that concept).
 
         An image that is itself in the collection is never returned as its own match.
         """
-        name = embedder or self.default_embedder
-        exclude: int | None = None
-        vector: np.ndarray | None = None
-        if box is None and isinstance(image, str | os.PathLike):
-            record = self.catalog.get_by_path(str(Path(image).expanduser().resolve()))
-            if record is not None and record.status == "ok":
-                exclude = record.id
-                _, stored = self.catalog.vectors(name, [record.id])
-                vector = stored[0] if len(stored) else None
-        if vector is None:
-            vector = self.embed(image, embedder=name, box=box)
-        return self.search_vector(vector, k, embedder=name, label=label, exclude=exclude, expand=expand)
+        query = image if isinstance(image, Query) else Query(image=image, box=box)
+        return self.search_batch([query], k, embedder=embedder, label=label, expand=expand, tag=tag)[0]
 
     def search_id(
-        self, image_id: int, k: int = 5, *, embedder: str | None = None, label: str | None = None
+        self,
+        image_id: int,
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        label: str | None = None,
+        expand: int = 0,
+        tag: str | None = None,
     ) -> list[SearchResult]:
         """Neighbours of an indexed image (itself excluded)."""
-        name = embedder or self.default_embedder
-        _, stored = self.catalog.vectors(name, [image_id])
-        if not len(stored):
-            raise KeyError(f"image {image_id} has no {name} vector in this collection")
-        return self.search_vector(stored[0], k, embedder=name, label=label, exclude=image_id)
+        return self.search_batch([Query(id=image_id)], k, embedder=embedder, label=label, expand=expand, tag=tag)[0]
 
     def search_vector(
         self,
@@ -574,45 +743,371 @@ class Collection:
         exclude: int | None = None,
         expand: int = 0,
     ) -> list[SearchResult]:
-        """The k nearest indexed images to `vector`; `expand` > 0 re-ranks by alpha query expansion
-        over that many top neighbours (see index/rerank.py and benchmarks/README.md for its effect)."""
+        """The k nearest indexed images to `vector` (`exclude`: an id never returned)."""
+        query = Query(vector=vector, exclude=exclude)
+        return self.search_batch([query], k, embedder=embedder, label=label, expand=expand)[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[Query | ImageInput | np.ndarray],
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        label: str | None = None,
+        expand: int = 0,
+        tag: str | None = None,
+    ) -> list[list[SearchResult]]:
+        """The k most similar images of each query, best first: the one search every entry point uses.
+
+        A query is a `Query`, an image (path, bytes, Pillow image) or a vector. An indexed image
+        (by id, or by its path) is searched with its stored vector and never returned as its own
+        match; images are embedded together in one batch.
+        """
         name = embedder or self.default_embedder
-        index = self.index(name)
-        allowed = None
+        vectors, exclude = self.query_vectors([q if isinstance(q, Query) else _as_query(q) for q in queries], name)
+        found = self.search_vectors(vectors, k, embedder=name, label=label, exclude=exclude, expand=expand, tag=tag)
+        return self.results(found)
+
+    def query_vectors(self, queries: Sequence[Query], embedder: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, dim), excluded id per query or -1): stored vectors where the query is indexed, else embedded."""
+        name = embedder or self.default_embedder
+        exclude = np.full(len(queries), -1, dtype=np.int64)
+        vectors: list[np.ndarray | None] = [None] * len(queries)
+        to_embed: list[int] = []
+        for i, query in enumerate(queries):
+            if query.vector is not None:
+                vectors[i] = np.asarray(query.vector, dtype=np.float32)
+                exclude[i] = -1 if query.exclude is None else query.exclude
+                continue
+            if query.exclude is not None:
+                exclude[i] = query.exclude
+            record = None
+            if query.id is not None:
+                record = self.catalog.get(int(query.id))
+                if record is None or record.status != "ok":
+                    raise KeyError(f"no indexed image with id {query.id}")
+            elif isinstance(query.image, str | os.PathLike):
+                record = self.catalog.get_by_path(str(Path(query.image).expanduser().resolve()))
+            if record is not None and record.status == "ok":
+                exclude[i] = record.id if query.exclude is None else query.exclude
+                if query.box is None:
+                    vectors[i] = self.stored_vector(record.id, name)
+            if vectors[i] is None:
+                if query.image is None and record is None:
+                    raise ValueError("a query needs an image, an id or a vector")
+                to_embed.append(i)
+        if to_embed:
+            sources = [
+                queries[i].image if queries[i].image is not None else self._path_of(queries[i]) for i in to_embed
+            ]
+            embedded = self.embed_images(sources, embedder=name, boxes=[queries[i].box for i in to_embed])
+            for i, vector in zip(to_embed, embedded, strict=True):
+                vectors[i] = vector
+        dim = self.embedder(name).dim if not vectors else len(vectors[0])  # type: ignore[arg-type]
+        stacked = np.stack(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)  # type: ignore[arg-type]
+        return stacked, exclude
+
+    def _source_of(self, query: Query) -> ImageInput:
+        """What to embed for a query: its image, else the file of the indexed image it names."""
+        if query.image is not None:
+            return query.image
+        record = self.catalog.get(int(query.id))  # type: ignore[arg-type]
+        if record is None:
+            raise KeyError(f"no indexed image with id {query.id}")
+        return Path(record.path)
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        label: str | None = None,
+        within: np.ndarray | None = None,
+        exclude: np.ndarray | Sequence[int] | None = None,
+        expand: int = 0,
+        exact: bool = False,
+        tag: str | None = None,
+    ) -> Neighbours:
+        """The k nearest indexed images of each vector, as arrays: the core of every search.
+
+        `label`, `tag` (words: images tagged with that concept, see `tagged_ids`) and `within` (ids)
+        restrict the candidates; `exclude` is one id per query never
+        returned (-1: none); `expand` > 0 re-ranks by alpha query expansion over that many top
+        neighbours (index/rerank.py); `exact` ranks by brute force over the stored vectors
+        whatever the index (evaluation). A hit deleted by another thread or process between the
+        index search and the catalog lookup is replaced by searching again.
+
+        With a remote index that several catalogs share (Milvus), hits include other catalogs' images
+        under their remote keys (>= FOREIGN_IDS_FROM); `label`, `tag`, `within` and `exact` keep to this
+        catalog's images, and query expansion folds in other catalogs' vectors read from the index.
+        """
+        name = embedder or self.default_embedder
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        excluded = np.full(len(vectors), -1, dtype=np.int64) if exclude is None else np.asarray(exclude, np.int64)
+        allowed = within
         if label is not None:
-            allowed = self.catalog.ids_with_label(label)
-            if not len(allowed):
-                return []
-        if expand > 0:
-            scores, ids = alpha_query_expansion(
-                vector[None, :], index, k, n_expand=expand, allowed_ids=allowed,
-                exclude_ids=np.asarray([-1 if exclude is None else exclude]),
-                vectors_of=lambda wanted: self._stored_vectors(name, wanted),
+            with_label = self.catalog.ids_with_label(label)
+            allowed = with_label if allowed is None else np.intersect1d(with_label, allowed)
+        if tag is not None:
+            tagged = self.tagged_ids(tag)
+            allowed = tagged if allowed is None else np.intersect1d(tagged, allowed)
+        if allowed is not None and not len(allowed):
+            return Neighbours.empty(len(vectors), k, name)
+        if exact:
+            ids, stored = self.catalog.vectors(name, None if allowed is None else allowed.tolist())
+            scores, found = exact_search(vectors, stored, ids, k, exclude=excluded)
+            return Neighbours(found, scores, name)
+        for _ in range(MAX_SEARCH_ATTEMPTS):
+            index = self.index(name)
+            if expand > 0:
+                scores, found = alpha_query_expansion(
+                    vectors, index, k, n_expand=expand, allowed_ids=allowed, exclude_ids=excluded,
+                    vectors_of=lambda wanted: self._stored_vectors(name, wanted),
+                )  # fmt: skip
+            else:
+                scores, found = search_excluding(index, vectors, k, allowed, excluded)
+            # Other catalogs' images (a shared remote index) are not in this catalog: `results` reads them.
+            hits = np.unique(found[(found >= 0) & (found < FOREIGN_IDS_FROM)])
+            if len(self.catalog.get_many(hits.tolist())) == len(hits):
+                return Neighbours(found, scores, name)
+            # A hit was deleted since the index answered: the next `index()` call sees the change.
+        present = np.isin(found, np.fromiter(self.catalog.get_many(hits.tolist()), dtype=np.int64))
+        present |= found >= FOREIGN_IDS_FROM
+        return Neighbours(np.where(present, found, -1), np.where(present, scores, -np.inf), name)
+
+    def results(self, found: Neighbours) -> list[list[SearchResult]]:
+        """Typed results of a batched search, with each image's catalog record and tags.
+
+        Hits of other catalogs sharing the remote index (ids >= FOREIGN_IDS_FROM) come with the path and
+        label that catalog stored beside the vector, its uid in `catalog`, and no record or tags.
+        """
+        hits = np.unique(found.ids[found.ids >= 0]).tolist()
+        records = self.catalog.get_many(hits)
+        tags = self.tags(hits)
+        foreign = self._foreign_records(found.embedder, [i for i in hits if i >= FOREIGN_IDS_FROM])
+        out = []
+        for row_ids, row_scores in zip(found.ids, found.scores, strict=True):
+            row = [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if int(i) >= 0]
+            row = [(i, s) for i, s in row if i in records or i in foreign]
+            out.append(
+                [
+                    SearchResult(
+                        id=i, path=records[i].path, label=records[i].label, score=s, rank=rank,
+                        record=records[i], tags=tuple(tags.get(i, ())),
+                    )
+                    if i in records
+                    else SearchResult(
+                        id=i, path=foreign[i].path, label=foreign[i].label, score=s, rank=rank,
+                        catalog=foreign[i].catalog,
+                    )
+                    for rank, (i, s) in enumerate(row, start=1)
+                ]
             )  # fmt: skip
-        else:
-            scores, ids = index.search(vector[None, :], k + (exclude is not None), allowed_ids=allowed)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i != exclude][:k]
-        records: dict[int, Any] = dict(self.catalog.get_many(i for i, _ in pairs))
-        foreign = getattr(index, "foreign_records", None)  # images other catalogs put in a shared index
-        if foreign is not None and len(records) < len(pairs):
-            records.update(foreign(i for i, _ in pairs if i not in records))
-        return [
-            SearchResult(
-                id=i,
-                path=records[i].path,
-                label=records[i].label,
-                score=s,
-                rank=rank,
-                catalog=getattr(records[i], "catalog", None),
-            )  # fmt: skip
-            for rank, (i, s) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
-        ]
+        return out
+
+    def _foreign_records(self, embedder: str | None, keys: list[int]) -> dict[int, Any]:
+        """What other catalogs stored beside their vectors in the shared remote index of `embedder`."""
+        if not keys:
+            return {}
+        reader = getattr(self.index(embedder), "foreign_records", None)
+        return {} if reader is None else reader(keys)
 
     def _stored_vectors(self, embedder: str, ids: np.ndarray) -> np.ndarray:
-        """Vectors of `ids` from the catalog, in the order asked."""
-        found, vectors = self.catalog.vectors(embedder, ids.tolist())
-        row = {int(i): r for r, i in enumerate(found)}
-        return vectors[[row[int(i)] for i in ids]]
+        """Vectors of `ids` from the catalog (other catalogs' images: from the shared index), in the order asked."""
+        ids = np.asarray(ids, dtype=np.int64)
+        local = ids < FOREIGN_IDS_FROM
+        found, vectors = self.catalog.vectors(embedder, ids[local].tolist())
+        if not len(ids):
+            return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float32)
+        row = {int(i): vector for i, vector in zip(found.tolist(), vectors, strict=True)}
+        if not local.all():
+            row.update(self.index(embedder).foreign_vectors(ids[~local]))  # type: ignore[attr-defined]
+        gone = np.zeros(self.index(embedder).dim, dtype=np.float32)  # removed since found: adds nothing
+        return np.stack([row[int(i)] if i < FOREIGN_IDS_FROM else row.get(int(i), gone) for i in ids])
+
+    # --- concepts: search by words, tags ---------------------------------------------------------
+
+    def concept_source(self, embedder: str | None = None) -> str | None:
+        """The embedder whose stored concepts answer word queries and give tags: `embedder` (default:
+        the collection's) when it stored concepts, else the first that did; None when none has."""
+        stored = self.catalog.concept_embedders()
+        name = embedder or self.default_embedder
+        return name if name in stored else next(iter(stored), None)
+
+    def _concept_vocabulary(self, embedder: str | None = None) -> tuple[str, object]:
+        source = self.concept_source(embedder)
+        if source is None:
+            raise ConceptError(
+                "no image of this collection has concepts yet: they come from an ImageNet classifier embedder "
+                "(the default, efficientnet-lite0, is one); run `lookalike index FOLDER` "
+                "(with --embedder efficientnet-lite0 if the collection's default is another) to compute them"
+            )
+        return source, vocabulary(self.catalog.concept_embedders()[source])
+
+    def read_text(self, text: str, *, embedder: str | None = None, strict: bool = True) -> list[Term]:
+        """How a word query is read: its terms, each a set of classes. ConceptError when no word matches
+        a concept, or (`strict`) when any word does not."""
+        _, vocab = self._concept_vocabulary(embedder)
+        return vocab.read(text, strict=strict)  # type: ignore[attr-defined]
+
+    def concept_scores(
+        self, text: str, *, embedder: str | None = None, min_score: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of the images matching every term of `text`: per term, the summed probability of
+        its classes among the image's stored top classes (those of at least `min_score`); over terms,
+        their product. Best first."""
+        source, _ = self._concept_vocabulary(embedder)
+        return self._score_terms(source, self.read_text(text, embedder=source), min_score)
+
+    def _score_terms(self, source: str, terms: Sequence[Term], min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        ids: np.ndarray | None = None
+        scores = np.zeros(0, dtype=np.float32)
+        for term in terms:
+            term_ids, term_scores = self.catalog.concept_scores(source, term.classes, min_score)
+            if ids is None:
+                ids, scores = term_ids, term_scores
+                continue
+            both, mine, theirs = np.intersect1d(ids, term_ids, return_indices=True)
+            ids, scores = both, scores[mine] * term_scores[theirs]
+        assert ids is not None
+        order = np.lexsort((ids, -scores))  # best first, ties by id
+        return ids[order], np.minimum(scores[order], 1.0).astype(np.float32)
+
+    def tagged_ids(self, text: str, *, embedder: str | None = None) -> np.ndarray:
+        """Ids of the images tagged with what `text` names: one of their tags (a class of probability at
+        least TAG_MIN_SCORE) is that concept or below it ("dog": any breed), for every term. Sorted."""
+        return np.sort(self.concept_scores(text, embedder=embedder, min_score=TAG_MIN_SCORE)[0])
+
+    def tags(self, ids: Iterable[int], *, embedder: str | None = None) -> dict[int, list[Tag]]:
+        """Each image's top concepts (the classes its network is most sure of), when the collection has any."""
+        source = self.concept_source(embedder)
+        if source is None:
+            return {}
+        vocab = vocabulary(self.catalog.concept_embedders()[source])
+        return {
+            i: vocab.tags([c for c, _ in row], [s for _, s in row])
+            for i, row in self.catalog.concepts_of(source, ids).items()
+        }
+
+    def search_text(
+        self,
+        text: str,
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        label: str | None = None,
+        tag: str | None = None,
+    ) -> TextSearch:
+        """The k images that best show what `text` says, best first.
+
+        With an embedder that encodes text (CLIP), the words are embedded and searched like an image;
+        otherwise they are read as concepts (ImageNet classes, through WordNet: "dog" finds every
+        breed) and matched against each image's stored top classes. Words that match no concept
+        raise ConceptError naming the closest known words; when some words match, the others are left
+        out and listed in `ignored`.
+        """
+        name = embedder or self.default_embedder
+        # Only an embedder that reads text is built here: concept search needs no network.
+        model = self._embedders.get(name)
+        if model is None and embedder_registry.reads_text(name):
+            model = self.embedder(name)
+        if model is not None and model.encodes_text:
+            vector = model.embed_texts([text])
+            found = self.search_vectors(vector, k, embedder=name, label=label, tag=tag)
+            return TextSearch(text, self.results(found)[0], "text-encoder", name)
+        source, vocab = self._concept_vocabulary(embedder)
+        terms = tuple(self.read_text(text, embedder=source, strict=False))
+        ignored = tuple(vocab.explain(word) for word in vocab.parse(text)[1])  # type: ignore[attr-defined]
+        ids, scores = self._score_terms(source, terms)
+        keep = np.ones(len(ids), dtype=bool)
+        if label is not None:
+            keep &= np.isin(ids, self.catalog.ids_with_label(label))
+        if tag is not None:
+            keep &= np.isin(ids, self.tagged_ids(tag, embedder=source))
+        ids, scores = ids[keep][:k], scores[keep][:k]
+        found = Neighbours(
+            np.concatenate([ids, np.full(k - len(ids), -1, dtype=np.int64)])[None, :],
+            np.concatenate([scores, np.full(k - len(ids), -np.inf, dtype=np.float32)])[None, :],
+        )
+        return TextSearch(text, self.results(found)[0], "concepts", source, terms, ignored)
+
+    # --- reading the catalog -----------------------------------------------------------------------
+
+    def image(self, image_id: int) -> ImageRecord | None:
+        """The catalog record of an image (readable or not), or None."""
+        return self.catalog.get(int(image_id))
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        return self.catalog.get_many(ids)
+
+    def records(self, *, under: str | os.PathLike[str] | None = None, status: str | None = "ok") -> list[ImageRecord]:
+        """Catalog records in id order (by default the readable ones), optionally only under a folder."""
+        folder = None if under is None else str(Path(under).expanduser().resolve())
+        return self.catalog.records(status=status, under=folder)
+
+    def image_ids(self, label: str | None = None) -> np.ndarray:
+        """Ids of the readable images in id order (one label's, if given), for browsing.
+
+        The full list is kept until the catalog changes (here or in another process), so paging
+        through a large collection does not list every row per page.
+        """
+        if label is not None:
+            return np.sort(self.catalog.ids_with_label(label))
+        return self._listing()[0]
+
+    def indexed_root(self) -> str:
+        """The deepest folder holding every indexed file except the collection's own (uploads); "" if none."""
+        return self._listing()[1]
+
+    def _listing(self) -> tuple[np.ndarray, str]:
+        with self._lock:
+            version = (self.catalog.data_version(), self._writes)
+            if self._all_ids is None or version != self._all_ids[0]:
+                records = self.catalog.records(status="ok")
+                ids = np.fromiter((r.id for r in records), dtype=np.int64, count=len(records))
+                inside = str(self.path) + os.sep
+                root = _common_folder(r.path for r in records if not r.path.startswith(inside))
+                self._all_ids = (version, ids, root)
+            return self._all_ids[1], self._all_ids[2]
+
+    def generation(self, embedder: str | None = None) -> int:
+        """A number that moves on whenever the vectors of `embedder` change (here or in another process)."""
+        return self.catalog.generation(embedder or self.default_embedder)
+
+    def stored_vector(self, image_id: int, embedder: str | None = None) -> np.ndarray | None:
+        """The stored vector of an indexed image, or None when it has none of that embedder."""
+        _, stored = self.catalog.vectors(embedder or self.default_embedder, [int(image_id)])
+        return stored[0] if len(stored) else None
+
+    def vectors_of(self, ids: np.ndarray | Sequence[int], embedder: str | None = None) -> np.ndarray:
+        """Stored vectors of `ids`, in the order asked (KeyError if one has none)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        name = embedder or self.default_embedder
+        try:
+            return self._stored_vectors(name, ids)
+        except KeyError as exc:
+            raise KeyError(f"image {exc.args[0]} has no {name} vector") from None
+
+    def vector_ids(self, embedder: str | None = None) -> set[int]:
+        """Ids of the images that have a vector of `embedder`."""
+        return self.catalog.vector_ids(embedder or self.default_embedder)
+
+    def identical_files(self, ids: Iterable[int] | None = None) -> list[list[int]]:
+        """Groups of ids (among `ids`, if given) whose files have the same bytes."""
+        return self.catalog.duplicate_groups(ids)
+
+    def throughput(self, embedder: str | None = None) -> tuple[int, float] | None:
+        """(images, seconds) of the last sync that embedded at least 64 images with `embedder`."""
+        stored = self.catalog.get_meta(f"throughput:{embedder or self.default_embedder}")
+        if not stored:
+            return None
+        data = json.loads(stored)
+        return int(data["images"]), float(data["seconds"])
+
+    def vector_counts(self) -> dict[str, int]:
+        """How many images each embedder has vectors of (embedders with none are left out)."""
+        return {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()}
 
     # --- facts -----------------------------------------------------------------------------------
 
@@ -633,6 +1128,29 @@ class Collection:
         if not is_milvus_kind(str(self.config.get("index", DEFAULT_INDEX))):
             return {}  # a local index is not loaded just to describe it
         return {"remote_index": self.index().describe()}  # type: ignore[attr-defined]
+
+
+def _as_query(query: ImageInput | np.ndarray) -> Query:
+    return Query(vector=query) if isinstance(query, np.ndarray) else Query(image=query)
+
+
+def _common_folder(paths: Iterable[str]) -> str:
+    """The deepest folder that holds every one of `paths` ("" for none)."""
+    lowest = highest = None
+    for path in paths:  # the common prefix of the smallest and largest string is everyone's
+        lowest = path if lowest is None or path < lowest else lowest
+        highest = path if highest is None or path > highest else highest
+    if lowest is None or highest is None:
+        return ""
+    return os.path.dirname(os.path.commonprefix([lowest, highest]) + "x")
+
+
+def _box_in_decoded_pixels(box: Box, image: Image.Image) -> Box:
+    """A box in the upright original's pixels, in pixels of `image` (a large JPEG may have been decoded reduced)."""
+    width, height = image.info.get("original_size", image.size)
+    sx, sy = image.width / max(1, width), image.height / max(1, height)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return x0 * sx, y0 * sy, x1 * sx, y1 * sy
 
 
 def _clamp_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -9,6 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+#: where a collection lives unless told otherwise
+DEFAULT_COLLECTION_DIR = ".lookalike"
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:

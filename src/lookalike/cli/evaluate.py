@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..collection import Collection
-from ..evaluation.report import summary_table, write_report
-from ..evaluation.runner import evaluate_folder
 from .common import add_collection_option, print_json, progress_bars
 
 
@@ -35,6 +32,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..collection import Collection
+    from ..evaluation.report import summary_table, write_report
+    from ..evaluation.runner import evaluate_folder
+
     with Collection.open(args.collection) as collection:
         names = args.embedders.split(",") if args.embedders else [collection.default_embedder]
         ks = tuple(sorted({1, args.k, 10}))

@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..collection import Collection
 from .common import add_collection_option, print_json, progress_bars
 
 
@@ -29,6 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..collection import Collection
+
     with Collection.open(args.collection, embedder=args.embedder, index=args.index_kind) as collection:
         if args.weights:
             collection.embedder(args.embedder, weights=args.weights)
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{report.embedder}: {len(report.added)} added, {len(report.updated)} updated, "
         f"{len(report.removed)} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped as unreadable"
-        f" ({report.seconds:.1f} s"
+        + (f", {report.described} given their concepts (top classes)" if report.described else "")
+        + f" ({report.seconds:.1f} s"
         + (f", {report.images_per_second:.1f} images/s embedded)" if report.embedded else ")")
     )
     for path, reason in report.skipped[:20]:

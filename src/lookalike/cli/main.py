@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
-
-from ..embedders import EmbedderError
-from ..images import ImageError
-from ..index import IndexError_
 
 # Each module registers one or more sub-commands; `train` arrives with the training subsystem.
 COMMAND_MODULES = ["index", "search", "evaluate", "train", "serve", "stats"]
+
+
+class _Notices(logging.Handler):
+    """The library's notices (such as "preparing efficientnet-lite0 for fast inference, once") on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"lookalike: {record.getMessage()}", file=sys.stderr)
+
+
+def show_notices() -> None:
+    log = logging.getLogger("lookalike")
+    if not any(isinstance(h, _Notices) for h in log.handlers):
+        log.addHandler(_Notices(logging.INFO))
+        log.setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_notices()
     try:
         return int(args.run(args) or 0)
-    except (ImageError, EmbedderError, IndexError_, FileNotFoundError, NotADirectoryError, ValueError, KeyError) as exc:
+    except Exception as exc:
+        from ..embedders import EmbedderError
+        from ..images import ImageError
+        from ..index import IndexError_
+
+        if not isinstance(
+            exc, (ImageError, EmbedderError, IndexError_, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
+        ):
+            raise
         print(f"lookalike: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

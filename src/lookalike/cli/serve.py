@@ -14,6 +14,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=20.0)
     parser.add_argument("--cors-origin", action="append", help="allow this browser origin (off by default)")
+    parser.add_argument("--read-only", action="store_true", help="refuse adding and removing images")
     parser.set_defaults(run=run)
 
 
@@ -26,5 +27,6 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         cors_origins=args.cors_origin,
+        read_only=args.read_only,
     )
     return 0

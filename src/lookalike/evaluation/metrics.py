@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..index.exact import BLOCK, exact_search
+
 
 def precision_at_k(rel: np.ndarray, k: int) -> float:
     """Mean over queries of (relevant in top k) / k."""
@@ -71,22 +73,11 @@ def knn_accuracy(neighbour_labels: np.ndarray, query_labels: np.ndarray, k: int)
     return correct / len(query_labels)
 
 
-def rank_gallery(vectors: np.ndarray, depth: int, chunk: int = 1024) -> np.ndarray:
+def rank_gallery(vectors: np.ndarray, depth: int, chunk: int = BLOCK) -> np.ndarray:
     """Leave-one-out ranking: for each vector, the indices of the `depth` most similar others."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
-    depth = min(depth, n - 1)
-    order = np.empty((n, depth), dtype=np.int64)
-    for start in range(0, n, chunk):
-        sims = vectors[start : start + chunk] @ vectors.T
-        rows = np.arange(len(sims))
-        sims[rows, start + rows] = -np.inf  # a query is never its own match
-        if depth < n - 1:
-            top = np.argpartition(-sims, depth - 1, axis=1)[:, :depth]
-            top_sims = np.take_along_axis(sims, top, axis=1)
-            order[start : start + chunk] = np.take_along_axis(top, np.argsort(-top_sims, axis=1, kind="stable"), 1)
-        else:
-            order[start : start + chunk] = np.argsort(-sims, axis=1, kind="stable")[:, :depth]
+    positions = np.arange(n, dtype=np.int64)
+    _, order = exact_search(vectors, vectors, positions, min(depth, n - 1), exclude=positions, block=chunk)
     return order
 
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..storage import atomic_path, write_json
 from .runner import Evaluation, RetrievalSample
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL import Image
 
 MAP_POINTS = 1500  # t-SNE on more points adds minutes and no readability
 EXAMPLE_QUERIES = 6
@@ -43,13 +48,27 @@ def summary_table(evaluation: Evaluation, k: int = 5) -> str:
     return "\n".join(lines)
 
 
+CURVE_POINTS = (1, 2, 5, 10, 20, 50)
+
+
+def curve_table(evaluation: Evaluation) -> str:
+    """precision@k at a few k, one row per embedder (the plot's numbers, for reports without pictures)."""
+    points = [k for k in CURVE_POINTS if evaluation.results and k <= len(evaluation.results[0].precision_curve)]
+    lines = ["| precision@k | " + " | ".join(f"k={k}" for k in points) + " |", "|---|" + "---|" * len(points)]
+    for result in evaluation.results:
+        cells = " | ".join(f"{result.precision_curve[k - 1]:.4f}" for k in points)
+        lines.append(f"| {result.embedder} | {cells} |")
+    return "\n".join(lines)
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "none (pretrained)"
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def plot_precision_curves(evaluation: Evaluation, path: Path) -> None:
+def plot_precision_curves(evaluation: Evaluation, path: Path) -> Figure:
+    """precision@k against k, one line per embedder, saved as a PNG; returns the (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,10 +86,12 @@ def plot_precision_curves(evaluation: Evaluation, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+    return fig
 
 
-def embedding_map(evaluation: Evaluation, path: Path, points: int = MAP_POINTS) -> None:
-    """One t-SNE panel per embedder, the same (deterministic) images in each, coloured by label."""
+def embedding_map(evaluation: Evaluation, path: Path, points: int = MAP_POINTS) -> Figure:
+    """One t-SNE panel per embedder, the same (deterministic) images in each, coloured by label; saved as a
+    PNG, and the (closed) figure returned."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,6 +120,7 @@ def embedding_map(evaluation: Evaluation, path: Path, points: int = MAP_POINTS) 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
+    return fig
 
 
 def example_queries(sample: RetrievalSample, count: int = EXAMPLE_QUERIES) -> list[int]:
@@ -108,8 +130,8 @@ def example_queries(sample: RetrievalSample, count: int = EXAMPLE_QUERIES) -> li
     return [int(order[i]) for i in picks]
 
 
-def example_grid(sample: RetrievalSample, path: Path, top: int = 5) -> None:
-    """Rows of query + top results as thumbnails, framed green (same label) or red."""
+def example_grid(sample: RetrievalSample, path: Path, top: int = 5) -> Image.Image:
+    """Rows of query + top results as thumbnails, framed green (same label) or red; saved as a PNG and returned."""
     from PIL import Image, ImageDraw, ImageOps
 
     from ..images import ImageError, open_image
@@ -132,18 +154,23 @@ def example_grid(sample: RetrievalSample, path: Path, top: int = 5) -> None:
                 draw.rectangle([x - 2, y - 2, x + THUMB + 1, y + THUMB + 1], outline=colour, width=3)
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
+    return grid
 
 
 def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: bool | None = None) -> tuple[Path, Path]:
-    """Write report.md, results.json and precision_at_k.png into `out_dir`.
+    """Write report.md and results.json into `out_dir`.
 
-    `visuals` (default: when the evaluation is on a held-out split) adds a 2-D map of the
-    embeddings and a grid of example queries per embedder (see `visuals.py`).
+    `visuals` (default: when the evaluation is on a held-out split) adds pictures: the precision@k
+    curves, a 2-D map of the embeddings and a grid of example queries per embedder. Without them
+    the curves are a table, and neither matplotlib nor scikit-learn is imported.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path, plot_path = out_dir / "results.json", out_dir / "report.md", out_dir / "precision_at_k.png"
     write_json(json_path, evaluation.to_dict())
-    plot_precision_curves(evaluation, plot_path)
+    if visuals is None:
+        visuals = evaluation.held_out is not None
+    if visuals:
+        plot_precision_curves(evaluation, plot_path)
     m = evaluation.machine
     scope = "Leave-one-out: every image queries all the others; metric definitions in docs/metrics.md."
     if evaluation.held_out is not None:
@@ -162,7 +189,7 @@ def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: boo
         "",
         summary_table(evaluation, k),
         "",
-        "![precision@k](precision_at_k.png)",
+        "![precision@k](precision_at_k.png)" if visuals else curve_table(evaluation),
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']}. "
         f"Wall time {evaluation.wall_seconds:.1f} s (started {evaluation.started}).",
@@ -171,8 +198,6 @@ def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: boo
     for result in evaluation.results:
         speed = f"{result.images_per_second:.1f} images/s" if result.images_per_second else "n/a"
         lines.append(f"- {result.embedder}: embedding throughput {speed}, {result.throughput_note}.")
-    if visuals is None:
-        visuals = evaluation.held_out is not None
     if visuals and evaluation.samples:
         embedding_map(evaluation, out_dir / "embedding_map.png")
         lines += ["", "## 2-D map of the embeddings (t-SNE, coloured by label)", "", "![map](embedding_map.png)"]

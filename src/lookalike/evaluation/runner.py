@@ -6,16 +6,14 @@ import json
 import os
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..catalog import ImageRecord
-from ..collection import Collection, Progress, SyncReport
-from ..images import ImageError, open_image
-from .metrics import evaluate_rankings, precision_curve, rank_gallery
+from ..collection import Collection, Progress
+from .metrics import evaluate_rankings, precision_curve
 
 
 @dataclass
@@ -74,13 +72,20 @@ def machine_info() -> dict[str, str]:
                 break
     except OSError:
         pass
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
 
     return {
         "cpu": cpu,
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": installed("torch"),
+        "onnxruntime": installed("onnxruntime"),
         "platform": platform.platform(),
     }
 
@@ -88,10 +93,10 @@ def machine_info() -> dict[str, str]:
 def _throughput(collection: Collection, name: str, embedded: int, seconds: float) -> tuple[float | None, str]:
     if embedded >= 64 and seconds > 0:
         return embedded / seconds, f"measured in this run ({embedded} images)"
-    stored = collection.catalog.get_meta(f"throughput:{name}")
+    stored = collection.throughput(name)
     if stored:
-        data = json.loads(stored)
-        return data["images"] / data["seconds"], f"measured when indexed ({data['images']} images)"
+        images, seconds = stored
+        return images / seconds, f"measured when indexed ({images} images)"
     return None, "not measured (vectors were already cached)"
 
 
@@ -128,45 +133,6 @@ def held_out_split(records: list[ImageRecord], trained: dict[str, dict]) -> tupl
     return paths, description
 
 
-def embed_missing(
-    collection: Collection, name: str, records: list[ImageRecord], progress: Progress | None = None
-) -> SyncReport:
-    """Give every record a vector of embedder `name` (those it lacks), like `sync` but for a subset."""
-    embedder = collection.embedder(name)
-    have = collection.catalog.vector_ids(name)
-    todo = [r for r in records if r.id not in have]
-    report = SyncReport(embedder=name, unchanged=len(records) - len(todo))
-
-    def decode(record: ImageRecord) -> np.ndarray | None:
-        try:
-            return embedder.preprocess(open_image(record.path, draft_size=embedder.preprocessing.draft_size))
-        except ImageError:
-            return None
-
-    batch_size = 32
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            arrays = list(pool.map(decode, batch))
-            ok = [(r, a) for r, a in zip(batch, arrays, strict=True) if a is not None]
-            report.skipped += [(r.path, "unreadable") for r, a in zip(batch, arrays, strict=True) if a is None]
-            if ok:
-                t0 = time.perf_counter()
-                vectors = embedder.embed_arrays(np.stack([a for _, a in ok]))
-                report.embed_seconds += time.perf_counter() - t0
-                report.embedded += len(ok)
-                with collection.catalog.transaction():
-                    collection.catalog.put_vectors(name, [r.id for r, _ in ok], vectors)
-                    collection.catalog.bump_generation(name)  # a saved index of `name` is now stale
-            if progress:
-                progress(f"embedding ({name})", start + len(batch), len(todo))
-    if report.embedded >= 64:
-        collection.catalog.set_meta(
-            f"throughput:{name}", json.dumps({"images": report.embedded, "seconds": report.embed_seconds})
-        )
-    return report
-
-
 def evaluate_folder(
     folder: str | os.PathLike[str],
     collection: Collection,
@@ -197,22 +163,24 @@ def evaluate_folder(
         # Only the held-out images are scored, so only they need vectors: embed those (5x less work
         # on an 80/20 split); `lookalike index --embedder NAME` embeds the whole folder for search.
         collection.sync(root, progress=progress)  # the catalog up to date (cheap when nothing changed)
-        only_paths, held_out_info = held_out_split(collection.catalog.records(status="ok", under=str(root)), trained)
+        only_paths, held_out_info = held_out_split(collection.records(under=root), trained)
     for name in embedders:
         if held_out:
-            records = [r for r in collection.catalog.records(status="ok", under=str(root)) if r.path in only_paths]
-            sync = embed_missing(collection, name, records, progress)
+            records = [r for r in collection.records(under=root) if r.path in only_paths]
+            sync = collection.embed_missing(records, embedder=name, progress=progress)
+            records = [r for r in collection.records(under=root) if r.path in only_paths]
         else:
             sync = collection.sync(root, embedder=name, progress=progress)
-            records = collection.catalog.records(status="ok", under=str(root))
+            records = collection.records(under=root)
         if only_paths is not None:
             records = [r for r in records if r.path in only_paths]
-        ids, vectors = collection.catalog.vectors(name, [r.id for r in records])
+        have = collection.vector_ids(name)
+        ids = np.asarray([r.id for r in records if r.id in have], dtype=np.int64)
         by_id = {r.id: r for r in records}
         labels = [by_id[int(i)].label or "" for i in ids]
         if evaluation is None:
             unique, counts = np.unique(np.asarray(labels), return_counts=True)
-            groups = collection.catalog.duplicate_groups(ids.tolist())
+            groups = collection.identical_files(ids.tolist())
             evaluation = Evaluation(
                 folder=str(root),
                 images=len(ids),
@@ -227,8 +195,11 @@ def evaluate_folder(
         if len(ids) < 2:
             raise ValueError(f"need at least two readable images to evaluate, found {len(ids)} in {root}")
         t0 = time.perf_counter()
-        depth = max(max(ks), curve_k, max(evaluation.labels.values()) - 1)
-        ranking = rank_gallery(vectors, depth)
+        depth = min(max(max(ks), curve_k, max(evaluation.labels.values()) - 1), len(ids) - 1)
+        # Every image queries the others, ranked exactly (whatever index the collection searches with).
+        vectors = collection.vectors_of(ids, name)
+        found = collection.search_vectors(vectors, depth, embedder=name, within=ids, exclude=ids, exact=True)
+        ranking = np.searchsorted(ids, found.ids)  # ids are sorted: result ids -> positions in this gallery
         figures = evaluate_rankings(ranking, labels, ks)
         curve = precision_curve(ranking, labels, curve_k)
         speed, note = _throughput(collection, name, sync.embedded, sync.embed_seconds)

@@ -12,6 +12,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+#: Ids at or above this that an index's search returns are images of other catalogs sharing a remote index
+#: (Milvus: their remote keys); a catalog's own image ids stay below it.
+FOREIGN_IDS_FROM = 1 << 32
+
 #: progress(stage, done, total): how a long index operation reports progress (the library never prints)
 Progress = Callable[[str, int, int], None]
 

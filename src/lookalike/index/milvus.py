@@ -49,7 +49,7 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 
 from ..storage import write_json
-from .base import IndexError_, IndexOwner, Progress
+from .base import FOREIGN_IDS_FROM, IndexError_, IndexOwner, Progress
 from .specs import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M
 
 REMOTE_PREFIX = "milvus://"
@@ -80,7 +80,8 @@ QUERY_BATCH = 1024
 #: a server seals and indexes its growing segments sooner after a flush; worth it only after a bulk add
 REMOTE_FLUSH_AFTER = 10_000
 #: a catalog's keys are namespace << NAMESPACE_SHIFT | image id, so its image ids must stay below 2**32
-NAMESPACE_SHIFT = 32
+#: (other catalogs' keys, >= 2**32, are what the collection calls foreign ids)
+NAMESPACE_SHIFT = FOREIGN_IDS_FROM.bit_length() - 1
 #: longest path and label stored beside a vector (bytes; PATH_MAX on Linux is 4096)
 PATH_BYTES, LABEL_BYTES = 4096, 512
 
@@ -647,8 +648,7 @@ class MilvusIndex:
 
     def foreign_records(self, keys: Iterable[int]) -> dict[int, ForeignRecord]:
         """What other catalogs' rows found by `search` (keys >= 2**32 that are not this catalog's) hold."""
-        wanted = sorted({int(k) for k in keys if int(k) >= 1 << NAMESPACE_SHIFT})
-        wanted = [k for k in wanted if self.namespace is None or k >> NAMESPACE_SHIFT != self.namespace]
+        wanted = self._foreign_keys(keys)
         found: dict[int, ForeignRecord] = {}
         for start in range(0, len(wanted), FILTER_CHUNK):
             chunk = wanted[start : start + FILTER_CHUNK]
@@ -665,6 +665,29 @@ class MilvusIndex:
                 key = int(row["id"])
                 local = key & ((1 << NAMESPACE_SHIFT) - 1)
                 found[key] = ForeignRecord(key, str(row["catalog"]), local, str(row["path"]), row["label"] or None)
+        return found
+
+    def _foreign_keys(self, keys: Iterable[int]) -> list[int]:
+        """The keys among `keys` that are other catalogs' rows (>= 2**32, not this catalog's namespace)."""
+        wanted = sorted({int(k) for k in keys if int(k) >= 1 << NAMESPACE_SHIFT})
+        return [k for k in wanted if self.namespace is None or k >> NAMESPACE_SHIFT != self.namespace]
+
+    def foreign_vectors(self, keys: Iterable[int]) -> dict[int, np.ndarray]:
+        """The vectors of other catalogs' rows found by `search` (for query expansion); a key gone is left out."""
+        found: dict[int, np.ndarray] = {}
+        wanted = self._foreign_keys(keys)
+        for start in range(0, len(wanted), FILTER_CHUNK):
+            chunk = wanted[start : start + FILTER_CHUNK]
+            rows = self._rpc(
+                "read other catalogs' vectors",
+                lambda c=chunk: self._client.query(
+                    self.collection,
+                    filter=f"id in [{','.join(map(str, c))}]",
+                    output_fields=["id", "vector"],
+                    timeout=self._timeout,
+                ),
+            )
+            found.update((int(row["id"]), np.asarray(row["vector"], dtype=np.float32)) for row in rows)
         return found
 
     def describe(self) -> dict[str, Any]:

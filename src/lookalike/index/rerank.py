@@ -30,7 +30,7 @@ def expand_queries(
     return (expanded / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def _search_excluding(
+def search_excluding(
     index: VectorIndex, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None, exclude_ids: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of each query without its `exclude_ids` entry (e.g. the query image itself); -1 = none."""
@@ -63,12 +63,12 @@ def alpha_query_expansion(
     """
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     if n_expand <= 0:
-        return _search_excluding(index, queries, k, allowed_ids, exclude_ids)
+        return search_excluding(index, queries, k, allowed_ids, exclude_ids)
     vectors_of = vectors_of or index.reconstruct  # type: ignore[attr-defined]
-    scores, ids = _search_excluding(index, queries, n_expand, allowed_ids, exclude_ids)
+    scores, ids = search_excluding(index, queries, n_expand, allowed_ids, exclude_ids)
     found = ids >= 0
     neighbours = np.zeros((*ids.shape, queries.shape[1]), dtype=np.float32)
     if found.any():
         neighbours[found] = vectors_of(ids[found])
     expanded = expand_queries(queries, neighbours, np.where(found, scores, -np.inf), alpha)
-    return _search_excluding(index, expanded, k, allowed_ids, exclude_ids)
+    return search_excluding(index, expanded, k, allowed_ids, exclude_ids)

@@ -10,13 +10,13 @@ Safety rules this module keeps:
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -34,10 +34,12 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog import ImageRecord
-from ..collection import Collection, sha256_of
+from ..collection import MAX_SEARCH_ATTEMPTS, Box, Collection, Neighbours, SearchResult, sha256_of
+from ..concepts import ConceptError
+from ..confidence import calibrate_weak_match
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
-from .batching import BatchedSearch
+from .batching import BatchedSearch, SearchFunction
 from .limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
 from .locking import FifoSemaphore, ReadWriteLock
 from .thumbnails import ThumbnailCache
@@ -53,10 +55,11 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 # 40 megapixels (e.g. 8000x5000): larger uploads are refused before being decoded in full.
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_K = 12
-MAX_SEARCH_ATTEMPTS = 3  # a search that races a delete is repeated, at most this often
 MAX_K = 100
+MAX_EXPAND = 50
 MAX_PAGE = 200
 MAX_LABEL_LENGTH = 100
+MAX_TEXT_LENGTH = 200
 UPLOADS_DIR = "uploads"
 THUMBNAILS_DIR = "thumbnails"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -110,9 +113,24 @@ class ImageOut(BaseModel):
     thumbnail_url: str
 
 
+class TagOut(BaseModel):
+    name: str = Field(description="an ImageNet class")
+    score: float = Field(description="the probability the network gave it")
+
+
 class SearchHit(ImageOut):
     rank: int
-    score: float = Field(description="cosine similarity, 1.0 = identical")
+    score: float = Field(
+        description="cosine similarity, 1.0 = identical (text search by concepts: the concepts' probability)"
+    )
+    weak: bool = Field(False, description="a weak match: its score is below `weak_below`")
+    tags: list[TagOut] = Field(default=[], description="the image's top concepts (ImageNet classes)")
+
+
+class ImageDetails(ImageOut):
+    path: str = Field(description="where the file is, relative to the folder the collection indexed")
+    file_size: int = Field(description="bytes")
+    uploaded: bool = Field(description="stored by this server (added through the API); removing it deletes the file")
 
 
 class QueryOut(BaseModel):
@@ -122,11 +140,50 @@ class QueryOut(BaseModel):
     box: list[float] | None = Field(description="the searched region, [x0, y0, x1, y1] in original pixels")
 
 
+class ElsewhereHit(BaseModel):
+    """An image another collection indexed into the same shared remote index (Milvus): its file is on that
+    collection's machine, so this server can only name it."""
+
+    id: int = Field(description="its key in the shared index (never an id of this collection)")
+    name: str = Field(description="file name only")
+    label: str | None
+    catalog: str = Field(description="the uid of the collection that indexed it")
+    rank: int = Field(description="its rank among all the hits, `results` included")
+    score: float
+
+
 class SearchOut(BaseModel):
     embedder: str
     k: int
     label: str | None
     query: QueryOut
+    results: list[SearchHit]
+    took_ms: float
+    elsewhere: list[ElsewhereHit] = Field(
+        [], description="hits that are other collections' images sharing this collection's remote index"
+    )
+    weak_below: float | None = Field(
+        None,
+        description="the similarity below which a result is a weak match, calibrated on this collection "
+        "(null when it is too small to tell)",
+    )
+    no_close_match: bool = Field(False, description="every result is a weak match: nothing here is really alike")
+
+
+class TermOut(BaseModel):
+    words: str = Field(description="words of the query, as matched")
+    concepts: list[str] = Field(description="the WordNet senses they name")
+    classes: int = Field(description="how many ImageNet classes those cover")
+
+
+class TextSearchOut(BaseModel):
+    embedder: str = Field(description="the embedder whose concepts (or text encoder) answered")
+    method: str = Field(description="'concepts' (words -> ImageNet classes) or 'text-encoder' (CLIP)")
+    text: str
+    k: int
+    label: str | None
+    terms: list[TermOut] = Field(description="how the words were read (concept search)")
+    ignored: list[str] = Field(default=[], description="words left out: they match no concept (closest words given)")
     results: list[SearchHit]
     took_ms: float
 
@@ -155,6 +212,7 @@ class LimitsOut(BaseModel):
     max_pixels: int
     max_k: int
     default_k: int
+    read_only: bool = Field(description="adding and removing images is switched off")
 
 
 class StatsOut(BaseModel):
@@ -170,34 +228,68 @@ class StatsOut(BaseModel):
 # --- server state -------------------------------------------------------------------------------
 
 
-class ImageIds:
-    """The ids of indexed images in id order, for browsing; one label's come from the catalog's label index.
+class WeakMatchThresholds:
+    """Each embedder's weak-match thresholds, calibrated on the collection (`calibrate_weak_match`).
 
-    Listing every catalog row per page would cost about 100 ms at 10,000 images, so the
-    full list is kept until the collection changes: this server invalidates it when it
-    changes the collection, and the catalog's data version tells when another process did.
+    The whole-image threshold is calibrated when the server starts, the region one (it embeds
+    crops: about a second per 60 on an idle machine) in a background thread started then; a
+    region search that comes first waits for it. Both are calibrated again when the embedder's
+    vectors have changed (the catalog generation moved on) and their number by a tenth or more.
     """
 
-    def __init__(self, collection: Collection):
+    def __init__(self, collection: Collection, index_lock: ReadWriteLock):
         self._collection = collection
-        self._all: np.ndarray | None = None
-        self._version = -1
+        self._index_lock = index_lock
+        # (embedder, region): (generation, vectors, threshold)
+        self._known: dict[tuple[str, bool], tuple[int, int, float | None]] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
 
-    def ids(self, label: str | None = None) -> np.ndarray:
-        if label is not None:
-            return np.sort(self._collection.catalog.ids_with_label(label))
+    def threshold(self, embedder: str, region: bool = False) -> float | None:
+        key = (embedder, region)
+        generation = self._collection.generation(embedder)
+        known = self._known.get(key)
+        if known is not None and known[0] == generation:
+            return known[2]
         with self._lock:
-            version = self._collection.catalog.data_version()
-            if self._all is None or version != self._version:
-                records = self._collection.catalog.records(status="ok")
-                self._all = np.fromiter((r.id for r in records), dtype=np.int64, count=len(records))
-                self._version = version
-            return self._all
+            known = self._known.get(key)
+            if known is not None and known[0] == generation:
+                return known[2]
+            count = self._collection.vector_counts().get(embedder, 0)
+            if known is not None and abs(count - known[1]) < max(1, known[1] // 10):
+                self._known[key] = (generation, known[1], known[2])
+                return known[2]
+            with self._index_lock.reading():
+                threshold = calibrate_weak_match(self._collection, embedder, region=region, cancel=self._stopping)
+            if self._stopping.is_set():
+                return None
+            self._known[key] = (generation, count, threshold)
+            return threshold
 
-    def invalidate(self) -> None:
-        with self._lock:
-            self._all = None
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop a calibration in progress and wait for it: a process must not exit while a thread
+        is inside ONNX Runtime (the C++ runtime aborts the process)."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def calibrate_in_background(self, embedders: list[str]) -> threading.Thread:
+        """Calibrate the region thresholds of `embedders` now, in a daemon thread (stopped at exit)."""
+
+        def run() -> None:
+            for name in embedders:
+                try:
+                    self.threshold(name, region=True)
+                except Exception:  # the server goes on; a region search will try again
+                    log.exception("calibrating the region threshold of %s failed", name)
+
+        thread = threading.Thread(target=run, name="lookalike-calibrate", daemon=True)
+        if not self._threads:
+            atexit.register(self.stop)
+        self._threads.append(thread)
+        thread.start()
+        return thread
 
 
 @dataclass
@@ -212,9 +304,10 @@ class ServerState:
     index_lock: ReadWriteLock
     # Embeddings at once (more than the cores only makes every request slower), first come first served.
     embed_slots: FifoSemaphore
-    image_ids: ImageIds
     # Unfiltered searches of concurrent requests go through the index together, per embedder.
     batched_search: dict[str, BatchedSearch]
+    weak_match: WeakMatchThresholds
+    read_only: bool = False
 
 
 def server_state(request: Request) -> ServerState:
@@ -225,7 +318,14 @@ State = Annotated[ServerState, Depends(server_state)]
 ImageId = Annotated[int, PathParam(ge=1, description="catalog id of an indexed image")]
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="how many results")]
 EmbedderParam = Annotated[str | None, Query(description="embedder name (default: the collection's)")]
+ExpandParam = Annotated[
+    int, Query(ge=0, le=MAX_EXPAND, description="re-rank by query expansion over the top N results (0: off)")
+]
 LabelParam = Annotated[str | None, Query(max_length=MAX_LABEL_LENGTH, description="only return images with this label")]
+TagParam = Annotated[
+    str | None,
+    Query(max_length=MAX_TEXT_LENGTH, description="only return images tagged with this concept (words, e.g. dog)"),
+]
 BoxParam = Annotated[
     str | None,
     Query(
@@ -247,6 +347,47 @@ router = APIRouter(prefix="/api")
 # --- helpers ------------------------------------------------------------------------------------
 
 
+def relative_path(state: ServerState, record: ImageRecord) -> str:
+    """Where an image's file is, never as a server path: relative to the indexed folder, or under uploads/."""
+    path = Path(record.path)
+    if path.parent == state.uploads_dir:
+        return f"{UPLOADS_DIR}/{path.name}"
+    root = state.collection.indexed_root()
+    if root and record.path.startswith(root.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(record.path, root)).as_posix()
+    return path.name
+
+
+def image_details(state: ServerState, record: ImageRecord) -> ImageDetails:
+    try:
+        file_size = os.path.getsize(record.path)
+    except OSError:
+        file_size = record.size
+    return ImageDetails(
+        **image_out(record).model_dump(),
+        path=relative_path(state, record),
+        file_size=file_size,
+        uploaded=Path(record.path).parent == state.uploads_dir,
+    )
+
+
+def mark_weak_matches(state: ServerState, out: SearchOut) -> SearchOut:
+    """Flag the results below the collection's calibrated weak-match threshold (lookalike.confidence)."""
+    threshold = state.weak_match.threshold(out.embedder, region=out.query.box is not None)
+    if threshold is None:
+        return out
+    out.weak_below = round(threshold, 4)
+    for hit in out.results:
+        hit.weak = hit.score < threshold
+    out.no_close_match = bool(out.results) and all(hit.weak for hit in out.results)
+    return out
+
+
+def require_writable(state: State) -> None:
+    if state.read_only:
+        raise HTTPException(403, "this server is read-only: adding and removing images is switched off")
+
+
 def _version(record: ImageRecord) -> str:
     return (record.sha256 or "0")[:12]
 
@@ -265,7 +406,7 @@ def image_out(record: ImageRecord) -> ImageOut:
 
 
 def indexed_record(state: ServerState, image_id: int) -> ImageRecord:
-    record = state.collection.catalog.get(image_id)
+    record = state.collection.image(image_id)
     if record is None or record.status != "ok":
         raise HTTPException(404, f"no indexed image with id {image_id}")
     return record
@@ -316,69 +457,68 @@ def decode_upload(state: ServerState, data: bytes) -> Image.Image:
         return open_image(data, max_pixels=state.max_pixels)
     except ImageError as exc:
         if exc.reason.startswith("image too large"):
-            raise HTTPException(413, f"upload refused: {exc.reason}") from exc
+            raise HTTPException(413, exc.reason) from exc
         raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
 
 
-def run_search(
-    state: ServerState,
-    image: Image.Image,
-    *,
-    k: int,
-    embedder: str,
-    label: str | None,
-    box: tuple[float, float, float, float] | None,
-    exclude: int | None = None,
-    query_id: int | None = None,
-    started: float,
-) -> SearchOut:
-    width, height = image.info.get("original_size", image.size)
-    check_box_overlaps(box, width, height)
-    with state.embed_slots:
-        vector = state.collection.embed(image, embedder=embedder, box=box)
-    return search_with_vector(
-        state,
-        vector,
-        k=k,
-        embedder=embedder,
-        label=label,
-        exclude=exclude,
-        query=QueryOut(id=query_id, width=width, height=height, box=list(box) if box else None),
-        started=started,
-    )
+def hit_out(hit: SearchResult) -> SearchHit:
+    assert hit.record is not None
+    tags = [TagOut(name=t.name, score=t.score) for t in hit.tags]
+    return SearchHit(**image_out(hit.record).model_dump(), rank=hit.rank, score=round(hit.score, 6), tags=tags)
 
 
-def search_with_vector(
+def search_response(
     state: ServerState,
     vector: np.ndarray,
     *,
     k: int,
     embedder: str,
     label: str | None,
-    exclude: int | None,
+    expand: int,
     query: QueryOut,
     started: float,
+    tag: str | None = None,
 ) -> SearchOut:
-    count = k + (exclude is not None)
+    """Search with a query vector (the query's own image, when indexed, left out) and shape the answer."""
+    exclude = -1 if query.id is None else query.id
     for _ in range(MAX_SEARCH_ATTEMPTS):
-        if label is None:
-            scores, ids = state.batched_search[embedder].search(vector, count)
+        if label is None and expand == 0 and tag is None:
+            scores, ids = state.batched_search[embedder].search(vector, k, exclude)
+            found = Neighbours(ids[None, :], scores[None, :], embedder)
         else:
-            allowed = state.image_ids.ids(label)
             with state.index_lock.reading():
-                scores, ids = state.collection.index(embedder).search(vector[None, :], count, allowed_ids=allowed)
-            scores, ids = scores[0], ids[0]
-        pairs = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0 and i != exclude][:k]
-        records = state.collection.catalog.get_many(i for i, _ in pairs)
-        if len(records) == len(pairs):
+                try:
+                    found = state.collection.search_vectors(
+                        vector[None, :], k, embedder=embedder, label=label, exclude=[exclude], expand=expand, tag=tag
+                    )
+                except ConceptError as exc:
+                    raise HTTPException(422, str(exc)) from exc
+        results = state.collection.results(found)[0]
+        if len(results) == int((found.ids >= 0).sum()):
             break
-        # A result was deleted between the index search and this lookup: search again for a full k.
-    hits = [
-        SearchHit(**image_out(records[i]).model_dump(), rank=rank, score=round(score, 6))
-        for rank, (i, score) in enumerate(((i, s) for i, s in pairs if i in records), start=1)
-    ]
+        # An image was deleted between the search and the lookup of its record: search again for a full k.
+    hits = [hit_out(hit) for hit in results if hit.record is not None]
+    elsewhere = [
+        ElsewhereHit(
+            id=hit.id, name=os.path.basename(hit.path), label=hit.label, catalog=hit.catalog, rank=hit.rank,
+            score=round(hit.score, 6),
+        )
+        for hit in results
+        if hit.catalog is not None
+    ]  # fmt: skip
     took_ms = (time.perf_counter() - started) * 1000
-    return SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+    out = SearchOut(
+        embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2), elsewhere=elsewhere
+    )
+    return mark_weak_matches(state, out)
+
+
+def embed_query(state: ServerState, image: Image.Image, embedder: str, box: Box | None) -> np.ndarray:
+    """The query image (or its region) as a vector, one of a bounded number of embeddings at once."""
+    width, height = image.info.get("original_size", image.size)
+    check_box_overlaps(box, width, height)
+    with state.embed_slots:
+        return state.collection.embed(image, embedder=embedder, box=box)
 
 
 def media_type_of(path: str) -> str:
@@ -413,12 +553,19 @@ def search_upload(
     embedder: EmbedderParam = None,
     label: LabelParam = None,
     box: BoxParam = None,
+    expand: ExpandParam = 0,
+    tag: TagParam = None,
 ) -> SearchOut:
     started = time.perf_counter()
     name = resolve_embedder(state, embedder)
     region = parse_box(box)
     image = decode_upload(state, read_upload(state, file))
-    return run_search(state, image, k=k, embedder=name, label=label, box=region, started=started)
+    vector = embed_query(state, image, name, region)
+    width, height = image.info.get("original_size", image.size)
+    query = QueryOut(id=None, width=width, height=height, box=list(region) if region else None)
+    return search_response(
+        state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started, tag=tag
+    )
 
 
 @router.get(
@@ -434,25 +581,63 @@ def search_by_id(
     embedder: EmbedderParam = None,
     label: LabelParam = None,
     box: BoxParam = None,
+    expand: ExpandParam = 0,
+    tag: TagParam = None,
 ) -> SearchOut:
     started = time.perf_counter()
     name = resolve_embedder(state, embedder)
     region = parse_box(box)
     record = indexed_record(state, image_id)
-    if region is None:
-        # The stored vector: no decoding, no embedding.
-        _, stored = state.collection.catalog.vectors(name, [image_id])
-        if len(stored):
-            query = QueryOut(id=image_id, width=record.width or 0, height=record.height or 0, box=None)
-            return search_with_vector(
-                state, stored[0], k=k, embedder=name, label=label, exclude=image_id, query=query, started=started
-            )
+    query = QueryOut(
+        id=image_id, width=record.width or 0, height=record.height or 0, box=list(region) if region else None
+    )
+    # The stored vector when the whole image is searched: no decoding, no embedding.
+    vector = state.collection.stored_vector(image_id, name) if region is None else None
+    if vector is None:
+        try:
+            image = open_image(record.path, max_pixels=state.max_pixels)
+        except ImageError as exc:
+            raise HTTPException(404, f"image {image_id} is no longer readable: {exc.reason}") from exc
+        vector = embed_query(state, image, name, region)
+        width, height = image.info.get("original_size", image.size)
+        query = QueryOut(id=image_id, width=width, height=height, box=query.box)
+    return search_response(
+        state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started, tag=tag
+    )
+
+
+@router.get(
+    "/search/text",
+    response_model=TextSearchOut,
+    responses=ERROR_RESPONSES,
+    summary='Search by words: ImageNet concepts ("dog" finds every breed), or CLIP\'s text encoder',
+)
+def search_text(
+    state: State,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_TEXT_LENGTH, description="the words, e.g. golden retriever")],
+    k: KParam = DEFAULT_K,
+    embedder: EmbedderParam = None,
+    label: LabelParam = None,
+    tag: TagParam = None,
+) -> TextSearchOut:
+    started = time.perf_counter()
+    name = resolve_embedder(state, embedder) if embedder is not None else None
     try:
-        image = open_image(record.path, max_pixels=state.max_pixels)
-    except ImageError as exc:
-        raise HTTPException(404, f"image {image_id} is no longer readable: {exc.reason}") from exc
-    return run_search(
-        state, image, k=k, embedder=name, label=label, box=region, exclude=image_id, query_id=image_id, started=started
+        with state.index_lock.reading():
+            found = state.collection.search_text(q, k, embedder=name, label=label, tag=tag)
+    except (ConceptError, EmbedderError) as exc:
+        raise HTTPException(422, str(exc)) from exc
+    terms = [TermOut(words=t.words, concepts=list(t.concepts), classes=len(t.classes)) for t in found.terms]
+    return TextSearchOut(
+        embedder=found.embedder,
+        method=found.method,
+        text=q,
+        k=k,
+        label=label,
+        terms=terms,
+        ignored=list(found.ignored),
+        results=[hit_out(hit) for hit in found.results if hit.record is not None],
+        took_ms=round((time.perf_counter() - started) * 1000, 2),
     )
 
 
@@ -463,9 +648,9 @@ def list_images(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 48,
     label: LabelParam = None,
 ) -> ImagePage:
-    ids = state.image_ids.ids(label)
+    ids = state.collection.image_ids(label)
     page = [int(i) for i in ids[offset : offset + limit]]
-    records = state.collection.catalog.get_many(page)
+    records = state.collection.images(page)
     items = [image_out(records[i]) for i in page if i in records]
     return ImagePage(total=len(ids), offset=offset, limit=limit, items=items)
 
@@ -474,8 +659,9 @@ def list_images(
     "/images",
     response_model=ImageOut,
     status_code=201,
-    responses=ERROR_RESPONSES,
+    responses={**ERROR_RESPONSES, 403: {"model": ErrorOut, "description": "the server is read-only"}},
     summary="Add an uploaded image to the collection",
+    dependencies=[Depends(require_writable)],
 )
 def add_image(
     state: State,
@@ -494,14 +680,12 @@ def add_image(
             record = state.collection.add_image(data, target, label=label)
         except ImageError as exc:
             raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
-        finally:
-            state.image_ids.invalidate()
     return image_out(record)
 
 
-@router.get("/images/{image_id}", response_model=ImageOut, responses=ERROR_RESPONSES, summary="An image's details")
-def get_image(state: State, image_id: ImageId) -> ImageOut:
-    return image_out(indexed_record(state, image_id))
+@router.get("/images/{image_id}", response_model=ImageDetails, responses=ERROR_RESPONSES, summary="An image's details")
+def get_image(state: State, image_id: ImageId) -> ImageDetails:
+    return image_details(state, indexed_record(state, image_id))
 
 
 @router.get(
@@ -543,13 +727,16 @@ def get_thumbnail(state: State, image_id: ImageId) -> FileResponse:
 
 
 @router.delete(
-    "/images/{image_id}", status_code=204, responses={404: {"model": ErrorOut}}, summary="Remove an image by id"
+    "/images/{image_id}",
+    status_code=204,
+    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut, "description": "the server is read-only"}},
+    summary="Remove an image by id",
+    dependencies=[Depends(require_writable)],
 )
 def delete_image(state: State, image_id: ImageId) -> Response:
     with state.index_lock.writing():
         record = indexed_record(state, image_id)
         state.collection.remove([image_id])
-        state.image_ids.invalidate()
     state.thumbnails.discard(image_id)
     # Files this server stored are its to delete; files from the user's folders are left alone.
     stored = Path(record.path)
@@ -575,7 +762,11 @@ def stats(state: State) -> StatsOut:
 @router.get("/limits", response_model=LimitsOut, summary="What this server accepts")
 def limits(state: State) -> LimitsOut:
     return LimitsOut(
-        max_upload_bytes=state.max_upload_bytes, max_pixels=state.max_pixels, max_k=MAX_K, default_k=DEFAULT_K
+        max_upload_bytes=state.max_upload_bytes,
+        max_pixels=state.max_pixels,
+        max_k=MAX_K,
+        default_k=DEFAULT_K,
+        read_only=state.read_only,
     )
 
 
@@ -583,12 +774,13 @@ def limits(state: State) -> LimitsOut:
 def embedders(state: State) -> EmbeddersOut:
     collection = state.collection
     names = sorted(set(collection.available_embedders()) | set(state.ready_embedders))
+    counts = collection.vector_counts()
     return EmbeddersOut(
         default=collection.default_embedder,
         embedders=[
             EmbedderOut(
                 name=name,
-                vectors=collection.catalog.count_vectors(name),
+                vectors=counts.get(name, 0),
                 default=name == collection.default_embedder,
                 ready=name in state.ready_embedders,
             )
@@ -623,25 +815,29 @@ class SameOriginWritesMiddleware:
         await self.app(scope, receive, send)
 
 
-def locked_search(
-    collection: Collection, embedder: str, lock: ReadWriteLock
-) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
-    def search(queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+def locked_search(collection: Collection, embedder: str, lock: ReadWriteLock) -> SearchFunction:
+    """The batched searches of one embedder: the collection's search, alongside other readers."""
+
+    def search(queries: np.ndarray, count: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with lock.reading():
-            return collection.index(embedder).search(queries, count)
+            found = collection.search_vectors(queries, count, embedder=embedder, exclude=exclude)
+        return found.scores, found.ids
 
     return search
 
 
 def load_embedders(collection: Collection) -> list[str]:
     """Load every searchable embedder and its index now, and run each once, so no request pays for it."""
-    names = sorted(set(collection.catalog.embedders()) | {collection.default_embedder})
+    names = sorted(set(collection.vector_counts()) | {collection.default_embedder})
     blank = Image.new("RGB", (64, 64))
     ready = []
     for name in names:
         try:
             collection.index(name)
-            collection.embedder(name).embed_images([blank])
+            model = collection.embedder(name)
+            model.embed_images([blank])
+            if model.encodes_text:  # CLIP: its text tower too (exported now, not in a request)
+                model.embed_texts(["a photo"])
         except EmbedderError as exc:
             if name == collection.default_embedder:
                 raise
@@ -658,19 +854,26 @@ def create_app(
     cors_origins: list[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allowed_hosts: list[str] | None = None,
+    read_only: bool = False,
 ) -> FastAPI:
     """The web app and API over an open collection (loads its embedders and indexes now).
 
     `allowed_hosts`, when given, refuses requests for any other Host header (DNS rebinding).
+    `read_only` refuses adding and removing images (403).
     """
     app = make_fastapi(
         title="lookalike",
         version="0.1.0",
         description="Find the images in a collection that look like a given image.",
+        redoc_url=None,  # ReDoc's bundle loads its logo from the network; /docs is served whole from here
     )
     uploads_dir = collection.path / UPLOADS_DIR
     ready = load_embedders(collection)
     index_lock = ReadWriteLock()
+    weak_match = WeakMatchThresholds(collection, index_lock)
+    for name in ready:
+        weak_match.threshold(name)  # calibrated now, so no request pays for it
+    weak_match.calibrate_in_background(ready)
     app.state.lookalike = ServerState(
         collection=collection,
         ready_embedders=ready,
@@ -680,8 +883,9 @@ def create_app(
         max_pixels=max_pixels,
         index_lock=index_lock,
         embed_slots=FifoSemaphore(max(1, os.cpu_count() or 1)),
-        image_ids=ImageIds(collection),
         batched_search={name: BatchedSearch(locked_search(collection, name, index_lock)) for name in ready},
+        weak_match=weak_match,
+        read_only=read_only,
     )
     app.include_router(router)
 
@@ -716,6 +920,7 @@ def serve(
     port: int = 8000,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     cors_origins: list[str] | None = None,
+    read_only: bool = False,
 ) -> None:
     """Run the web app on host:port until interrupted (loopback only unless told otherwise)."""
     import uvicorn
@@ -725,9 +930,14 @@ def serve(
         # On loopback, only answer to loopback names: a foreign page cannot rebind its DNS name to us.
         allowed_hosts = LOOPBACK_HOST_NAMES if host in LOOPBACK_HOST_NAMES else None
         app = create_app(
-            collection, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins, allowed_hosts=allowed_hosts
+            collection,
+            max_upload_bytes=max_upload_bytes,
+            cors_origins=cors_origins,
+            allowed_hosts=allowed_hosts,
+            read_only=read_only,
         )
         uvicorn.run(app, host=host, port=port, log_level="info")
+        app.state.lookalike.weak_match.stop()
     finally:
         collection.save()  # keep the in-memory index changes, so the next start needs no rebuild
         collection.close()

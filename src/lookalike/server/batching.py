@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# (queries (n, dim), how many per query) -> (scores (n, k), ids (n, k)), best first
-SearchFunction = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+# (queries (n, dim), how many per query, an id to leave out per query or -1) -> (scores (n, k), ids (n, k)), best first
+SearchFunction = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 MAX_BATCH = 32
 
@@ -25,6 +25,7 @@ MAX_BATCH = 32
 class _Request:
     vector: np.ndarray
     count: int
+    exclude: int = -1
     done: bool = False
     scores: np.ndarray | None = None
     ids: np.ndarray | None = None
@@ -41,9 +42,9 @@ class BatchedSearch:
         self._queue: list[_Request] = []
         self._busy = False
 
-    def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The top `count` (scores, ids) of one vector, searched in a batch with concurrent callers."""
-        request = _Request(np.asarray(vector, dtype=np.float32), count)
+    def search(self, vector: np.ndarray, count: int, exclude: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """The top `count` (scores, ids) of one vector, never `exclude`, searched together with concurrent callers."""
+        request = _Request(np.asarray(vector, dtype=np.float32), count, int(exclude))
         with self._condition:
             self._queue.append(request)
         while True:
@@ -68,7 +69,8 @@ class BatchedSearch:
         """Search a batch; each request gets its rows, or the error (never raised here)."""
         try:
             count = max(r.count for r in batch)
-            scores, ids = search(np.stack([r.vector for r in batch]), count)
+            excludes = np.asarray([r.exclude for r in batch], dtype=np.int64)
+            scores, ids = search(np.stack([r.vector for r in batch]), count, excludes)
             for row, request in enumerate(batch):
                 request.scores, request.ids = scores[row, : request.count], ids[row, : request.count]
         except Exception as exc:

@@ -27,13 +27,11 @@ from torch import nn
 
 from ..catalog import ImageRecord
 from ..embedders.base import Preprocessing
-from ..embedders.pretrained import EFFICIENTNET_LITE_PREPROCESSING
-from ..embedders.runtime import _fingerprint, cache_dir, export_onnx
+from ..embedders.export import onnx_runner
+from ..embedders.weights import EFFICIENTNET_LITE_PREPROCESSING
 from ..images import open_image
 from ..storage import atomic_path, write_json
 
-#: Inference preprocessing of the networks trained from pixels: the centre 64x64 of a 72-pixel short side.
-PIXEL_PREPROCESSING = Preprocessing(resize=72, crop=64, resample=Image.Resampling.BICUBIC)
 _PIXEL_CACHE_PREPROCESSING = Preprocessing(resize=72, crop=72, resample=Image.Resampling.BICUBIC)
 
 #: (n, done) -> None; progress of a cache fill
@@ -101,27 +99,6 @@ class _BeforeCut(nn.Module):
         return self.backbone.before_cut(images)
 
 
-def _onnx_runner(module: nn.Module, name: str, size: int, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
-    """Run `module` through ONNX Runtime (exported once and cached), else eager PyTorch."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-
-        def run_torch(batch: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return module(torch.from_numpy(batch)).numpy()
-
-        return run_torch
-    path = cache_dir() / "onnx" / f"{name}-{_fingerprint(module)}.onnx"
-    if not path.exists():
-        export_onnx(module, path, size)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda batch: session.run(None, {"images": batch})[0]
-
-
 class FeatureCache:
     """float16 outputs of a frozen backbone part for `views` views of each image, on disk.
 
@@ -184,7 +161,8 @@ class FeatureCache:
         if len(todo):
             started = time.perf_counter()
             data = np.load(data_path, mmap_mode="r+")
-            run = _onnx_runner(_BeforeCut(self.backbone).eval(), self.backbone_id, self.preprocessing.crop, threads)
+            size = self.preprocessing.crop
+            run = onnx_runner(_BeforeCut(self.backbone), self.backbone_id, (2, 3, size, size), threads)
             n_done = n - len(todo)
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="views") as pool:
 
