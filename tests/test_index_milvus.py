@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from lookalike import Collection
 from lookalike.catalog import Catalog
+from lookalike.cli.main import main
 from lookalike.index import IndexError_, create_index, load_index, milvus
 from lookalike.index.milvus import MilvusIndex, collection_name, parse_kind, release_lite
 from lookalike.server import create_app
@@ -369,7 +370,7 @@ def test_a_collection_describes_its_remote_index_in_stats(milvus_collection):
     assert remote["catalog"] == collection.catalog.uid()
 
 
-def test_collections_sharing_a_remote_collection_find_each_others_images(tmp_path, sample_folder, mean_colour):
+def test_collections_sharing_a_remote_collection_find_each_others_images(tmp_path, sample_folder, mean_colour, capsys):
     """Through Collection (what the CLI, the server and the API call): one catalog's search finds the other's
     images with the path and label stored beside them; query expansion folds their vectors in."""
     db = tmp_path / "milvus" / "shared.db"
@@ -424,6 +425,12 @@ def test_collections_sharing_a_remote_collection_find_each_others_images(tmp_pat
         expanded = query + weights @ stored[top]
         expanded /= np.linalg.norm(expanded)
         assert [r.path for r in a.search_vector(query, k=10, expand=3)] == ranked(expanded, 10)
+        # The command line: the same, through the same Collection.
+        assert main(["search", dog.path, "--collection", str(a.path), "-k", "10", "--expand", "3", "--json"]) == 0
+        assert [h["path"] for h in json.loads(capsys.readouterr().out)] == ranked(expanded, 10)
+        assert main(["search", dog.path, "--collection", str(a.path), "-k", "2"]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert dog.path in first and first.endswith(f"(indexed by collection {b.catalog.uid()[:8]}, on its machine)")
         # B's images vanish from A's results once B removes them.
         assert b.remove([r.id for r in b.records()]) == 12
         assert {r.catalog for r in a.search_vector(query, k=24)} == {None}
