@@ -86,6 +86,24 @@ def shared_collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
     collection.close()
 
 
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real Milvus standalone server (the `milvus` package, server 2.3.5) for the whole session.
+
+    Its data lives in a temporary folder, it listens on free ports of 127.0.0.1, and it is stopped at the
+    end through the package's API. When it cannot start the test is skipped with the reason (a failure
+    under CI for tests marked `milvus`, see ci_rules.py).
+    """
+    try:
+        from lookalike.index.milvus_server import EmbeddedMilvus
+
+        server = EmbeddedMilvus(tmp_path_factory.mktemp("milvus-server")).start()
+    except Exception as exc:
+        pytest.skip(f"no Milvus server: {exc}")
+    yield server
+    server.stop()
+
+
 class MeanColour(Embedder):
     """An embedder (registered as "mean-colour" by the fixture below): a picture's mean colour, centred on
     mid-grey, as a unit vector. One-colour pictures give vectors chosen by hand; photos embed in microseconds."""

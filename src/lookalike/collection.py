@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,7 +32,9 @@ from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocab
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
+from .index.base import FOREIGN_IDS_FROM
 from .index.exact import exact_search
+from .index.milvus import is_milvus_kind
 from .index.rerank import alpha_query_expansion, search_excluding
 from .storage import DEFAULT_COLLECTION_DIR, write_json
 
@@ -56,11 +59,14 @@ class SearchResult:
     record: ImageRecord | None = field(default=None, repr=False, compare=False)
     #: its top concepts (ImageNet classes), when an embedder of the collection is a classifier
     tags: tuple[Tag, ...] = field(default=(), compare=False)
+    #: set for an image another catalog indexed into a shared remote index (that catalog's uid): its id is
+    #: the remote key (>= 2**32, never a local id), its path is on that catalog's machine, `record` is None
+    catalog: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
             "rank": self.rank, "score": self.score, "id": self.id, "label": self.label, "path": self.path,
-            "tags": [{"name": t.name, "score": t.score} for t in self.tags],
+            "tags": [{"name": t.name, "score": t.score} for t in self.tags], "catalog": self.catalog,
         }  # fmt: skip
 
 
@@ -97,10 +103,12 @@ class Neighbours:
 
     ids: np.ndarray  # (n_queries, k) int64
     scores: np.ndarray  # (n_queries, k) float32
+    #: the embedder searched (None: the collection's default); `results` describes other catalogs' hits from its index
+    embedder: str | None = None
 
     @classmethod
-    def empty(cls, n: int, k: int) -> Neighbours:
-        return cls(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32))
+    def empty(cls, n: int, k: int, embedder: str | None = None) -> Neighbours:
+        return cls(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32), embedder)
 
 
 @dataclass
@@ -270,11 +278,11 @@ class Collection:
             if index_path.is_file() and meta_path.is_file():
                 meta = json.loads(meta_path.read_text())
                 if meta.get("generation") == generation:
-                    index = load_index(index_path)
+                    index = load_index(index_path, owner=self.catalog)
             if index is None:
                 ids, vectors = self.catalog.vectors(name)
                 dim = vectors.shape[1] if len(ids) else self.embedder(name).dim
-                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim, name=name)
+                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim, name=name, owner=self.catalog)
                 index.add(ids, vectors)
                 self._save_index(name, index, generation)
             self._indexes[name] = index
@@ -829,6 +837,10 @@ class Collection:
         neighbours (index/rerank.py); `exact` ranks by brute force over the stored vectors
         whatever the index (evaluation). A hit deleted by another thread or process between the
         index search and the catalog lookup is replaced by searching again.
+
+        With a remote index that several catalogs share (Milvus), hits include other catalogs' images
+        under their remote keys (>= FOREIGN_IDS_FROM); `label`, `tag`, `within` and `exact` keep to this
+        catalog's images, and query expansion folds in other catalogs' vectors read from the index.
         """
         name = embedder or self.default_embedder
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
@@ -841,11 +853,11 @@ class Collection:
             tagged = self.tagged_ids(tag)
             allowed = tagged if allowed is None else np.intersect1d(tagged, allowed)
         if allowed is not None and not len(allowed):
-            return Neighbours.empty(len(vectors), k)
+            return Neighbours.empty(len(vectors), k, name)
         if exact:
             ids, stored = self.catalog.vectors(name, None if allowed is None else allowed.tolist())
             scores, found = exact_search(vectors, stored, ids, k, exclude=excluded)
-            return Neighbours(found, scores)
+            return Neighbours(found, scores, name)
         for _ in range(MAX_SEARCH_ATTEMPTS):
             index = self.index(name)
             if expand > 0:
@@ -855,44 +867,64 @@ class Collection:
                 )  # fmt: skip
             else:
                 scores, found = search_excluding(index, vectors, k, allowed, excluded)
-            hits = np.unique(found[found >= 0])
+            # Other catalogs' images (a shared remote index) are not in this catalog: `results` reads them.
+            hits = np.unique(found[(found >= 0) & (found < FOREIGN_IDS_FROM)])
             if len(self.catalog.get_many(hits.tolist())) == len(hits):
-                return Neighbours(found, scores)
+                return Neighbours(found, scores, name)
             # A hit was deleted since the index answered: the next `index()` call sees the change.
         present = np.isin(found, np.fromiter(self.catalog.get_many(hits.tolist()), dtype=np.int64))
-        return Neighbours(np.where(present, found, -1), np.where(present, scores, -np.inf))
+        present |= found >= FOREIGN_IDS_FROM
+        return Neighbours(np.where(present, found, -1), np.where(present, scores, -np.inf), name)
 
     def results(self, found: Neighbours) -> list[list[SearchResult]]:
-        """Typed results of a batched search, with each image's catalog record and tags."""
+        """Typed results of a batched search, with each image's catalog record and tags.
+
+        Hits of other catalogs sharing the remote index (ids >= FOREIGN_IDS_FROM) come with the path and
+        label that catalog stored beside the vector, its uid in `catalog`, and no record or tags.
+        """
         hits = np.unique(found.ids[found.ids >= 0]).tolist()
         records = self.catalog.get_many(hits)
         tags = self.tags(hits)
+        foreign = self._foreign_records(found.embedder, [i for i in hits if i >= FOREIGN_IDS_FROM])
         out = []
         for row_ids, row_scores in zip(found.ids, found.scores, strict=True):
-            row = [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if int(i) in records]
+            row = [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if int(i) >= 0]
+            row = [(i, s) for i, s in row if i in records or i in foreign]
             out.append(
                 [
                     SearchResult(
-                        id=i,
-                        path=records[i].path,
-                        label=records[i].label,
-                        score=s,
-                        rank=rank,
-                        record=records[i],
-                        tags=tuple(tags.get(i, ())),
-                    )  # fmt: skip
+                        id=i, path=records[i].path, label=records[i].label, score=s, rank=rank,
+                        record=records[i], tags=tuple(tags.get(i, ())),
+                    )
+                    if i in records
+                    else SearchResult(
+                        id=i, path=foreign[i].path, label=foreign[i].label, score=s, rank=rank,
+                        catalog=foreign[i].catalog,
+                    )
                     for rank, (i, s) in enumerate(row, start=1)
                 ]
-            )
+            )  # fmt: skip
         return out
 
+    def _foreign_records(self, embedder: str | None, keys: list[int]) -> dict[int, Any]:
+        """What other catalogs stored beside their vectors in the shared remote index of `embedder`."""
+        if not keys:
+            return {}
+        reader = getattr(self.index(embedder), "foreign_records", None)
+        return {} if reader is None else reader(keys)
+
     def _stored_vectors(self, embedder: str, ids: np.ndarray) -> np.ndarray:
-        """Vectors of `ids` from the catalog, in the order asked."""
-        found, vectors = self.catalog.vectors(embedder, ids.tolist())
-        row = {int(i): r for r, i in enumerate(found)}
+        """Vectors of `ids` from the catalog (other catalogs' images: from the shared index), in the order asked."""
+        ids = np.asarray(ids, dtype=np.int64)
+        local = ids < FOREIGN_IDS_FROM
+        found, vectors = self.catalog.vectors(embedder, ids[local].tolist())
         if not len(ids):
             return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float32)
-        return vectors[[row[int(i)] for i in ids]]
+        row = {int(i): vector for i, vector in zip(found.tolist(), vectors, strict=True)}
+        if not local.all():
+            row.update(self.index(embedder).foreign_vectors(ids[~local]))  # type: ignore[attr-defined]
+        gone = np.zeros(self.index(embedder).dim, dtype=np.float32)  # removed since found: adds nothing
+        return np.stack([row[int(i)] if i < FOREIGN_IDS_FROM else row.get(int(i), gone) for i in ids])
 
     # --- concepts: search by words, tags ---------------------------------------------------------
 
@@ -1088,7 +1120,14 @@ class Collection:
             "default_embedder": self.default_embedder,
             "indexed_embedders": {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()},
             "index_type": self.config.get("index", DEFAULT_INDEX),
+            **self._remote_index_stats(),
         }
+
+    def _remote_index_stats(self) -> dict[str, object]:
+        """The remote side of a remote index (Milvus: collection, rows, index, server version); {} for a local one."""
+        if not is_milvus_kind(str(self.config.get("index", DEFAULT_INDEX))):
+            return {}  # a local index is not loaded just to describe it
+        return {"remote_index": self.index().describe()}  # type: ignore[attr-defined]
 
 
 def _as_query(query: ImageInput | np.ndarray) -> Query:

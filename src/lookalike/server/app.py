@@ -140,6 +140,18 @@ class QueryOut(BaseModel):
     box: list[float] | None = Field(description="the searched region, [x0, y0, x1, y1] in original pixels")
 
 
+class ElsewhereHit(BaseModel):
+    """An image another collection indexed into the same shared remote index (Milvus): its file is on that
+    collection's machine, so this server can only name it."""
+
+    id: int = Field(description="its key in the shared index (never an id of this collection)")
+    name: str = Field(description="file name only")
+    label: str | None
+    catalog: str = Field(description="the uid of the collection that indexed it")
+    rank: int = Field(description="its rank among all the hits, `results` included")
+    score: float
+
+
 class SearchOut(BaseModel):
     embedder: str
     k: int
@@ -147,6 +159,9 @@ class SearchOut(BaseModel):
     query: QueryOut
     results: list[SearchHit]
     took_ms: float
+    elsewhere: list[ElsewhereHit] = Field(
+        [], description="hits that are other collections' images sharing this collection's remote index"
+    )
     weak_below: float | None = Field(
         None,
         description="the similarity below which a result is a weak match, calibrated on this collection "
@@ -469,7 +484,7 @@ def search_response(
     for _ in range(MAX_SEARCH_ATTEMPTS):
         if label is None and expand == 0 and tag is None:
             scores, ids = state.batched_search[embedder].search(vector, k, exclude)
-            found = Neighbours(ids[None, :], scores[None, :])
+            found = Neighbours(ids[None, :], scores[None, :], embedder)
         else:
             with state.index_lock.reading():
                 try:
@@ -483,8 +498,18 @@ def search_response(
             break
         # An image was deleted between the search and the lookup of its record: search again for a full k.
     hits = [hit_out(hit) for hit in results if hit.record is not None]
+    elsewhere = [
+        ElsewhereHit(
+            id=hit.id, name=os.path.basename(hit.path), label=hit.label, catalog=hit.catalog, rank=hit.rank,
+            score=round(hit.score, 6),
+        )
+        for hit in results
+        if hit.catalog is not None
+    ]  # fmt: skip
     took_ms = (time.perf_counter() - started) * 1000
-    out = SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+    out = SearchOut(
+        embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2), elsewhere=elsewhere
+    )
     return mark_weak_matches(state, out)
 
 
