@@ -1,8 +1,8 @@
-// lookalike web page: query by a picked, dropped or pasted photo or by a result, search one region, browse,
-// open an image's details, add and remove images. Everything the page shows is in its URL:
-//   ?id=ID | ?upload=KEY   the query: an indexed image, or a photo from this browser (kept in IndexedDB)
+// lookalike web page: query by words, by a picked, dropped or pasted photo or by a result, search one region,
+// filter by a tag, browse, open an image's details, add and remove images. Everything the page shows is in its URL:
+//   ?q=WORDS | ?id=ID | ?upload=KEY   the query: words, an indexed image, or a photo from this browser (IndexedDB)
 //   &box=x0,y0,x1,y1       the searched region, in the query's original pixels
-//   &label=  &k=  &embedder=   search settings (absent = the server's defaults)
+//   &label=  &tag=  &k=  &embedder=   search settings and filters (absent = the server's defaults)
 //   &view=browse&page=N    the browse view and its page
 //   &detail=ID             an image's detail view, open over the page
 // so Back, Forward and reload bring every state back.
@@ -29,8 +29,8 @@ const facts = {
 
 // What the page currently shows (the URL says what it should show).
 const shown = {
-  queryKey: null, // "id:5" or "upload:KEY"
-  query: null, // {kind: "id", id, name, src} or {kind: "upload", key, blob, name, src}
+  queryKey: null, // "id:5", "upload:KEY" or "text:WORDS"
+  query: null, // {kind: "id", id, name, src}, {kind: "upload", key, blob, name, src} or {kind: "text", text}
   querySerial: 0,
   searchKey: null,
   searchSerial: 0,
@@ -42,6 +42,7 @@ const shown = {
   focusResults: false, // move focus to the new results (a result was activated)
   scrollToQuery: false, // bring the new query into view (a result was tapped further down)
   hits: new Map(), // id -> search hit, for the detail view's similarity
+  scoreName: "Similarity", // what a hit's score is: a similarity, or a concept's probability (word queries)
   detailId: null,
   detail: null,
 };
@@ -122,8 +123,10 @@ function urlState() {
   return {
     id: positiveInt(params.get("id")),
     upload: params.get("upload"),
+    q: (params.get("q") ?? "").trim(),
     box: parseBox(params.get("box")),
     label: params.get("label") ?? "",
+    tag: params.get("tag") ?? "",
     k: clampK(positiveInt(params.get("k")) ?? facts.defaultK),
     embedder: params.get("embedder") ?? "",
     view: params.get("view") === "browse" ? "browse" : "search",
@@ -158,7 +161,7 @@ function navigate(changes, { replace = false, entry = null } = {}) {
 }
 
 function queryChanges(changes) {
-  return { id: null, upload: null, box: null, view: null, detail: null, ...changes };
+  return { id: null, upload: null, q: null, box: null, tag: null, view: null, detail: null, ...changes };
 }
 
 // --- rendering the URL ------------------------------------------------------------------------------
@@ -177,6 +180,9 @@ function syncControls(s) {
   const label = $("label");
   if (s.label && ![...label.options].some((o) => o.value === s.label)) label.append(new Option(s.label, s.label));
   label.value = s.label;
+  if (document.activeElement !== $("text-query")) $("text-query").value = s.q;
+  $("tag-filter").hidden = !s.tag;
+  $("tag-filter-name").textContent = s.tag;
   const embedder = $("embedder");
   embedder.value = s.embedder || facts.defaultEmbedder;
   $("tab-search").href = urlWith({ view: null, detail: null });
@@ -258,6 +264,7 @@ function newKey() {
 // --- the query ----------------------------------------------------------------------------------
 
 async function loadQuery(s) {
+  if (s.q && !s.id && !s.upload) return { kind: "text", text: s.q };
   if (s.id) {
     const image = await getJson(`/api/images/${s.id}`);
     return { kind: "id", id: image.id, name: image.name, src: image.image_url, image };
@@ -299,7 +306,7 @@ function showQuery(query) {
 }
 
 async function renderSearch(s) {
-  const queryKey = s.id ? `id:${s.id}` : s.upload ? `upload:${s.upload}` : null;
+  const queryKey = s.id ? `id:${s.id}` : s.upload ? `upload:${s.upload}` : s.q ? `text:${s.q}` : null;
   if (queryKey !== shown.queryKey) {
     shown.queryKey = queryKey;
     shown.draftBox = null;
@@ -320,7 +327,7 @@ async function renderSearch(s) {
     }
     if (serial !== shown.querySerial) return;
     shown.query = query;
-    showQuery(query);
+    if (query.kind !== "text") showQuery(query);
   }
   drawSelection();
   $("clear-box").hidden = !urlState().box;
@@ -328,7 +335,7 @@ async function renderSearch(s) {
 }
 
 function searchKey(s) {
-  return JSON.stringify([shown.queryKey, s.box, s.k, s.label, s.embedder]);
+  return JSON.stringify([shown.queryKey, s.box, s.k, s.label, s.tag, s.embedder]);
 }
 
 async function runSearchIfNeeded() {
@@ -338,15 +345,19 @@ async function runSearchIfNeeded() {
   if (key === shown.searchKey) return;
   shown.searchKey = key;
   const serial = ++shown.searchSerial;
+  const query = shown.query;
   const params = new URLSearchParams({ k: String(s.k) });
   if (s.embedder) params.set("embedder", s.embedder);
   if (s.label) params.set("label", s.label);
-  if (s.box) params.set("box", s.box.map((v) => Math.round(v)).join(","));
+  if (s.tag) params.set("tag", s.tag);
+  if (s.box && query.kind !== "text") params.set("box", s.box.map((v) => Math.round(v)).join(","));
   setStatus("Searching…");
-  const query = shown.query;
   try {
     let response;
-    if (query.kind === "upload") {
+    if (query.kind === "text") {
+      params.set("q", query.text);
+      response = await request(`/api/search/text?${params}`);
+    } else if (query.kind === "upload") {
       const form = new FormData();
       form.append("file", query.blob, query.name || "query");
       response = await request(`/api/search?${params}`, { method: "POST", body: form });
@@ -355,7 +366,8 @@ async function runSearchIfNeeded() {
     }
     const body = await response.json();
     if (serial !== shown.searchSerial) return; // a newer search is under way
-    showResults(body);
+    if (query.kind === "text") showTextResults(body);
+    else showResults(body);
   } catch (error) {
     if (serial !== shown.searchSerial) return;
     $("results").replaceChildren();
@@ -367,8 +379,42 @@ async function runSearchIfNeeded() {
   }
 }
 
+// Who the results are, in the status line: their count, then the filters that narrowed them.
+function filtersText(body) {
+  const label = body.label ? ` labelled “${body.label}”` : "";
+  const tag = urlState().tag ? ` tagged “${urlState().tag}”` : "";
+  return `${label}${tag}`;
+}
+
+function focusNewResults() {
+  if (!shown.focusResults) return;
+  shown.focusResults = false;
+  const first = $("results").querySelector(".card-main");
+  if (first) first.focus({ preventScroll: true });
+  else $("results-heading").focus({ preventScroll: true });
+}
+
+// Results of a word query: the same cards as an image search's, the score being how sure the network is.
+function showTextResults(body) {
+  shown.hits = new Map(body.results.map((hit) => [hit.id, hit]));
+  shown.scoreName = body.method === "text-encoder" ? "Similarity" : "Concept score";
+  $("results").replaceChildren(...body.results.map((hit) => card(hit, "text")));
+  $("weak-notice").hidden = true;
+  const read = body.terms.map((t) => `“${t.words}” → ${t.concepts.join(", ")} (${t.classes.toLocaleString()} class${t.classes === 1 ? "" : "es"})`);
+  const how = body.method === "text-encoder" ? `${body.embedder} text encoder` : `concepts of ${body.embedder}`;
+  const left = body.ignored.length ? ` — left out: ${body.ignored.join("; ")}` : "";
+  const count = body.results.length;
+  const none = count ? "" : " — no image shows it";
+  setStatus(
+    `${plural(count, "result")}${filtersText(body)} for ${read.join(" and ") || `“${body.text}”`} (${how})` +
+      `${left}${none}`,
+  );
+  focusNewResults();
+}
+
 function showResults(body) {
   shown.hits = new Map(body.results.map((hit) => [hit.id, hit]));
+  shown.scoreName = "Similarity";
   const items = [];
   let dividerShown = false;
   for (const hit of body.results) {
@@ -393,25 +439,24 @@ function showResults(body) {
       "with their nearest neighbour).";
   }
   const region = body.query.box ? " (region)" : "";
-  const label = body.label ? ` labelled “${body.label}”` : "";
   const count = body.results.length;
-  setStatus(`${plural(count, "result")}${region}${label} with ${body.embedder} in ${Math.round(body.took_ms)} ms`);
-  if (shown.focusResults) {
-    shown.focusResults = false;
-    const first = $("results").querySelector(".card-main");
-    if (first) first.focus({ preventScroll: true });
-    else $("results-heading").focus({ preventScroll: true });
-  }
+  setStatus(
+    `${plural(count, "result")}${region}${filtersText(body)} with ${body.embedder} in ${Math.round(body.took_ms)} ms`,
+  );
+  focusNewResults();
 }
 
-// A result or browse card: the picture searches with it, the (i) button opens its details.
+// A card of an image search's results ("result"), a word query's ("text") or a browse page ("browse"): the
+// picture searches with it, the (i) button opens its details, its tags (results only) filter the results.
 function card(item, kind) {
   const li = document.createElement("li");
   li.className = "card";
   li.dataset.id = String(item.id);
   li.dataset.label = item.label ?? "";
   const labelText = item.label ? `labelled ${item.label}` : "no label";
-  const score = kind === "result" ? `, similarity ${item.score.toFixed(2)}${item.weak ? " (weak match)" : ""}` : "";
+  const scoreWord = kind === "text" ? "score" : "similarity";
+  const scored = kind !== "browse";
+  const score = scored ? `, ${scoreWord} ${item.score.toFixed(2)}${item.weak ? " (weak match)" : ""}` : "";
   if (item.weak) li.classList.add("weak");
 
   const main = document.createElement("button");
@@ -429,7 +474,7 @@ function card(item, kind) {
   label.className = "label";
   label.textContent = item.label ?? "";
   meta.append(label);
-  if (kind === "result") {
+  if (scored) {
     const value = document.createElement("span");
     value.className = "score";
     value.textContent = item.weak ? `weak ${item.score.toFixed(3)}` : item.score.toFixed(3);
@@ -446,7 +491,27 @@ function card(item, kind) {
   info.setAttribute("aria-label", `Details of ${item.name}`);
   info.addEventListener("click", () => openDetail(item.id));
   li.append(main, info);
+  if (scored && item.tags?.length) li.append(tagList(item.tags));
   return li;
+}
+
+// An image's top concepts: each a button that keeps only the results tagged with it.
+function tagList(tags) {
+  const list = document.createElement("span");
+  list.className = "tags";
+  const active = urlState().tag;
+  for (const tag of tags) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "tag";
+    button.textContent = tag.name;
+    button.title = `${tag.name} (${Math.round(tag.score * 100)}%): show only images tagged with it`;
+    const current = tag.name === active;
+    button.setAttribute("aria-pressed", String(current));
+    button.addEventListener("click", () => navigate({ tag: current ? null : tag.name, detail: null }));
+    list.append(button);
+  }
+  return list;
 }
 
 function searchWith(item) {
@@ -520,6 +585,14 @@ function setupInputs() {
     $("region-help").hidden = false;
     drawSelection();
   });
+
+  $("text-search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("text-query").value.trim();
+    if (!text) return;
+    navigate(queryChanges({ q: text }));
+  });
+  $("tag-filter-clear").addEventListener("click", () => navigate({ tag: null, detail: null }));
 
   $("k").addEventListener("change", () => {
     const typed = Number.parseInt($("k").value, 10);
@@ -798,6 +871,7 @@ async function renderDetail(id) {
   const hit = shown.hits.get(id);
   for (const row of document.querySelectorAll(".score-row")) row.hidden = !hit || urlState().view !== "search";
   if (hit) $("detail-score").textContent = `${hit.score.toFixed(3)}${hit.weak ? " (a weak match)" : ""}`;
+  $("detail-score-name").textContent = shown.scoreName;
   $("detail-remove").hidden = facts.readOnly;
 }
 
@@ -984,5 +1058,8 @@ setupRegion();
 setupBrowse();
 setupDetail();
 setupAdding();
-window.addEventListener("popstate", render);
+window.addEventListener("popstate", () => {
+  $("text-query").value = urlState().q; // Back and Forward bring the words back even while the box has focus
+  render();
+});
 loadCollection().then(render, (error) => setStatus(`Cannot load the collection: ${error.message}`, true));
