@@ -55,7 +55,9 @@ DEFAULT_TIER = "near"
 COPY_EMBEDDER = "copy-lite0"
 #: default thresholds per tier (cosine similarity), calibrated on benchmarks/copydetect.py's set (seed 0),
 #: checked on seed 1; see README "Duplicates". `exact` is the cosine a pair needs before its pixels are compared.
-THRESHOLDS = {"exact": 0.99, "near": 0.83, "similar": 0.85}
+THRESHOLDS = {"exact": 0.99, "near": 0.82, "similar": 0.85}
+#: a centre's neighbour joins its group only when linked to at least this share of the members before it
+MIN_SHARE = 0.0
 #: neighbours searched per image for candidate pairs
 NEIGHBOURS = 10
 #: pairs are stored down to this cosine, so a lower `threshold=` regroups without searching again;
@@ -236,8 +238,8 @@ def find_duplicates(
         scores = np.ones(len(a), dtype=np.float32)
         clusters = components(a, b)
     else:
-        a, b, scores = _without_distinct(collection, a, b, scores)
-        clusters = star_clusters(a, b, scores)
+        apart = {(min(x, y), max(x, y)) for x, y in collection.catalog.decisions("distinct")}
+        clusters = star_clusters(a, b, scores, apart=apart, min_share=MIN_SHARE)
 
     keeps = _keep_decisions(collection)
     for members in clusters:
@@ -322,30 +324,37 @@ def components(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
     return [sorted(int(i) for i in nodes[part]) for part in np.split(order, cuts) if len(part) > 1]
 
 
-def star_clusters(a: np.ndarray, b: np.ndarray, scores: np.ndarray) -> list[list[int]]:
+def star_clusters(
+    a: np.ndarray,
+    b: np.ndarray,
+    scores: np.ndarray,
+    *,
+    apart: set[tuple[int, int]] | None = None,
+    min_share: float = 0.0,
+) -> list[list[int]]:
     """Groups that do not chain: star clustering over the pairs (each pair: a link scoring over the threshold).
 
     Within each connected component, the image linked to the most others (ties: the highest summed
-    score, then the lowest id) is a centre; it and every unassigned image linked to it form a group,
+    score, then the lowest id) is a centre; it and the unassigned images linked to it form a group,
     and the rest of the component is clustered again the same way. Every member of a group is linked
     directly to its centre, so a chain of pairs (A~B, B~C, C~D) never puts A and D together through
-    two weak links; one wrong pair can add at most one image to a group of another photo's copies.
+    two weak links. The centre's neighbours join best first; one also needs links to at least
+    `min_share` of the members that joined before it, and is left out if it and a member are `apart`
+    (pairs (smaller id, larger id) decided not to be duplicates).
     """
+    apart = apart or set()
     groups: list[list[int]] = []
     neighbours: dict[int, dict[int, float]] = {}
     for x, y, s in zip(a.tolist(), b.tolist(), scores.tolist(), strict=True):
         neighbours.setdefault(x, {})[y] = s
         neighbours.setdefault(y, {})[x] = s
+
+    def rank(i: int, left: set[int]) -> tuple[int, float, int]:
+        links = [s for j, s in neighbours[i].items() if j in left]
+        return (-len(links), -sum(links), i)
+
     for component in components(a, b):
-        if len(component) == 2:
-            groups.append(component)
-            continue
         left = set(component)
-
-        def rank(i: int, left: set[int]) -> tuple[int, float, int]:
-            links = [s for j, s in neighbours[i].items() if j in left]
-            return (-len(links), -sum(links), i)
-
         heap = [(rank(i, left), i) for i in component]
         heapq.heapify(heap)
         while heap:
@@ -356,7 +365,14 @@ def star_clusters(a: np.ndarray, b: np.ndarray, scores: np.ndarray) -> list[list
             if current != key:  # its links changed since it was queued: queue it again with its new rank
                 heapq.heappush(heap, (current, centre))
                 continue
-            members = [centre, *[j for j in neighbours[centre] if j in left]]
+            members = [centre]
+            for j in sorted((j for j in neighbours[centre] if j in left), key=lambda j: -neighbours[centre][j]):
+                if any((min(j, m), max(j, m)) in apart for m in members):
+                    continue
+                joined = members[1:]
+                if joined and sum(m in neighbours[j] for m in joined) < min_share * len(joined):
+                    continue
+                members.append(j)
             left.difference_update(members)
             if len(members) > 1:
                 groups.append(sorted(members))
@@ -392,17 +408,6 @@ def _pixel_identical(
             progress("comparing pixels", n + 1, len(same_size))
     pairs = np.array(kept, dtype=np.int64).reshape(-1, 2)
     return pairs[:, 0], pairs[:, 1], np.ones(len(pairs), dtype=np.float32)
-
-
-def _without_distinct(
-    collection: Collection, a: np.ndarray, b: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    distinct = collection.catalog.decisions("distinct")
-    if not distinct or not len(a):
-        return a, b, scores
-    pairs = {(min(x, y), max(x, y)) for x, y in distinct}
-    keep = np.array([(x, y) not in pairs for x, y in zip(a.tolist(), b.tolist(), strict=True)], dtype=bool)
-    return a[keep], b[keep], scores[keep]
 
 
 def _keep_decisions(collection: Collection) -> dict[int, set[int]]:
