@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from conftest import duplicate_photos
 from PIL import Image
-from test_web_e2e import free_loopback_port, launch, pytestmark  # noqa: F401  (the browser marks)
+from test_web_e2e import free_loopback_port, launch, pytestmark, save_screenshot  # noqa: F401  (the browser marks)
 
 from lookalike import Collection
 from lookalike.duplicates import THRESHOLDS
@@ -80,7 +80,9 @@ def test_duplicates_page(page, dups_server: str, tmp_path: Path, data_dir: Path)
     expect(page.locator("#tab-duplicates")).to_have_attribute("aria-current", "page")
     assert parse_qs(urlsplit(page.url).query) == {"view": ["duplicates"]}
     status = page.locator("#dups-status")
-    expect(status).to_contain_text("3 groups of edited copies (6 images) at similarity 0.83 or more", timeout=120_000)
+    expect(status).to_contain_text(
+        f"3 groups of edited copies (6 images) at similarity {THRESHOLDS['near']:.2f} or more", timeout=120_000
+    )
     expect(page.locator("#dups-threshold-value")).to_have_text(f"{THRESHOLDS['near']:.2f}")
     groups = sorted(sorted(names) for names in member_names(page))
     assert groups == [
@@ -111,6 +113,7 @@ def test_duplicates_page(page, dups_server: str, tmp_path: Path, data_dir: Path)
     }
     assert all(THRESHOLDS["near"] <= score < 1 for score in scores.values())
     assert str(tmp_path) not in page.content()  # no server path on the page
+    save_screenshot(page, "web-duplicates", tmp_path)
 
     # The slider regroups live: past the weakest pair's score, its group goes (one request once it rests).
     weakest = min(scores, key=scores.get)

@@ -418,7 +418,8 @@ function showTextResults(body) {
   shown.scoreName = body.method === "text-encoder" ? "Similarity" : "Concept score";
   $("results").replaceChildren(...body.results.map((hit) => card(hit, "text")));
   $("weak-notice").hidden = true;
-  const read = body.terms.map((t) => `“${t.words}” → ${t.concepts.join(", ")} (${t.classes.toLocaleString()} class${t.classes === 1 ? "" : "es"})`);
+  const classes = (count) => `${count.toLocaleString()} class${count === 1 ? "" : "es"}`;
+  const read = body.terms.map((t) => `“${t.words}” → ${t.concepts.join(", ")} (${classes(t.classes)})`);
   const how = body.method === "text-encoder" ? `${body.embedder} text encoder` : `concepts of ${body.embedder}`;
   const left = body.ignored.length ? ` — left out: ${body.ignored.join("; ")}` : "";
   const count = body.results.length;
@@ -1112,7 +1113,8 @@ async function planMove(group, section, status, moveButton) {
       status.classList.add("error");
       return;
     }
-    const failed = done.failed.length ? `; ${plural(done.failed.length, "file")} not moved: ${done.failed[0].reason}` : "";
+    const first = done.failed[0];
+    const failed = first ? `; ${plural(done.failed.length, "file")} not moved: ${first.path}: ${first.reason}` : "";
     const record = done.manifest ? ` (record of the move: ${done.manifest})` : "";
     const where = ` to ${done.moves[0].target.split("/")[0]}/`;
     shown.browseKey = null; // the moved files left the collection
