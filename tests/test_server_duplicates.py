@@ -125,3 +125,25 @@ def test_duplicates_writes_follow_the_servers_protection(make_client: Callable[.
     response = writable.post("/api/duplicates/decisions", json={"ids": ids, "decision": "distinct"}, headers=foreign)
     assert response.status_code == 403 and "cross-origin" in response.json()["detail"]
     assert len(writable.get("/api/duplicates").json()["groups"]) == len(body["groups"])
+
+
+def test_moving_works_with_the_collection_inside_the_indexed_folder(tmp_path: Path, data_dir: Path) -> None:
+    """The default layout: ./.lookalike inside the folder indexed. Its moved-duplicates/ is never indexed again."""
+    photos = tmp_path / "photos"
+    duplicate_photos(data_dir, photos)
+    with Collection.open(photos / ".lookalike") as collection:
+        collection.sync(photos)
+        app = create_app(collection)
+        try:
+            client = TestClient(app)
+            group = client.get("/api/duplicates").json()["groups"][0]
+            done = client.post("/api/duplicates/move", json={"groups": [{"key": group["key"]}]})
+            assert done.status_code == 200, done.text
+            [move] = done.json()["moves"]
+            assert move["target"] == f"{MOVED_DIR}/{move['source']}" and str(tmp_path) not in done.text
+            assert (photos / ".lookalike" / MOVED_DIR / move["source"]).is_file()
+            assert not (photos / move["source"]).exists()
+            collection.sync(photos)  # the moved file is not indexed again
+            assert collection.stats()["images"] == 12
+        finally:
+            app.state.lookalike.weak_match.stop()
