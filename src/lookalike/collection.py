@@ -29,6 +29,7 @@ from PIL import Image
 from . import embedders as embedder_registry
 from .catalog import Catalog, ImageRecord
 from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocabulary
+from .duplicates import DuplicateGroup, DuplicateReport, MoveReport, UndoReport
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
@@ -1108,6 +1109,67 @@ class Collection:
     def vector_counts(self) -> dict[str, int]:
         """How many images each embedder has vectors of (embedders with none are left out)."""
         return {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()}
+
+    # --- duplicates (logic in duplicates.py) -----------------------------------------------------
+
+    def duplicates(
+        self,
+        tier: str = "near",
+        *,
+        threshold: float | None = None,
+        under: str | os.PathLike[str] | None = None,
+        include_resolved: bool = False,
+        progress: Progress | None = None,
+    ) -> DuplicateReport:
+        """Groups of duplicate images, each with a suggested keeper and every member's similarity to it.
+
+        `tier`: "exact" (same bytes or same pixels), "near" (the same photo after edits; the default) or
+        "similar" (another shot of the same scene). `threshold` overrides the tier's calibrated cosine
+        (`duplicates.THRESHOLDS`). `under`: only images under this folder. Groups resolved by a decision
+        (`decide_duplicates`) are left out unless `include_resolved`. The `near` tier embeds images that
+        have no copy-descriptor vector yet, and only images not compared before are searched.
+        """
+        from .duplicates import find_duplicates
+
+        return find_duplicates(
+            self, tier, threshold=threshold, under=under, include_resolved=include_resolved, progress=progress
+        )
+
+    def decide_duplicates(self, ids: Sequence[int], decision: str, *, keeper: int | None = None) -> None:
+        """Remember a decision about images shown as duplicates, so they do not come back.
+
+        "keep": the group is resolved as it is (`keeper`, default the first id, is the one kept);
+        "distinct": these images are not duplicates of each other and are never grouped together again.
+        """
+        from .duplicates import decide
+
+        decide(self, ids, decision, keeper=keeper)
+
+    def clear_duplicate_decisions(self, ids: Sequence[int] | None = None) -> int:
+        """Forget the decisions involving `ids` (all decisions if None); returns how many were dropped."""
+        from .duplicates import clear_decisions
+
+        return clear_decisions(self, ids)
+
+    def move_duplicates(
+        self, groups: Sequence[DuplicateGroup], dest: str | os.PathLike[str], *, dry_run: bool = False
+    ) -> MoveReport:
+        """Move every non-keeper of `groups` into `dest` (keeping their folders below the indexed root)
+        and write a manifest there for `undo_move`; nothing is deleted. A move that fails leaves that
+        file in place and is reported; every file moved before it is recorded in the manifest."""
+        from .duplicates import move_files
+
+        return move_files(self, groups, Path(dest), dry_run=dry_run)
+
+    def undo_move(self, manifest: str | os.PathLike[str]) -> UndoReport:
+        """Put the files of a `move_duplicates` manifest back where they were.
+
+        Refuses (DuplicatesError, nothing moved) when a moved file changed since, or when something
+        now occupies its old place. Restored files are indexed again by the next sync.
+        """
+        from .duplicates import undo_moves
+
+        return undo_moves(self, Path(manifest))
 
     # --- facts -----------------------------------------------------------------------------------
 
