@@ -40,7 +40,7 @@ class WhiteningSettings:
     """
 
     dim: int | None = None
-    power: float = 0.25
+    power: float = 0.0
     shrinkage: float = 0.1
     refit_growth: float = 0.25
     min_vectors: int = 200
