@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import copydetect  # noqa: E402
-from benchmarks.common import finish_record, run_record  # noqa: E402
+from benchmarks.common import finish_record, median_seconds, run_record  # noqa: E402
 from lookalike import Collection  # noqa: E402
 from lookalike.evaluation.runner import evaluate_folder  # noqa: E402
 from lookalike.images import iter_image_files  # noqa: E402
@@ -87,6 +87,21 @@ def cost(collection: Collection, name: str) -> dict[str, object]:
         "bytes_indexed": int((fit.dim if fit else raw_dim) * 4),
         "whitening_dim": fit.dim if fit else None,
     }
+
+
+def model_cpu_ms(name: str, folder: Path, images: int = 32) -> float:
+    """CPU milliseconds (all threads) per image of the embedder's network on a batch of `images` photos,
+    median of 3: unlike wall time, hardly moved by other jobs on a loaded machine."""
+    from lookalike import embedders
+    from lookalike.images import open_image
+
+    embedder = embedders.create(name)
+    every = list(iter_image_files(folder))
+    files = every[:: max(1, len(every) // images)][:images]
+    batch = np.stack([embedder.preprocess(open_image(f, draft_size=embedder.preprocessing.draft_size)) for f in files])
+    embedder.embed_arrays(batch[:2])  # session warm
+    _, cpu = median_seconds(lambda: embedder.embed_arrays(batch), 3)
+    return round(1000 * cpu / len(batch), 1)
 
 
 def labelled_set(collection: Collection, folder: Path, name: str, halves: bool) -> dict[str, dict]:
@@ -245,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
             sets["copydetect"] = ("copies", copies)
             embedders, whitenings = args.embedders, WHITENINGS
         results = run(sets, work, embedders, whitenings)
+        cpu = {name: model_cpu_ms(name, sets["caltech101-dev"][1]) for name in embedders}
     report = {
         **finish_record(record),
         "note": "images/s measured when each collection was indexed, on a shared 2-core machine under load",
@@ -255,9 +271,11 @@ def main(argv: list[str] | None = None) -> None:
             f"copies of {args.copy_queries_of} originals",
         },
         "whitening": {k: (v.to_dict() if v else None) for k, v in whitenings.items()},
+        "model_cpu_ms_per_image": cpu,
         "results": results,
     }
     print(markdown(results))
+    print("model CPU ms per image (all threads, median of 3 batches of 32):", cpu)
     if args.smoke:
         print("smoke run: no results written")
         return
