@@ -218,13 +218,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, help="where collections and subsets live (kept; default: a temp dir)")
     parser.add_argument("--caltech", type=Path, default=DATA / "caltech101-dev")
     parser.add_argument("--catsdogs", type=Path, default=DATA / "catsdogs")
-    parser.add_argument("--catsdogs-every", type=int, default=8)
-    parser.add_argument("--catsdogs-per-label", type=int, default=500)
+    parser.add_argument("--catsdogs-every", type=int, default=20)
+    parser.add_argument("--catsdogs-per-label", type=int, default=200)
     parser.add_argument("--copy-set", type=Path, help="a set written by benchmarks/copydetect.py")
     parser.add_argument("--copy-queries-of", type=int, default=30, help="originals whose copies are queries")
     parser.add_argument("--copy-distractors", type=int, default=300)
     parser.add_argument("--embedders", nargs="+", default=EMBEDDERS)
+    parser.add_argument("--sets", nargs="+", default=["caltech101-dev", "catsdogs", "copydetect"])
     parser.add_argument("--out", type=Path, default=RESULTS / "descriptors.json")
+    parser.add_argument("--merge", action="store_true", help="add these sets' results to those already in --out")
     args = parser.parse_args(argv)
     record = run_record()
     with tempfile.TemporaryDirectory(prefix="bench-descriptors-") as tmp:
@@ -259,8 +261,9 @@ def main(argv: list[str] | None = None) -> None:
             sets = {"caltech101-dev": ("caltech", args.caltech), "catsdogs": ("labelled", catsdogs)}
             sets["copydetect"] = ("copies", copies)
             embedders, whitenings = args.embedders, WHITENINGS
+            sets = {name: sets[name] for name in args.sets}
         results = run(sets, work, embedders, whitenings)
-        cpu = {name: model_cpu_ms(name, sets["caltech101-dev"][1]) for name in embedders}
+        cpu = {name: model_cpu_ms(name, args.caltech) for name in embedders}
     report = {
         **finish_record(record),
         "note": "images/s measured when each collection was indexed, on a shared 2-core machine under load",
@@ -279,6 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         print("smoke run: no results written")
         return
+    if args.merge and args.out.is_file():
+        earlier = json.loads(args.out.read_text())
+        report["results"] = {**earlier["results"], **results}
+        report["runs"] = [*earlier.get("runs", []), {k: earlier[k] for k in ("started", "load_average_start")}]
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
