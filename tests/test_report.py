@@ -70,8 +70,12 @@ def test_report_lists_identical_files_and_draws_a_map_and_examples_per_embedder(
     assert json.loads(json_path.read_text())["duplicate_groups"] == [[str(original), str(copy)]]
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert sorted(linked) == sorted(
-        ["precision_at_k.png", "embedding_map.png", "examples-efficientnet-lite0.png", "examples-mean-colour.png"]
-    )
+        [
+            "precision_at_k.png", "embedding_map.png", "examples-efficientnet-lite0.png", "examples-mean-colour.png",
+            "failures-efficientnet-lite0.png", "failures-mean-colour.png",
+        ]
+    )  # fmt: skip
+    assert report.count("## Where retrieval fails") == 1 and "| cat | 12 |" in report and "| dog | 13 |" in report
     assert all((md_path.parent / name).is_file() for name in linked), "every picture the report links exists"
 
     # The map: one panel per embedder, the same 25 images in each, one colour per label.
