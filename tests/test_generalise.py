@@ -110,7 +110,7 @@ def test_selfsup_trains_without_labels_and_its_model_finds_edited_copies(sample_
         trained = train(collection, request)
         info = trained.info
         assert info["method"] == "selfsup" and info["monitor"] == "view-margin" and info["dim"] == 1280
-        assert info["labels"] == [""]  # no sub-folders: nothing to learn from but the photos themselves
+        assert info["labels"] == ["flat"]  # no sub-folders: one label, the folder, so nothing to separate
         history = info["history"]
         assert 1 <= len(history) <= 2 and all(np.isfinite(h["train_loss"]) for h in history)
         assert {"view-margin", "view-recall@1"} <= set(history[0]["validation"])
