@@ -142,3 +142,24 @@ def test_the_split_protocol_takes_the_first_classes_by_sorted_name(tmp_path: Pat
     assert len(files) == 3 and all(
         f.is_symlink() and f.resolve().parent == (caltech / unseen[0]).resolve() for f in files
     )
+
+
+def test_the_teacher_of_a_fine_tuned_backbone_keeps_the_pretrained_blocks() -> None:
+    from lookalike.embedders.networks import EfficientNetBackbone
+    from lookalike.training.metric_learning import PretrainedTeacher
+
+    backbone = EfficientNetBackbone(2, True, "efficientnet-lite0")
+    teacher = PretrainedTeacher(backbone)
+    with torch.no_grad():
+        cached = backbone.before_cut(torch.randn(2, 3, 224, 224))
+        before = backbone.after_cut(cached)
+        torch.testing.assert_close(teacher(cached), before)
+        for p in backbone.parameters():
+            if p.requires_grad:
+                p.add_(0.05)  # training moves the trainable blocks ...
+        assert not torch.allclose(backbone.after_cut(cached), before, atol=1e-3)
+        torch.testing.assert_close(teacher(cached), before)  # ... the teacher's stay pretrained
+    assert not any(p.requires_grad for p in teacher.blocks.parameters())
+    frozen = EfficientNetBackbone(0, True, "efficientnet-lite0")
+    features = torch.randn(3, 1280)
+    assert PretrainedTeacher(frozen)(features) is features  # the cached pooled features are the teacher's
