@@ -330,6 +330,28 @@ def projection_head(in_dim: int, dim: int, hidden: int = 512) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
 
+class ResidualHead(nn.Module):
+    """Pretrained features plus a learned correction: x + MLP(x), x = the L2-normalised features (scaled to
+    unit variance per value), the MLP's last layer zero at initialisation.
+
+    At initialisation the output is the pretrained vector itself, so an untrained head ranks exactly as
+    the pretrained embedder; training adds to the general-purpose features instead of replacing them
+    (issue 14: a replaced head forgets similarity outside the classes it was trained on).
+    The output keeps the features' size.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 512):
+        super().__init__()
+        self.scale = math.sqrt(in_dim)
+        self.residual = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, in_dim))
+        nn.init.zeros_(self.residual[2].weight)
+        nn.init.zeros_(self.residual[2].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.normalize(features, dim=1) * self.scale
+        return x + self.residual(x)
+
+
 class EfficientNetBackbone(nn.Module):
     """EfficientNet-Lite features, split after block `cut` (cut = number of blocks: only the 1x1 head conv is left).
 
@@ -469,6 +491,8 @@ def build_module(arch: dict) -> Embedding:
     dim, head_kind = int(arch["dim"]), arch["head"]
     if head_kind == "mlp":
         head: nn.Module = projection_head(features, dim, int(arch["hidden"]))
+    elif head_kind == "residual":
+        head = ResidualHead(features, int(arch["hidden"]))
     elif head_kind == "feature-encoder":
         head = FeatureEncoder(features, int(arch["hidden"]), dim)
     elif head_kind == "identity":
