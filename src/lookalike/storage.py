@@ -58,13 +58,13 @@ def write_error(exc: BaseException, what: str) -> CollectionWriteError | None:
     if code is not None:
         primary = code & 0xFF
         if primary == _SQLITE_FULL:
-            return DiskFullError(f"{what}: the disk is full (nothing was changed)")
+            return DiskFullError(f"{what}: the disk is full")
         if primary == _SQLITE_READONLY:
             return ReadOnlyCollectionError(f"{what}: the collection is read-only")
         return None
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return DiskFullError(f"{what}: the disk is full (nothing was changed)")
+            return DiskFullError(f"{what}: the disk is full")
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             return ReadOnlyCollectionError(f"{what}: the collection is read-only ({exc.strerror})")
     return None
