@@ -212,6 +212,58 @@ def test_adding_and_deleting_the_same_image_at_once_never_fails(small_collection
     assert rows == files  # no file without its row, no row without its file
 
 
+# --- adds do not block searches (finding 2) ------------------------------------------------------
+
+
+def test_searches_go_on_while_an_add_is_being_embedded(small_collection: Collection, data_dir: Path) -> None:
+    """The write lock is taken only to commit: while an added photo is decoded and embedded,
+    searches (and browsing) are answered; adds use at most half the embedding slots."""
+    client = TestClient(create_app(small_collection))
+    embedder = small_collection.embedder()
+    embed = embedder.embed_images
+    entered, release = threading.Event(), threading.Event()
+    embedding, most = 0, 0
+    guard = threading.Lock()
+
+    def held_embed(images, *args, **kwargs):
+        nonlocal embedding, most
+        with guard:
+            embedding += 1
+            most = max(most, embedding)
+        entered.set()
+        release.wait(60)
+        with guard:
+            embedding -= 1
+        return embed(images, *args, **kwargs)
+
+    embedder.embed_images = held_embed
+    adds = [
+        threading.Thread(target=client.post, args=("/api/images",), kwargs={"files": upload(data)})
+        for data in ((data_dir / NEW_CAT).read_bytes(), (data_dir / "dog/dog.100.jpg").read_bytes())
+    ]
+    try:
+        for thread in adds:
+            thread.start()
+        assert entered.wait(60), "the add never reached the embedder"
+        answers: list[int] = []
+        record_id = small_collection.records()[0].id
+        search = threading.Thread(
+            target=lambda: answers.extend(
+                client.get(url).status_code for url in (f"/api/images/{record_id}/similar", "/api/images")
+            )
+        )
+        search.start()
+        search.join(timeout=30)
+        assert answers == [200, 200], "a search waited for an add's embedding"
+    finally:
+        release.set()
+        for thread in adds:
+            thread.join(timeout=60)
+        del embedder.embed_images
+    assert most <= max(1, (os.cpu_count() or 1) // 2)
+    assert small_collection.catalog.count() == 8
+
+
 # --- bounded decoding memory (finding 3) --------------------------------------------------------------
 
 PEAK_SCRIPT = """

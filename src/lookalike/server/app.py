@@ -202,6 +202,9 @@ class ServerState:
     # Decodings + embeddings at once (more than the cores only makes every request slower, and each
     # holds a decoded image in memory), first come first served.
     embed_slots: FifoSemaphore
+    # Adds decode and embed in at most half of those slots (at least one), so that a stream of adds
+    # leaves cores to the searches.
+    add_slots: FifoSemaphore
     # Unfiltered searches of concurrent requests go through the index together, per embedder.
     batched_search: dict[str, BatchedSearch]
 
@@ -492,7 +495,7 @@ def add_image(
         raise write_refused(ReadOnlyCollectionError("read-only"))
     data = read_upload(state, file)
     # Decoded and embedded outside the write lock (refused before anything is written) ...
-    with state.embed_slots:
+    with state.add_slots, state.embed_slots:
         try:
             prepared: PreparedImage = state.collection.prepare_image(data, max_pixels=state.max_pixels)
         except ImageError as exc:
@@ -700,6 +703,7 @@ def create_app(
         max_pixels=max_pixels,
         index_lock=index_lock,
         embed_slots=FifoSemaphore(max(1, os.cpu_count() or 1)),
+        add_slots=FifoSemaphore(max(1, (os.cpu_count() or 1) // 2)),
         batched_search={name: BatchedSearch(locked_search(collection, name, index_lock)) for name in ready},
     )
     app.include_router(router)
