@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data/catsdogs
 COLLECTION ?= .lookalike
 K ?= 5
+LINTED := src tests benchmarks examples
 
 .PHONY: demo test lint bench clean
 
@@ -36,14 +37,14 @@ demo: $(VENV)/.installed
 	@echo
 	$(BIN)/lookalike evaluate "$(DATA)" --collection "$(COLLECTION)" --k $(K) --out reports/demo
 
-test: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/pytest -q
+# Everything CI runs: lint, then every test, the slow ones included (tests/test_benchmarks.py runs every
+# benchmark's --smoke version; tests/test_examples.py the examples). A quick run: `.venv/bin/pytest -q`.
+test: lint
+	$(BIN)/pytest -q --runslow
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run_all.py

@@ -8,12 +8,17 @@ again after one round of alpha-QE (`lookalike.index.rerank`). The (n_expand, alp
 all queries; the setting is *chosen* on the even-numbered queries and *reported* on the odd ones,
 so the reported gain is not tuned on the queries it is measured on. MAP@R is
 `lookalike.evaluation.metrics.map_at_r`. Results: benchmarks/results/search_qe_<name>.json.
+
+    .venv/bin/python benchmarks/bench_rerank.py --smoke   # 16 photos indexed in a temp folder, seconds, writes nothing
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +28,8 @@ from lookalike import Collection
 from lookalike.evaluation.metrics import map_at_r, precision_at_k
 from lookalike.index import create_index
 from lookalike.index.rerank import alpha_query_expansion
+
+DATA = Path(os.environ.get("LOOKALIKE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "catsdogs"))
 
 
 def scores_for(ranked_ids: np.ndarray, query_labels: np.ndarray, label_of: dict[int, str], R: np.ndarray) -> dict:
@@ -43,8 +50,24 @@ def main() -> None:
     parser.add_argument("--n-expand", type=int, nargs="+", default=[1, 2, 3, 5, 10, 20, 50])
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.0, 3.0], help="0 = average QE")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="8 cats and 8 dogs indexed in a temp folder; no results")
     args = parser.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            photos = Path(tmp) / "photos"
+            for label in ("cat", "dog"):
+                (photos / label).mkdir(parents=True)
+                for i in range(1, 9):
+                    shutil.copy(DATA / label / f"{label}.{i}.jpg", photos / label)
+            with Collection.open(Path(tmp) / "qe_smoke", embedder=args.embedder) as collection:
+                collection.sync(photos)
+            args.collection, args.n_expand, args.alpha = Path(tmp) / "qe_smoke", [1, 2], [0.0, 3.0]
+            run(args)
+        return
+    run(args)
 
+
+def run(args: argparse.Namespace) -> None:
     collection = Collection.open(args.collection, create=False)
     ids, vectors = collection.catalog.vectors(args.embedder)
     records = collection.catalog.get_many(int(i) for i in ids)
@@ -88,6 +111,8 @@ def main() -> None:
         "grid": rows,
     }
     print(json.dumps(report["odd_queries"]), report["chosen_on_even_queries"])
+    if args.smoke:
+        return
     out = args.out or Path(__file__).resolve().parent / "results" / f"search_qe_{args.collection.name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

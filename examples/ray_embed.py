@@ -135,6 +135,9 @@ def main() -> int:
     dim = embedders.create(args.embedder).dim
     index = create_index(kind, dim, name=args.embedder)  # drops an existing collection of that name
     index.save(Path(marker))
+    # Not kept open while Ray runs: an idle connection's keep-alive pings get it dropped by the server
+    # ("Too many pings"), and the reconnect at the end then fails.
+    index.close()
 
     files = ray.data.read_binary_files(args.shards, include_paths=True, file_extensions=IMAGE_EXTENSIONS)
     if args.limit:

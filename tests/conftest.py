@@ -1,4 +1,5 @@
-"""Shared fixtures: a small fixed subset of the real cats-and-dogs photos, copied to a temp folder."""
+"""Shared fixtures (a small fixed subset of the real cats-and-dogs photos, copied to a temp folder), the
+`--runslow` option, and the CI rules of ci_rules.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+# Under CI, a skipped browser or Milvus test (or a skipped test module) fails the run.
+from ci_rules import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
+from PIL import Image
+
+from lookalike.embedders import Embedder, Preprocessing, l2_normalise
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LOOKALIKE_DATA", REPO.parent / "shared" / "data" / "catsdogs"))
@@ -17,7 +25,7 @@ SAMPLE_PER_LABEL = 12
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (`make test` and CI do)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -76,3 +84,27 @@ def shared_collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
     collection.sync(root)
     yield collection
     collection.close()
+
+
+class MeanColour(Embedder):
+    """An embedder (registered as "mean-colour" by the fixture below): a picture's mean colour, centred on
+    mid-grey, as a unit vector. One-colour pictures give vectors chosen by hand; photos embed in microseconds."""
+
+    name = "mean-colour"
+    dim = 3
+    preprocessing = Preprocessing()
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3).mean(axis=0)
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        return l2_normalise(np.asarray(batch, dtype=np.float32) - 128.0)
+
+
+@pytest.fixture()
+def mean_colour(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Registers the "mean-colour" embedder for one test (plug-ins register by name) and returns its name."""
+    from lookalike import embedders
+
+    monkeypatch.setitem(embedders._BUILTIN, MeanColour.name, lambda weights=None, runtime="auto": MeanColour())
+    return MeanColour.name

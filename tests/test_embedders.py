@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from lookalike.embedders.pretrained import (
     EFFICIENTNET_LITE_SIZES,
     efficientnet_lite_preprocessing,
 )
+from lookalike.embedders.runtime import onnxruntime_available
 from lookalike.images import open_image
 
 # ImageNet classes of domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian cat.
@@ -32,6 +34,7 @@ def test_efficientnet_lite0_head_calls_a_cat_a_cat(data_dir: Path) -> None:
     assert top in CAT_CLASSES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet-lite1", "efficientnet-lite2"])
 def test_larger_efficientnet_lites_load_their_pip_weights_and_know_a_cat(name: str, data_dir: Path) -> None:
     network = efficientnet_lite_network(name)
@@ -65,11 +68,63 @@ def test_default_embedder_gives_unit_vectors_that_separate_cats_from_dogs(data_d
     assert same / 2 > sims[:3, 3:].mean() + 0.05
 
 
-def test_onnx_runtime_matches_pytorch_within_1e_4(data_dir: Path) -> None:
-    embedder = embedders.create("efficientnet-lite0", runtime="onnx")
-    batch = np.stack([embedder.preprocess(open_image(data_dir / "dog" / f"dog.{i}.jpg")) for i in range(1, 5)])
-    np.testing.assert_allclose(embedder.embed_onnx(batch), embedder.embed_torch(batch), atol=1e-4)
-    assert embedder.onnx_path().is_file()
+def _photos(data_dir: Path) -> list[Image.Image]:
+    return [open_image(data_dir / label / f"{label}.{i}.jpg") for label in ("cat", "dog") for i in (4, 5)]
+
+
+def _embedder_args(name: str, tmp_path: Path) -> dict[str, object]:
+    """Pip weights for the EfficientNet-Lites; random local weights for the torchvision networks (offline)."""
+    return {"weights": _random_weights(tmp_path, name)} if name in ("resnet50", "vgg16") else {}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "efficientnet-lite0",
+        pytest.param("efficientnet-lite1", marks=pytest.mark.slow),
+        pytest.param("efficientnet-lite2", marks=pytest.mark.slow),
+        pytest.param("resnet50", marks=pytest.mark.slow),
+        pytest.param("vgg16", marks=pytest.mark.slow),
+    ],
+)
+def test_onnx_runtime_matches_pytorch_within_1e_4(name: str, tmp_path: Path, data_dir: Path) -> None:
+    """Every pretrained embedder: its exported ONNX file gives PyTorch's vectors on real photos."""
+    embedder = embedders.create(name, runtime="onnx", **_embedder_args(name, tmp_path))
+    assert embedder.runtime == "onnx" and embedder.onnx_path().is_file()
+    batch = np.stack([embedder.preprocess(image) for image in _photos(data_dir)])
+    onnx_outputs, torch_outputs = embedder.run_onnx(batch), embedder.run_torch(batch)
+    # the vectors, and the class probabilities where the embedder is an ImageNet classifier
+    assert [o.shape for o in onnx_outputs] == [(4, embedder.dim)] + ([(4, 1000)] if embedder.classes else [])
+    for got, expected in zip(onnx_outputs, torch_outputs, strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    onnx_vectors = onnx_outputs[0]
+    assert not np.allclose(onnx_vectors[0], onnx_vectors[3], atol=1e-3), "different photos, different vectors"
+
+
+def test_auto_runtime_falls_back_to_pytorch_without_onnx_runtime(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path
+) -> None:
+    images = _photos(data_dir)
+    expected = embedders.create("efficientnet-lite0", runtime="onnx").embed_images(images)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    assert not onnxruntime_available()
+    embedder = embedders.create("efficientnet-lite0")  # runtime "auto"
+    assert embedder.runtime == "torch"
+    np.testing.assert_allclose(embedder.embed_images(images), expected, atol=1e-4)
+    with pytest.raises(EmbedderError, match="pip install onnxruntime"):
+        embedders.create("efficientnet-lite0", runtime="onnx")
+
+
+def test_a_classifier_embedder_gives_its_classes_from_the_same_run(data_dir: Path) -> None:
+    """The vectors are those of `embed_arrays`; the probabilities sum to 1 and call a cat a cat."""
+    embedder = embedders.create("efficientnet-lite0")
+    assert embedder.classes == "imagenet-1k"
+    batch = np.stack([embedder.preprocess(open_image(data_dir / "cat" / f"cat.{i}.jpg")) for i in (1, 2)])
+    vectors, probabilities = embedder.embed_and_classify(batch)
+    np.testing.assert_array_equal(vectors, embedder.embed_arrays(batch))
+    assert probabilities is not None and probabilities.shape == (2, 1000)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert set(probabilities.argmax(axis=1).tolist()) <= CAT_CLASSES
 
 
 def test_torch_runtime_is_the_fallback(data_dir: Path) -> None:
@@ -92,13 +147,16 @@ def _random_weights(tmp_path: Path, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "dim"), [("resnet50", 2048), ("vgg16", 512)])
 def test_torchvision_embedders_load_a_local_weights_file(tmp_path: Path, data_dir: Path, name: str, dim: int) -> None:
     embedder = embedders.create(name, weights=_random_weights(tmp_path, name), runtime="torch")
-    vectors = embedder.embed_images(
-        [open_image(data_dir / "cat" / "cat.3.jpg"), open_image(data_dir / "dog" / "dog.3.jpg")]
-    )
+    images = [open_image(data_dir / "cat" / "cat.3.jpg"), open_image(data_dir / "dog" / "dog.3.jpg")]
+    vectors = embedder.embed_images(images)
     assert vectors.shape == (2, dim)
+    _, probabilities = embedder.embed_and_classify(np.stack([embedder.preprocess(im) for im in images]))
+    # ResNet-50 is used as the classifier it is; VGG-16's 120 M-parameter classifier is not loaded
+    assert (probabilities is not None and probabilities.shape == (2, 1000)) == (name == "resnet50")
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(vectors[0], vectors[1])
 
@@ -129,7 +187,30 @@ def test_unknown_embedder_lists_the_available_ones() -> None:
         embedders.create("no-such-net")
 
 
-def test_preprocessing_centre_crops_to_224() -> None:
-    arr = EFFICIENTNET_LITE_PREPROCESSING(Image.new("RGB", (500, 100), (255, 255, 255)))
-    assert arr.shape == (3, 224, 224)
-    assert arr.max() == pytest.approx(1.0) and arr.min() == pytest.approx(1.0)  # white -> +1 in [-1, 1]
+def _framed(size: tuple[int, int], white: tuple[int, int, int, int]) -> Image.Image:
+    """A black image with one white rectangle (x0, y0, x1, y1), end exclusive."""
+    image = Image.new("RGB", size, (0, 0, 0))
+    image.paste((255, 255, 255), white)
+    return image
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["landscape", "portrait"])
+def test_preprocessing_resizes_the_short_side_to_256_and_centre_crops_224(transpose: bool) -> None:
+    """A 500x100 image: the short side becomes 256 (scale 2.56), and the central 224x224 of the 1280x256
+    picture is kept, i.e. the source window x 206.25..293.75, y 6.25..93.75. A squash, a corner crop or a
+    crop without the 32-pixel margin would show the black outside it."""
+
+    def made(white: tuple[int, int, int, int]) -> np.ndarray:
+        image = _framed((500, 100), white)
+        arr = EFFICIENTNET_LITE_PREPROCESSING(image.transpose(Image.Transpose.TRANSPOSE) if transpose else image)
+        assert arr.shape == (3, 224, 224)
+        return arr.transpose(0, 2, 1) if transpose else arr  # back to landscape orientation
+
+    # White a little beyond the window (bicubic reads 2 source pixels around each sample): all white.
+    inside = made((200, 3, 300, 97))
+    assert inside.min() == pytest.approx(1.0) and inside.max() == pytest.approx(1.0)  # white -> +1 in [-1, 1]
+    # White a little inside the window: every edge of the crop is black, its centre white.
+    window = made((215, 12, 285, 88))
+    for edge in (window[:, 0, :], window[:, -1, :], window[:, :, 0], window[:, :, -1]):
+        assert edge.max() == pytest.approx(-1.0)
+    assert window[:, 112, 112] == pytest.approx([1.0, 1.0, 1.0])

@@ -201,12 +201,51 @@ def test_unreadable_paths_are_not_named_in_the_reason(tmp_path: Path) -> None:
 
 def test_decompression_bomb_gets_a_clear_error(tmp_path: Path) -> None:
     path = _save(Image.new("L", (3000, 3000)), tmp_path / "big.png", "PNG")
-    with pytest.raises(ImageError, match="too large"):
+    with pytest.raises(ImageError, match="3000x3000 pixels is 9 MP, the limit is 1 MP"):
         open_image(path, max_pixels=1_000_000)
-    # Between the limit and twice the limit Pillow only warns; that must still be refused.
-    with pytest.raises(ImageError, match="too large"):
+    # Between the limit and twice the limit Pillow itself would only warn; that must still be refused.
+    with pytest.raises(ImageError, match="9 MP, the limit is 5 MP"):
         open_image(path, max_pixels=5_000_000)
     assert open_image(path, max_pixels=10_000_000).size == (3000, 3000)
+
+
+def _big_jpeg(cat_jpeg: Path, size: tuple[int, int], **save: object) -> bytes:
+    data = io.BytesIO()
+    Image.open(cat_jpeg).convert("RGB").resize(size).save(data, "JPEG", **save)
+    return data.getvalue()
+
+
+def test_a_jpeg_over_the_pixel_limit_is_decoded_reduced(cat_jpeg: Path) -> None:
+    data = _big_jpeg(cat_jpeg, (2000, 1500))
+    full = open_image(data)
+    assert full.size == (2000, 1500)
+    half = open_image(data, max_pixels=1_000_000)  # 3 MP over a 1 MP limit: decoded at 1/2
+    assert half.size == (1000, 750)
+    assert half.info["original_size"] == (2000, 1500)
+    quarter = open_image(data, max_pixels=200_000)
+    assert quarter.size == (500, 375)
+    # The decoder's reduction is the picture, smaller: close to a resize of the full decode.
+    resized = np.asarray(full.resize(quarter.size, Image.Resampling.BOX), dtype=np.float64)
+    assert np.abs(np.asarray(quarter, dtype=np.float64) - resized).mean() < 4
+    # A draft size asked for on top of the limit: the larger of the two reductions.
+    assert open_image(data, max_pixels=1_000_000, draft_size=(256, 256)).size == (500, 375)
+    with pytest.raises(ImageError, match=r"3 MP; JPEGs are decoded at up to 1/8 scale.*limit of 0.04 MP"):
+        open_image(data, max_pixels=40_000)  # 1/8 is 250x188, still over
+
+
+def test_a_rotated_large_jpeg_reports_its_upright_size(cat_jpeg: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to show
+    image = open_image(_big_jpeg(cat_jpeg, (2000, 1500), exif=exif), max_pixels=1_000_000)
+    assert image.size == (750, 1000)
+    assert image.info["original_size"] == (1500, 2000)
+
+
+def test_a_progressive_jpeg_over_the_limit_is_refused(cat_jpeg: Path) -> None:
+    data = _big_jpeg(cat_jpeg, (2000, 1500), progressive=True)
+    assert open_image(data).size == (2000, 1500)
+    with pytest.raises(ImageError, match="3 MP, the limit is 1 MP; progressive JPEGs cannot be decoded reduced"):
+        open_image(data, max_pixels=1_000_000)
 
 
 def test_draft_decoding_keeps_at_least_the_requested_size(cat_jpeg: Path) -> None:

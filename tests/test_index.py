@@ -291,6 +291,33 @@ def test_save_is_atomic(kind, data, tmp_path, monkeypatch, built):
     assert len(load_index(path)) == 1200
 
 
+@pytest.mark.parametrize(
+    ("kind", "knob"),
+    [("hnsw", "ef_search"), ("hnsw-sq8", "ef_search"), *((k, "nprobe") for k in KINDS if k.startswith("ivf"))],
+)
+def test_search_knobs_trade_recall_for_work_and_are_saved(kind, knob, data, tmp_path):
+    """ef_search (graph nodes visited) and nprobe (IVF lists scanned): few find less than the default, many find
+    as much or more (all of them when the vectors are stored whole); a saved index keeps the setting."""
+    ids, vectors, queries = data
+    index = FaissIndex(DIM, kind)
+    index.add(ids, vectors)
+    truth = exact(queries, ids, vectors, 10)
+
+    def found_with(value: int | None) -> np.ndarray:
+        setattr(index, knob, value)
+        return index.search(queries, 10)[1]
+
+    narrow, default, wide = found_with(1), found_with(None), found_with(1024)
+    assert recall(narrow, truth) + 0.2 < recall(default, truth) <= recall(wide, truth) + 0.01
+    if kind in ("hnsw", "ivf"):
+        assert recall(wide, truth) == 1.0
+    found_with(1)
+    index.save(tmp_path / "narrow.faiss")
+    loaded = load_index(tmp_path / "narrow.faiss")
+    assert getattr(loaded, knob) == 1
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], narrow)
+
+
 def test_trainable_kinds_stay_exact_until_enough_vectors(data):
     ids, vectors, queries = data
     index = FaissIndex(DIM, "ivf-pq")

@@ -22,6 +22,8 @@ from PIL import Image
 
 from lookalike import Collection
 from lookalike import embedders as embedder_registry
+from lookalike.confidence import calibrate_weak_match
+from lookalike.images import open_image
 from lookalike.server import create_app
 from lookalike.server.batching import BatchedSearch
 from lookalike.server.locking import FifoSemaphore, ReadWriteLock
@@ -202,14 +204,57 @@ def test_unknown_or_unindexed_embedder_is_refused(client: TestClient, collection
 def test_embedders_are_loaded_at_startup_not_per_request(
     collection: Collection, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app_client = TestClient(create_app(collection))
+    """A fresh `Collection` object (no embedder built yet): `create_app` builds the embedder once, and no
+    request of any kind (upload, id, region, label filter, query expansion) builds another."""
+    created: list[str] = []
+    real_create = embedder_registry.create
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("an embedder was built while serving a request")
+    def counting_create(name: str, **kwargs: object):
+        created.append(name)
+        return real_create(name, **kwargs)
 
-    monkeypatch.setattr(embedder_registry, "create", refuse)
-    response = app_client.post("/api/search", files=jpeg_upload((data_dir / NEW_CAT).read_bytes()))
-    assert response.status_code == 200
+    monkeypatch.setattr(embedder_registry, "create", counting_create)
+    with Collection.open(collection.path, create=False) as fresh:
+        app_client = TestClient(create_app(fresh))
+        assert created == ["efficientnet-lite0"]
+        record_id = fresh.records()[0].id
+        data = (data_dir / NEW_CAT).read_bytes()
+        responses = [
+            app_client.post("/api/search", files=jpeg_upload(data)),
+            app_client.post("/api/search", params={"box": "10,10,200,200", "label": "dog"}, files=jpeg_upload(data)),
+            app_client.get(f"/api/images/{record_id}/similar"),
+            app_client.get(f"/api/images/{record_id}/similar", params={"box": "0,0,100,100", "expand": 3}),
+            app_client.get("/api/embedders"),
+        ]
+        assert [r.status_code for r in responses] == [200] * len(responses)
+        assert created == ["efficientnet-lite0"], "an embedder was built while serving a request"
+
+
+def test_a_foreign_photo_is_marked_as_no_close_match(
+    client: TestClient, collection: Collection, data_dir: Path
+) -> None:
+    """A motorbike among cats and dogs: every result is weak; a new cat's best matches are not."""
+    threshold = calibrate_weak_match(collection)
+    assert threshold is not None
+    motorbike = min((data_dir.parent / "caltech101-dev" / "Motorbikes").iterdir()).read_bytes()
+    body = client.post("/api/search?k=6", files=jpeg_upload(motorbike)).json()
+    assert body["weak_below"] == pytest.approx(threshold, abs=1e-4)
+    assert body["no_close_match"] is True
+    assert all(hit["weak"] for hit in body["results"])
+    assert max(hit["score"] for hit in body["results"]) < threshold
+    cat = client.post("/api/search?k=6", files=jpeg_upload((data_dir / NEW_CAT).read_bytes())).json()
+    assert cat["no_close_match"] is False
+    assert cat["results"][0]["weak"] is False
+    assert [hit["weak"] for hit in cat["results"]] == [hit["score"] < threshold for hit in cat["results"]]
+    # A region has its own threshold: crops are less like anything than whole photos.
+    region_threshold = calibrate_weak_match(collection, region=True)
+    assert region_threshold is not None and region_threshold < threshold
+    region = client.post("/api/search?k=6&box=40,60,300,320", files=jpeg_upload((data_dir / NEW_CAT).read_bytes()))
+    assert region.json()["weak_below"] == pytest.approx(region_threshold, abs=1e-4)
+    # Searching by id and with a label filter carry the same marks.
+    by_id = client.get(f"/api/images/{cat['results'][0]['id']}/similar", params={"k": 3, "label": "dog"}).json()
+    assert by_id["weak_below"] == body["weak_below"]
+    assert [hit["weak"] for hit in by_id["results"]] == [hit["score"] < threshold for hit in by_id["results"]]
 
 
 # --- bad uploads --------------------------------------------------------------------------------
@@ -271,10 +316,39 @@ def test_too_many_pixels_gets_413(collection: Collection) -> None:
     limited = TestClient(create_app(collection, max_pixels=300 * 300))
     response = limited.post("/api/search", files={"file": ("big.png", png_bytes(400, 300), "image/png")})
     assert response.status_code == 413
-    assert "image too large" in response.json()["detail"]
-    assert "120000 pixels" in response.json()["detail"]
+    assert response.json()["detail"] == "image too large: 400x300 pixels is 0.12 MP, the limit is 0.09 MP"
     ok = limited.post("/api/search", files={"file": ("ok.png", png_bytes(300, 300), "image/png")})
     assert ok.status_code == 200
+
+
+def big_jpeg(data_dir: Path, size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(data_dir / NEW_CAT).resize(size, Image.Resampling.BILINEAR).save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+def test_a_jpeg_over_the_pixel_limit_is_searched_decoded_reduced(collection: Collection, data_dir: Path) -> None:
+    """A phone photo over the limit is decoded at 1/2..1/8 scale; its size and box stay in original pixels."""
+    limited = TestClient(create_app(collection, max_pixels=500_000))
+    data = big_jpeg(data_dir, (1612, 1996))  # 3.2 MP: decoded at 1/4, 403x499
+    response = limited.post("/api/search", params={"k": 5}, files=jpeg_upload(data))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["query"]["width"], body["query"]["height"]) == (1612, 1996)
+    expected = collection.search(open_image(data), k=5)  # decoded whole
+    assert [h["id"] for h in body["results"]][:3] == [r.id for r in expected][:3]
+    assert [h["score"] for h in body["results"]] == pytest.approx([r.score for r in expected], abs=0.02)
+    # A region in original pixels: the same crop as of the full decode.
+    box = (160.0, 240.0, 1200.0, 1280.0)
+    region = limited.post("/api/search", params={"k": 5, "box": "160,240,1200,1280"}, files=jpeg_upload(data))
+    assert region.status_code == 200, region.text
+    expected = collection.search(open_image(data), k=5, box=box)
+    assert [h["id"] for h in region.json()["results"]][:3] == [r.id for r in expected][:3]
+    assert [h["score"] for h in region.json()["results"]] == pytest.approx([r.score for r in expected], abs=0.02)
+    # A PNG has no reduced decoding: refused, in plain words.
+    refused = limited.post("/api/search", files={"file": ("big.png", png_bytes(1000, 600), "image/png")})
+    assert refused.status_code == 413
+    assert refused.json()["detail"] == "image too large: 1000x600 pixels is 0.6 MP, the limit is 0.5 MP"
 
 
 # --- serving images -----------------------------------------------------------------------------
@@ -289,6 +363,15 @@ def test_image_file_is_the_indexed_file(client: TestClient, collection: Collecti
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/jpeg"
     assert response.content == Path(record.path).read_bytes()
+
+
+def test_image_details_give_the_path_below_the_indexed_folder(client: TestClient, collection: Collection) -> None:
+    record = collection.catalog.records()[14]
+    details = client.get(f"/api/images/{record.id}").json()
+    assert details["path"] == f"{record.label}/{Path(record.path).name}"  # photos/dog/dog.3.jpg -> dog/dog.3.jpg
+    assert details["file_size"] == Path(record.path).stat().st_size
+    assert details["uploaded"] is False
+    assert (details["width"], details["height"]) == (record.width, record.height)
 
 
 def test_thumbnail_is_made_once_and_cached_in_the_collection(client: TestClient, collection: Collection) -> None:
@@ -307,6 +390,36 @@ def test_thumbnail_is_made_once_and_cached_in_the_collection(client: TestClient,
     assert second.content == first.content
     assert cached[0].stat().st_mtime_ns == stamp  # served from the cache, not remade
     assert not list((collection.path / "thumbnails").glob(".*.tmp"))  # no leftovers from the atomic write
+
+
+def test_a_thumbnail_is_remade_when_its_file_changes(small_collection: Collection, data_dir: Path) -> None:
+    """The same path (and id) with new content, indexed by another process while the server runs: the next
+    thumbnail shows the new picture, and the old one is dropped from the cache."""
+    client = TestClient(create_app(small_collection))
+    record = small_collection.records()[0]
+    before = client.get(client.get(f"/api/images/{record.id}").json()["thumbnail_url"])
+    assert before.status_code == 200
+    path = Path(record.path)
+    shutil.copyfile(data_dir / NEW_DOG, path)  # new bytes, new size and mtime
+    with Collection.open(small_collection.path, create=False) as other:
+        assert other.sync(path.parent.parent).updated == [str(path)]
+    info = client.get(f"/api/images/{record.id}").json()
+    after = client.get(info["thumbnail_url"])
+    assert after.status_code == 200 and after.content != before.content
+
+    def pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+        return np.asarray(image.convert("RGB").resize(size), dtype=np.float32)
+
+    shown = Image.open(io.BytesIO(after.content))
+    expected = Image.open(data_dir / NEW_DOG)
+    expected.thumbnail((256, 256))
+    assert shown.size == expected.size
+    new_difference = np.abs(pixels(shown, shown.size) - pixels(expected, shown.size)).mean()
+    old_difference = np.abs(pixels(Image.open(io.BytesIO(before.content)), shown.size) - pixels(expected, shown.size))
+    assert new_difference < 8 and old_difference.mean() > 3 * new_difference
+    sha = small_collection.image(record.id).sha256
+    cached = list((small_collection.path / "thumbnails").glob(f"{record.id}-*.jpg"))
+    assert [p.name for p in cached] == [f"{record.id}-{sha[:12]}.jpg"]
 
 
 @pytest.mark.parametrize(
@@ -369,6 +482,7 @@ def test_limits_are_published(collection: Collection) -> None:
         "max_pixels": 7_000_000,
         "max_k": 100,
         "default_k": 12,
+        "read_only": False,
     }
 
 
@@ -403,6 +517,7 @@ def test_page_docs_and_static_files_are_served(client: TestClient) -> None:
     assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/search", "/api/images/{image_id}/similar", "/api/images", "/api/stats"} <= set(paths)
+    assert client.get("/redoc").status_code == 404  # ReDoc's bundle fetches its logo from the network
 
 
 # --- cross-origin rules -------------------------------------------------------------------------
@@ -711,6 +826,31 @@ def test_a_running_server_sees_what_another_process_indexes(small_collection: Co
     hits = client.post("/api/search?k=7", files=jpeg_upload(data)).json()["results"]
     assert new_id not in [h["id"] for h in hits] and len(hits) == 6
     assert client.get("/api/images", params={"limit": 200}).json()["total"] == 6
+
+
+def test_a_read_only_server_refuses_to_add_or_remove(small_collection: Collection, data_dir: Path) -> None:
+    client = TestClient(create_app(small_collection, read_only=True))
+    assert client.get("/api/limits").json()["read_only"] is True
+    record = small_collection.catalog.records()[0]
+    added = client.post("/api/images", files=jpeg_upload((data_dir / NEW_CAT).read_bytes()))
+    assert added.status_code == 403
+    assert "read-only" in added.json()["detail"]
+    assert client.delete(f"/api/images/{record.id}").status_code == 403
+    assert small_collection.catalog.count() == 6
+    uploads = small_collection.path / "uploads"
+    assert not uploads.exists() or not list(uploads.iterdir())
+    assert client.post("/api/search", files=jpeg_upload((data_dir / NEW_CAT).read_bytes())).status_code == 200
+
+
+def test_an_uploaded_image_is_listed_under_uploads(small_collection: Collection, data_dir: Path) -> None:
+    client = TestClient(create_app(small_collection))
+    added = client.post("/api/images?label=cat", files=jpeg_upload((data_dir / NEW_CAT).read_bytes())).json()
+    details = client.get(f"/api/images/{added['id']}").json()
+    assert details["uploaded"] is True
+    assert details["path"].startswith("uploads/") and details["path"].endswith(".jpg")
+    # The other photos keep their paths below the indexed folder, which the upload does not widen.
+    record = small_collection.catalog.records()[0]
+    assert client.get(f"/api/images/{record.id}").json()["path"] == f"cat/{Path(record.path).name}"
 
 
 def test_deleting_an_indexed_photo_leaves_the_users_file(small_collection: Collection) -> None:

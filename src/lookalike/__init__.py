@@ -17,12 +17,13 @@ _EXPORTS = {
     "Query": "collection",
     "SearchResult": "collection",
     "SyncReport": "collection",
+    "TextSearch": "collection",
     "ImageError": "images",
     "open_image": "images",
 }
 
 if TYPE_CHECKING:
-    from .collection import Collection, Neighbours, Query, SearchResult, SyncReport
+    from .collection import Collection, Neighbours, Query, SearchResult, SyncReport, TextSearch
     from .images import ImageError, open_image
 
 
@@ -39,6 +40,7 @@ __all__ = [
     "Query",
     "SearchResult",
     "SyncReport",
+    "TextSearch",
     "__version__",
     "open_image",
 ]

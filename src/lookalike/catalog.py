@@ -38,6 +38,15 @@ CREATE TABLE IF NOT EXISTS vectors (
     PRIMARY KEY (embedder, image_id)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- each image's top classes by an embedder whose network is also a classifier (concept search, tags)
+CREATE TABLE IF NOT EXISTS concepts (
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    embedder TEXT NOT NULL,
+    class INTEGER NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (embedder, image_id, class)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS concepts_class ON concepts(embedder, class);
 """
 
 
@@ -192,17 +201,21 @@ class Catalog:
         )
 
     def delete_vectors(self, ids: Iterable[int], embedder: str | None = None) -> None:
-        if embedder is None:
-            self._db.executemany("DELETE FROM vectors WHERE image_id = ?", [(int(i),) for i in ids])
-        else:
-            self._db.executemany(
-                "DELETE FROM vectors WHERE image_id = ? AND embedder = ?", [(int(i), embedder) for i in ids]
-            )
+        """Vectors of `ids` (of one embedder, or all), and the concepts the same network gave them."""
+        ids = [int(i) for i in ids]
+        for table in ("vectors", "concepts"):
+            if embedder is None:
+                self._db.executemany(f"DELETE FROM {table} WHERE image_id = ?", [(i,) for i in ids])
+            else:
+                self._db.executemany(
+                    f"DELETE FROM {table} WHERE image_id = ? AND embedder = ?", [(i, embedder) for i in ids]
+                )
 
     def delete_embedder(self, embedder: str) -> None:
-        """Every vector of one embedder, and what was measured of it."""
+        """Every vector and concept of one embedder, and what was measured of it."""
         self._db.execute("DELETE FROM vectors WHERE embedder = ?", (embedder,))
-        self._db.execute("DELETE FROM meta WHERE key = ?", (f"throughput:{embedder}",))
+        self._db.execute("DELETE FROM concepts WHERE embedder = ?", (embedder,))
+        self._db.execute("DELETE FROM meta WHERE key IN (?, ?)", (f"throughput:{embedder}", f"concepts:{embedder}"))
 
     def has_vector(self, embedder: str, image_id: int) -> bool:
         row = self._db.execute(
@@ -242,6 +255,70 @@ class Catalog:
 
     def embedders(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT embedder FROM vectors ORDER BY embedder")]
+
+    # --- concepts (top classes) -----------------------------------------------------------
+
+    def put_concepts(
+        self, embedder: str, vocabulary: str, ids: Iterable[int], classes: np.ndarray, scores: np.ndarray
+    ) -> None:
+        """Replace the stored top classes of `ids` by an embedder whose classes are `vocabulary`'s."""
+        ids = [int(i) for i in ids]
+        self._db.executemany("DELETE FROM concepts WHERE image_id = ? AND embedder = ?", [(i, embedder) for i in ids])
+        self._db.executemany(
+            "INSERT INTO concepts (image_id, embedder, class, score) VALUES (?, ?, ?, ?)",
+            [
+                (i, embedder, int(c), float(s))
+                for i, row_classes, row_scores in zip(ids, classes, scores, strict=True)
+                for c, s in zip(row_classes, row_scores, strict=True)
+            ],
+        )
+        if ids:
+            self.set_meta(f"concepts:{embedder}", vocabulary)
+
+    def concept_embedders(self) -> dict[str, str]:
+        """Embedders that stored concepts -> their class vocabulary."""
+        rows = self._db.execute("SELECT key, value FROM meta WHERE key LIKE 'concepts:%' ORDER BY key")
+        return {key.removeprefix("concepts:"): value for key, value in rows}
+
+    def concept_ids(self, embedder: str) -> set[int]:
+        """Ids of the images with stored concepts of `embedder`."""
+        return {
+            r[0] for r in self._db.execute("SELECT DISTINCT image_id FROM concepts WHERE embedder = ?", (embedder,))
+        }
+
+    def concept_scores(
+        self, embedder: str, classes: Iterable[int], min_score: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, summed score) of the images with any of `classes` among their stored ones (each
+        counted when its score is at least `min_score`)."""
+        wanted = sorted({int(c) for c in classes})
+        totals: dict[int, float] = {}
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for image_id, total in self._db.execute(
+                f"SELECT image_id, sum(score) FROM concepts WHERE embedder = ? AND class IN ({marks})"
+                " AND score >= ? GROUP BY image_id",
+                [embedder, *chunk, min_score],
+            ):
+                totals[image_id] = totals.get(image_id, 0.0) + total
+        ids = np.fromiter(totals, dtype=np.int64, count=len(totals))
+        return ids, np.fromiter(totals.values(), dtype=np.float32, count=len(totals))
+
+    def concepts_of(self, embedder: str, ids: Iterable[int]) -> dict[int, list[tuple[int, float]]]:
+        """Each image's stored (class, score), best first."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, list[tuple[int, float]]] = {}
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for image_id, cls, score in self._db.execute(
+                f"SELECT image_id, class, score FROM concepts WHERE embedder = ? AND image_id IN ({marks})"
+                " ORDER BY image_id, score DESC",
+                [embedder, *chunk],
+            ):
+                found.setdefault(image_id, []).append((cls, score))
+        return found
 
     # --- meta -----------------------------------------------------------------------------
 

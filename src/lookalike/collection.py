@@ -32,9 +32,10 @@ from PIL import Image
 
 from . import embedders as embedder_registry
 from .catalog import Catalog, ImageRecord
+from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocabulary
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, open_image
-from .index import DEFAULT_INDEX, VectorIndex, create_index, load_index
+from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
 from .index.exact import exact_search
 from .index.rerank import alpha_query_expansion, search_excluding
 from .storage import (
@@ -90,7 +91,8 @@ class PreparedImage:
     sha256: str
     width: int
     height: int
-    vectors: dict[str, np.ndarray]  # embedder name -> (1, dim)
+    #: embedder name -> (its classes or None, the (1, dim) vector, class probabilities or None)
+    outputs: dict[str, tuple[str | None, np.ndarray, np.ndarray | None]]
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,30 @@ class SearchResult:
     rank: int
     #: the image's catalog row (size, content hash, ...)
     record: ImageRecord | None = field(default=None, repr=False, compare=False)
+    #: its top concepts (ImageNet classes), when an embedder of the collection is a classifier
+    tags: tuple[Tag, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, object]:
-        return {"rank": self.rank, "score": self.score, "id": self.id, "label": self.label, "path": self.path}
+        return {
+            "rank": self.rank, "score": self.score, "id": self.id, "label": self.label, "path": self.path,
+            "tags": [{"name": t.name, "score": t.score} for t in self.tags],
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TextSearch:
+    """The answer to a search by words: the images, and how the words were read."""
+
+    text: str
+    results: list[SearchResult]
+    #: "concepts" (the words matched ImageNet classes) or "text-encoder" (a CLIP-like embedder read them)
+    method: str
+    #: the embedder whose concepts or text encoder answered
+    embedder: str
+    #: the terms the words were read as (concept search only)
+    terms: tuple[Term, ...] = ()
+    #: words left out because they match no concept, each with the closest known words (concept search only)
+    ignored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,6 +163,8 @@ class SyncReport:
     removed: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     unchanged: int = 0
+    #: images that already had vectors and only got their concepts (top classes) now
+    described: int = 0
     embedded: int = 0
     embed_seconds: float = 0.0
     seconds: float = 0.0
@@ -192,7 +217,7 @@ class Collection:
         #: decode JPEGs in draft mode when indexing (see benchmarks/bench_indexing.py for its effect)
         self.draft = True
         self._writes = 0  # changes committed through this object (SQLite's data_version counts the others)
-        self._all_ids: tuple[tuple[int, int], np.ndarray] | None = None
+        self._all_ids: tuple[tuple[int, int], np.ndarray, str] | None = None
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -229,6 +254,8 @@ class Collection:
                 raise embedder_registry.EmbedderError(
                     f"unknown embedder {embedder!r}; available: {', '.join(embedder_registry.available())}"
                 )
+            if index is not None:
+                check_index_kind(index)
             path.mkdir(parents=True, exist_ok=True)
             config = {"version": 1, "default_embedder": embedder or DEFAULT_EMBEDDER, "index": index or DEFAULT_INDEX}
             write_json(config_path, config)
@@ -257,11 +284,23 @@ class Collection:
     # --- embedders and indexes ----------------------------------------------------------------
 
     def embedder(self, name: str | None = None, *, weights: str | Path | None = None) -> Embedder:
-        """The embedder called `name` (default: the collection's), built once and kept."""
+        """The embedder called `name` (default: the collection's), built once and kept.
+
+        A local weights file given here is remembered in config.json, so later sessions (a search,
+        the server) build the same embedder without being told again.
+        """
         name = name or self.default_embedder
         with self._lock:
             if name not in self._embedders:
+                remembered = self.config.get("weights", {})
+                if weights is None:
+                    weights = remembered.get(name)
                 self._embedders[name] = embedder_registry.create(name, weights=weights, models_dir=self.models_dir)
+                if weights is not None and remembered.get(name) != str(Path(weights).expanduser().resolve()):
+                    self.config["weights"] = {**remembered, name: str(Path(weights).expanduser().resolve())}
+                    # only this key: the session's other choices (open(embedder=...)) are not the collection's
+                    on_disk = json.loads((self.path / "config.json").read_text())
+                    write_json(self.path / "config.json", {**on_disk, "weights": self.config["weights"]})
             return self._embedders[name]
 
     def use_embedder(self, embedder: Embedder) -> None:
@@ -495,7 +534,7 @@ class Collection:
         with self._lock:
             self.index(name)  # loaded now, so each batch updates it in place
             known = {r.path: r for r in self.catalog.records(under=str(root))}
-            have_vectors = self.catalog.vector_ids(name)
+            have_vectors = self._embedded_ids(model)
             seen: set[str] = set()
             todo: list[Path] = []
             for path in iter_image_files(root, exclude=self.path):
@@ -537,6 +576,12 @@ class Collection:
                 self._save_index(name, self.index(name), self.catalog.generation(name))
         report.seconds = time.perf_counter() - started
         return report
+
+    def _embedded_ids(self, model: Embedder) -> set[int]:
+        """Images with everything `model` gives: its vector, and its concepts when it is a classifier
+        (images indexed before concepts were kept get them on the next sync)."""
+        ids = self.catalog.vector_ids(model.name)
+        return ids & self.catalog.concept_ids(model.name) if model.classes else ids
 
     def embed_missing(
         self,
@@ -597,10 +642,15 @@ class Collection:
         ):  # fmt: skip
             arrays = [item for item in batch if item.array is not None]
             t0 = time.perf_counter()
-            vectors = model.embed_arrays(np.stack([a.array for a in arrays])) if arrays else None
+            vectors, probabilities = (
+                model.embed_and_classify(np.stack([a.array for a in arrays])) if arrays else (None, None)
+            )
             report.embed_seconds += time.perf_counter() - t0
             report.embedded += len(arrays)
-            self._write_batch(name, batch, arrays, vectors, known, report)
+            concepts = None
+            if probabilities is not None and model.classes:
+                concepts = (model.classes, *top_classes(probabilities))
+            self._write_batch(name, batch, arrays, vectors, known, report, concepts)
             done += len(batch)
             if progress:
                 progress(stage, done, len(todo))
@@ -617,11 +667,17 @@ class Collection:
         vectors: np.ndarray | None,
         known: dict[str, ImageRecord],
         report: SyncReport,
+        concepts: tuple[str, np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Commit one decoded batch: rows, vectors and index updates in one transaction."""
+        """Commit one decoded batch: rows, vectors, concepts and index updates in one transaction.
+
+        `concepts`: (vocabulary, class ids (n, k), scores (n, k)) of the images in `arrays`.
+        """
         vector_of = {id(item): v for item, v in zip(arrays, vectors if vectors is not None else [], strict=True)}
+        row_of = {id(item): r for r, item in enumerate(arrays)}
         new_ids: list[int] = []
         new_vectors: list[np.ndarray] = []
+        described: list[tuple[int, int]] = []  # (image id, row in arrays) of every image given concepts
         stale: list[int] = []  # rows whose content changed or became unreadable: every embedder's vectors go
         inside = str(self.path) + os.sep
         with self._change():
@@ -650,6 +706,16 @@ class Collection:
                 )  # fmt: skip
                 if content_changed:
                     stale.append(image_id)
+                if concepts is not None:
+                    described.append((image_id, row_of[id(item)]))
+                    if (
+                        record is not None
+                        and not content_changed
+                        and record.status == "ok"
+                        and self.catalog.has_vector(name, image_id)
+                    ):
+                        report.described += 1  # indexed before concepts were kept: its vector stays
+                        continue
                 new_ids.append(image_id)
                 new_vectors.append(vector_of[id(item)])
                 if record is None:
@@ -661,6 +727,10 @@ class Collection:
             self._forget(stale)
             if new_ids:
                 self._store(name, new_ids, np.stack(new_vectors))
+            if concepts is not None and described:
+                vocab, classes, scores = concepts
+                rows = [r for _, r in described]
+                self.catalog.put_concepts(name, vocab, [i for i, _ in described], classes[rows], scores[rows])
 
     # --- single images -----------------------------------------------------------------------
 
@@ -677,9 +747,13 @@ class Collection:
         """
         image = open_image(data, max_pixels=max_pixels)
         names = sorted(set(self.catalog.embedders()) | {self.default_embedder})
-        vectors = {n: self.embedder(n).embed_images([image]) for n in names}
+        outputs = {}
+        for n in names:
+            model = self.embedder(n)
+            vector, probabilities = model.embed_and_classify(model.preprocess(image)[None])
+            outputs[n] = (model.classes, vector, probabilities)
         width, height = image.info.get("original_size", image.size)
-        return PreparedImage(data=data, sha256=sha256_of(data), width=width, height=height, vectors=vectors)
+        return PreparedImage(data=data, sha256=sha256_of(data), width=width, height=height, outputs=outputs)
 
     def add_image(
         self,
@@ -721,8 +795,10 @@ class Collection:
                             label=label, width=prepared.width, height=prepared.height, status="ok",
                         )  # fmt: skip
                         self._forget([image_id])  # a replaced file's vectors of embedders not recomputed here go too
-                        for n, v in prepared.vectors.items():
-                            self._store(n, [image_id], v)
+                        for n, (classes, vector, probabilities) in prepared.outputs.items():
+                            self._store(n, [image_id], vector)
+                            if classes and probabilities is not None:
+                                self.catalog.put_concepts(n, classes, [image_id], *top_classes(probabilities))
                 except BaseException:
                     if not existed:
                         target.unlink(missing_ok=True)
@@ -818,7 +894,7 @@ class Collection:
             else:
                 pil = open_image(image if isinstance(image, bytes) else Path(image))
             box = boxes[i] if boxes is not None else None
-            pils.append(pil.crop(_clamp_box(box, pil.size)) if box is not None else pil)
+            pils.append(pil.crop(_clamp_box(_box_in_decoded_pixels(box, pil), pil.size)) if box is not None else pil)
         return self.embedder(embedder).embed_images(pils)
 
     def search(
@@ -830,19 +906,27 @@ class Collection:
         box: Box | None = None,
         label: str | None = None,
         expand: int = 0,
+        tag: str | None = None,
     ) -> list[SearchResult]:
-        """The k images most similar to `image`, best first.
+        """The k images most similar to `image`, best first (`tag`: only images showing that concept).
 
         An image that is itself in the collection is never returned as its own match.
         """
         query = image if isinstance(image, Query) else Query(image=image, box=box)
-        return self.search_batch([query], k, embedder=embedder, label=label, expand=expand)[0]
+        return self.search_batch([query], k, embedder=embedder, label=label, expand=expand, tag=tag)[0]
 
     def search_id(
-        self, image_id: int, k: int = 5, *, embedder: str | None = None, label: str | None = None, expand: int = 0
+        self,
+        image_id: int,
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        label: str | None = None,
+        expand: int = 0,
+        tag: str | None = None,
     ) -> list[SearchResult]:
         """Neighbours of an indexed image (itself excluded)."""
-        return self.search_batch([Query(id=image_id)], k, embedder=embedder, label=label, expand=expand)[0]
+        return self.search_batch([Query(id=image_id)], k, embedder=embedder, label=label, expand=expand, tag=tag)[0]
 
     def search_vector(
         self,
@@ -866,6 +950,7 @@ class Collection:
         embedder: str | None = None,
         label: str | None = None,
         expand: int = 0,
+        tag: str | None = None,
     ) -> list[list[SearchResult]]:
         """The k most similar images of each query, best first: the one search every entry point uses.
 
@@ -875,7 +960,7 @@ class Collection:
         """
         name = embedder or self.default_embedder
         vectors, exclude = self.query_vectors([q if isinstance(q, Query) else _as_query(q) for q in queries], name)
-        found = self.search_vectors(vectors, k, embedder=name, label=label, exclude=exclude, expand=expand)
+        found = self.search_vectors(vectors, k, embedder=name, label=label, exclude=exclude, expand=expand, tag=tag)
         return self.results(found)
 
     def query_vectors(self, queries: Sequence[Query], embedder: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -937,10 +1022,12 @@ class Collection:
         exclude: np.ndarray | Sequence[int] | None = None,
         expand: int = 0,
         exact: bool = False,
+        tag: str | None = None,
     ) -> Neighbours:
         """The k nearest indexed images of each vector, as arrays: the core of every search.
 
-        `label` and `within` (ids) restrict the candidates; `exclude` is one id per query never
+        `label`, `tag` (words: images tagged with that concept, see `tagged_ids`) and `within` (ids)
+        restrict the candidates; `exclude` is one id per query never
         returned (-1: none); `expand` > 0 re-ranks by alpha query expansion over that many top
         neighbours (index/rerank.py); `exact` ranks by brute force over the stored vectors
         whatever the index (evaluation). A hit deleted by another thread or process between the
@@ -953,6 +1040,9 @@ class Collection:
         if label is not None:
             with_label = self.catalog.ids_with_label(label)
             allowed = with_label if allowed is None else np.intersect1d(with_label, allowed)
+        if tag is not None:
+            tagged = self.tagged_ids(tag)
+            allowed = tagged if allowed is None else np.intersect1d(tagged, allowed)
         if allowed is not None and not len(allowed):
             return Neighbours.empty(len(vectors), k)
         if exact:
@@ -976,16 +1066,24 @@ class Collection:
         return Neighbours(np.where(present, found, -1), np.where(present, scores, -np.inf))
 
     def results(self, found: Neighbours) -> list[list[SearchResult]]:
-        """Typed results of a batched search, with each image's catalog record."""
-        records = self.catalog.get_many(np.unique(found.ids[found.ids >= 0]).tolist())
+        """Typed results of a batched search, with each image's catalog record and tags."""
+        hits = np.unique(found.ids[found.ids >= 0]).tolist()
+        records = self.catalog.get_many(hits)
+        tags = self.tags(hits)
         out = []
         for row_ids, row_scores in zip(found.ids, found.scores, strict=True):
             row = [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if int(i) in records]
             out.append(
                 [
                     SearchResult(
-                        id=i, path=records[i].path, label=records[i].label, score=s, rank=rank, record=records[i]
-                    )
+                        id=i,
+                        path=records[i].path,
+                        label=records[i].label,
+                        score=s,
+                        rank=rank,
+                        record=records[i],
+                        tags=tuple(tags.get(i, ())),
+                    )  # fmt: skip
                     for rank, (i, s) in enumerate(row, start=1)
                 ]
             )
@@ -998,6 +1096,112 @@ class Collection:
         if not len(ids):
             return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float32)
         return vectors[[row[int(i)] for i in ids]]
+
+    # --- concepts: search by words, tags ---------------------------------------------------------
+
+    def concept_source(self, embedder: str | None = None) -> str | None:
+        """The embedder whose stored concepts answer word queries and give tags: `embedder` (default:
+        the collection's) when it stored concepts, else the first that did; None when none has."""
+        stored = self.catalog.concept_embedders()
+        name = embedder or self.default_embedder
+        return name if name in stored else next(iter(stored), None)
+
+    def _concept_vocabulary(self, embedder: str | None = None) -> tuple[str, object]:
+        source = self.concept_source(embedder)
+        if source is None:
+            raise ConceptError(
+                "no image of this collection has concepts yet: they come from an ImageNet classifier embedder "
+                "(the default, efficientnet-lite0, is one); run `lookalike index FOLDER` "
+                "(with --embedder efficientnet-lite0 if the collection's default is another) to compute them"
+            )
+        return source, vocabulary(self.catalog.concept_embedders()[source])
+
+    def read_text(self, text: str, *, embedder: str | None = None, strict: bool = True) -> list[Term]:
+        """How a word query is read: its terms, each a set of classes. ConceptError when no word matches
+        a concept, or (`strict`) when any word does not."""
+        _, vocab = self._concept_vocabulary(embedder)
+        return vocab.read(text, strict=strict)  # type: ignore[attr-defined]
+
+    def concept_scores(
+        self, text: str, *, embedder: str | None = None, min_score: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of the images matching every term of `text`: per term, the summed probability of
+        its classes among the image's stored top classes (those of at least `min_score`); over terms,
+        their product. Best first."""
+        source, _ = self._concept_vocabulary(embedder)
+        return self._score_terms(source, self.read_text(text, embedder=source), min_score)
+
+    def _score_terms(self, source: str, terms: Sequence[Term], min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        ids: np.ndarray | None = None
+        scores = np.zeros(0, dtype=np.float32)
+        for term in terms:
+            term_ids, term_scores = self.catalog.concept_scores(source, term.classes, min_score)
+            if ids is None:
+                ids, scores = term_ids, term_scores
+                continue
+            both, mine, theirs = np.intersect1d(ids, term_ids, return_indices=True)
+            ids, scores = both, scores[mine] * term_scores[theirs]
+        assert ids is not None
+        order = np.lexsort((ids, -scores))  # best first, ties by id
+        return ids[order], np.minimum(scores[order], 1.0).astype(np.float32)
+
+    def tagged_ids(self, text: str, *, embedder: str | None = None) -> np.ndarray:
+        """Ids of the images tagged with what `text` names: one of their tags (a class of probability at
+        least TAG_MIN_SCORE) is that concept or below it ("dog": any breed), for every term. Sorted."""
+        return np.sort(self.concept_scores(text, embedder=embedder, min_score=TAG_MIN_SCORE)[0])
+
+    def tags(self, ids: Iterable[int], *, embedder: str | None = None) -> dict[int, list[Tag]]:
+        """Each image's top concepts (the classes its network is most sure of), when the collection has any."""
+        source = self.concept_source(embedder)
+        if source is None:
+            return {}
+        vocab = vocabulary(self.catalog.concept_embedders()[source])
+        return {
+            i: vocab.tags([c for c, _ in row], [s for _, s in row])
+            for i, row in self.catalog.concepts_of(source, ids).items()
+        }
+
+    def search_text(
+        self,
+        text: str,
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        label: str | None = None,
+        tag: str | None = None,
+    ) -> TextSearch:
+        """The k images that best show what `text` says, best first.
+
+        With an embedder that encodes text (CLIP), the words are embedded and searched like an image;
+        otherwise they are read as concepts (ImageNet classes, through WordNet: "dog" finds every
+        breed) and matched against each image's stored top classes. Words that match no concept
+        raise ConceptError naming the closest known words; when some words match, the others are left
+        out and listed in `ignored`.
+        """
+        name = embedder or self.default_embedder
+        # Only an embedder that reads text is built here: concept search needs no network.
+        model = self._embedders.get(name)
+        if model is None and embedder_registry.reads_text(name):
+            model = self.embedder(name)
+        if model is not None and model.encodes_text:
+            vector = model.embed_texts([text])
+            found = self.search_vectors(vector, k, embedder=name, label=label, tag=tag)
+            return TextSearch(text, self.results(found)[0], "text-encoder", name)
+        source, vocab = self._concept_vocabulary(embedder)
+        terms = tuple(self.read_text(text, embedder=source, strict=False))
+        ignored = tuple(vocab.explain(word) for word in vocab.parse(text)[1])  # type: ignore[attr-defined]
+        ids, scores = self._score_terms(source, terms)
+        keep = np.ones(len(ids), dtype=bool)
+        if label is not None:
+            keep &= np.isin(ids, self.catalog.ids_with_label(label))
+        if tag is not None:
+            keep &= np.isin(ids, self.tagged_ids(tag, embedder=source))
+        ids, scores = ids[keep][:k], scores[keep][:k]
+        found = Neighbours(
+            np.concatenate([ids, np.full(k - len(ids), -1, dtype=np.int64)])[None, :],
+            np.concatenate([scores, np.full(k - len(ids), -np.inf, dtype=np.float32)])[None, :],
+        )
+        return TextSearch(text, self.results(found)[0], "concepts", source, terms, ignored)
 
     # --- reading the catalog -----------------------------------------------------------------------
 
@@ -1021,12 +1225,26 @@ class Collection:
         """
         if label is not None:
             return np.sort(self.catalog.ids_with_label(label))
+        return self._listing()[0]
+
+    def indexed_root(self) -> str:
+        """The deepest folder holding every indexed file except the collection's own (uploads); "" if none."""
+        return self._listing()[1]
+
+    def _listing(self) -> tuple[np.ndarray, str]:
         with self._lock:
             version = (self.catalog.data_version(), self._writes)
             if self._all_ids is None or version != self._all_ids[0]:
                 records = self.catalog.records(status="ok")
-                self._all_ids = (version, np.fromiter((r.id for r in records), dtype=np.int64, count=len(records)))
-            return self._all_ids[1]
+                ids = np.fromiter((r.id for r in records), dtype=np.int64, count=len(records))
+                inside = str(self.path) + os.sep
+                root = _common_folder(r.path for r in records if not r.path.startswith(inside))
+                self._all_ids = (version, ids, root)
+            return self._all_ids[1], self._all_ids[2]
+
+    def generation(self, embedder: str | None = None) -> int:
+        """A number that moves on whenever the vectors of `embedder` change (here or in another process)."""
+        return self.catalog.generation(embedder or self.default_embedder)
 
     def stored_vector(self, image_id: int, embedder: str | None = None) -> np.ndarray | None:
         """The stored vector of an indexed image, or None when it has none of that embedder."""
@@ -1165,6 +1383,25 @@ def _write_error_in(exc: BaseException, what: str) -> CollectionWriteError | Non
 
 def _as_query(query: ImageInput | np.ndarray) -> Query:
     return Query(vector=query) if isinstance(query, np.ndarray) else Query(image=query)
+
+
+def _common_folder(paths: Iterable[str]) -> str:
+    """The deepest folder that holds every one of `paths` ("" for none)."""
+    lowest = highest = None
+    for path in paths:  # the common prefix of the smallest and largest string is everyone's
+        lowest = path if lowest is None or path < lowest else lowest
+        highest = path if highest is None or path > highest else highest
+    if lowest is None or highest is None:
+        return ""
+    return os.path.dirname(os.path.commonprefix([lowest, highest]) + "x")
+
+
+def _box_in_decoded_pixels(box: Box, image: Image.Image) -> Box:
+    """A box in the upright original's pixels, in pixels of `image` (a large JPEG may have been decoded reduced)."""
+    width, height = image.info.get("original_size", image.size)
+    sx, sy = image.width / max(1, width), image.height / max(1, height)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return x0 * sx, y0 * sy, x1 * sx, y1 * sy
 
 
 def _clamp_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +24,12 @@ IMAGE_EXTENSIONS = frozenset(
 
 ORIENTATION_TAG = 0x0112
 
-# About 8k x 11k pixels; anything larger is treated as a decompression bomb.
+# About 8k x 11k pixels decoded at most (Pillow's own default); larger JPEGs are decoded reduced.
 DEFAULT_MAX_PIXELS = 89_478_485
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO: a JPEG with extra frames, as many phones write
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
 
 # 16-bit and float greyscale is scaled to 8 bits this many pixels at a time (a 4 MB float32 strip).
 _STRIP_PIXELS = 1 << 20
@@ -129,6 +132,38 @@ def _scale_to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(out)
 
 
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.3g} MP"
+
+
+def _open_unchecked(fp: io.BytesIO | str | os.PathLike[str]) -> Image.Image:
+    """`Image.open` (it reads the header only) without Pillow's own pixel limit.
+
+    `open_image` checks the size itself before anything is decoded, with room for JPEGs
+    decoded reduced. Pillow's limit is a process-wide setting, so it is lifted under a lock,
+    only for the time of the header parse, and put back.
+    """
+    with _PILLOW_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(fp)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _power_of_two_at_most(value: int) -> int:
+    return next(s for s in (8, 4, 2, 1) if value >= s)
+
+
+def _jpeg_scale(width: int, height: int, max_pixels: int) -> int | None:
+    """The smallest JPEG draft scale (1, 2, 4 or 8) that decodes at most `max_pixels`, or None."""
+    for scale in (1, 2, 4, 8):
+        if -(-width // scale) * -(-height // scale) <= max_pixels:
+            return scale
+    return None
+
+
 def open_image(
     source: str | os.PathLike[str] | bytes,
     *,
@@ -137,9 +172,16 @@ def open_image(
 ) -> Image.Image:
     """Decode a path or raw bytes to an upright RGB image, or raise `ImageError`.
 
-    `draft_size` lets the JPEG decoder downscale by a power of two while decoding
+    At most `max_pixels` are ever decoded, so memory per decode stays bounded. A baseline
+    JPEG with more pixels (a phone's 48-200 megapixel photo) is decoded reduced by 2, 4 or 8
+    in each direction (JPEG draft mode: the decoder itself scales, the full image never
+    exists in memory) to fit; any other file over the limit, and a progressive JPEG (its
+    decoder holds the whole image's coefficients), is refused with "N MP, the limit is M MP".
+
+    `draft_size` lets the JPEG decoder downscale further, by a power of two, while decoding
     (much faster for large photos); the result is never smaller than `draft_size`.
-    The upright size before any draft scaling is in `image.info["original_size"]`.
+    The upright size before any reduction is in `image.info["original_size"]`; boxes given
+    in those pixels must be scaled by `image.size / original_size`.
     """
     name = "<upload>" if isinstance(source, bytes) else str(source)
     try:
@@ -152,34 +194,46 @@ def open_image(
                 raise ImageError(name, "empty file (0 bytes)")
             fp = source
         # At most `decode_limit()` images are decoded (and converted) at once in this process.
-        with _decode_slots, warnings.catch_warnings():
-            # Pillow warns (not raises) between max_pixels and 2 x max_pixels; make it an error.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            previous_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = max_pixels
-            try:
-                with Image.open(fp) as image:
-                    if image.width * image.height > max_pixels:
-                        raise ImageError(
-                            name,
-                            f"image too large ({image.width}x{image.height} pixels, limit {max_pixels})",
-                        )
-                    width, height = image.size
-                    if image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):
-                        width, height = height, width  # rotated a quarter turn when made upright
-                    if draft_size is not None and image.format == "JPEG":
-                        image.draft("RGB", draft_size)
-                    image.load()
-                    image = ImageOps.exif_transpose(image) or image
-                    rgb = _to_rgb(image)
-                    rgb.info["original_size"] = (width, height)
-                    return rgb
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous_limit
+        with _decode_slots, _open_unchecked(fp) as image:
+            width, height = image.size
+            pixels = width * height
+            progressive = bool(image.info.get("progressive") or image.info.get("progression"))
+            scale = 1
+            if image.format in JPEG_FORMATS and not progressive and len(image.tile) == 1:
+                found = _jpeg_scale(width, height, max_pixels)
+                if found is None:
+                    raise ImageError(
+                        name,
+                        f"image too large: {width}x{height} pixels is {_megapixels(pixels)}; JPEGs are decoded "
+                        f"at up to 1/8 scale, which still leaves more than the limit of {_megapixels(max_pixels)}",
+                    )
+                scale = found
+                if draft_size is not None and draft_size[0] > 0 and draft_size[1] > 0:
+                    wanted = min(width // draft_size[0], height // draft_size[1])
+                    scale = max(scale, _power_of_two_at_most(max(1, wanted)))
+                if scale > 1:
+                    image.draft("RGB", (max(1, width // scale), max(1, height // scale)))
+            elif pixels > max_pixels:
+                why = "; progressive JPEGs cannot be decoded reduced" if progressive else ""
+                raise ImageError(
+                    name,
+                    f"image too large: {width}x{height} pixels is {_megapixels(pixels)}, "
+                    f"the limit is {_megapixels(max_pixels)}{why}",
+                )
+            if image.width * image.height > max_pixels:  # the decoder did not reduce as asked
+                limit = _megapixels(max_pixels)
+                raise ImageError(name, f"image too large: {_megapixels(pixels)}, the limit is {limit}")
+            if image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):
+                width, height = height, width  # rotated a quarter turn when made upright
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            rgb = _to_rgb(image)
+            rgb.info["original_size"] = (width, height)
+            return rgb
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(name, f"image too large (decompression bomb limit): {exc}") from exc
+        raise ImageError(name, f"image too large: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(name, "not a recognised image format") from exc
     except FileNotFoundError as exc:

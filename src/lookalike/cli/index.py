@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{report.embedder}: {len(report.added)} added, {len(report.updated)} updated, "
         f"{len(report.removed)} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped"
-        f" ({report.seconds:.1f} s"
+        + (f", {report.described} given their concepts (top classes)" if report.described else "")
+        + f" ({report.seconds:.1f} s"
         + (f", {report.images_per_second:.1f} images/s embedded)" if report.embedded else ")")
     )
     for path, reason in report.skipped[:20]:

@@ -34,6 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="also answer to this Host name (e.g. the name clients use for this machine); repeatable",
     )
+    parser.add_argument("--read-only", action="store_true", help="refuse adding and removing images")
     parser.set_defaults(run=run)
 
 
@@ -49,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
         token=args.token,
         public_read=args.public_read,
         allowed_hosts=args.allowed_host,
+        read_only=args.read_only,
     )
     return 0

@@ -1,143 +1,134 @@
-"""`lookalike train METHOD FOLDER`: train an embedder on your own images and save it in the collection."""
+"""`lookalike train METHOD FOLDER [options]`: train an embedder on your own images and save it in the collection.
+
+The command is generated from the training method registry (`lookalike.training.methods`): one
+sub-command per method, whose options are that method's spec fields, after the options every
+method shares (the fields of `TrainingRun` and `SplitRule`). Defaults, help texts and choices are
+read from the fields' metadata, so they are written once, in the library. An option that is not
+given is not passed on, and the method's own default applies. Building this parser imports no
+PyTorch: the method modules are torch-free, the training code loads only in `run`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .common import add_collection_option, print_json, progress_bars
 
-# Until the training methods register their own options: kept equal to training.loop.SCHEDULES and
-# embedders.weights.EFFICIENTNET_LITE_SIZES (importing those here would import PyTorch for `--help`).
-SCHEDULES = ("constant", "cosine")
-EFFICIENTNET_LITES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+if TYPE_CHECKING:
+    from ..training.methods import Method
+    from ..training.options import Option
+    from ..training.run import TrainingRun
+
+_TYPES = {"int": int, "float": float, "str": str}
+#: TrainingRun fields whose default is the method's (`training.methods.Defaults`)
+_PER_METHOD = ("name", "epochs", "lr", "schedule")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    from ..training.methods import all_methods
+    from ..training.options import options_of
+    from ..training.run import TrainingRun
+    from ..training.split import SplitRule
+
+    methods = all_methods()
     parser = commands.add_parser(
         "train",
-        help="train an embedder (autoencoder, siamese, triplet) on a folder (sub-folder = label)",
+        help=f"train an embedder ({', '.join(m.name for m in methods)}) on a folder (sub-folder = label)",
         description="Train an embedder on FOLDER and save it in the collection under NAME; then use it like "
         "a pretrained one (index/search/evaluate --embedder NAME). An interrupted run resumes when the same "
-        "command is run again.",
+        "command is run again. `lookalike train METHOD -h` lists a method's options.",
     )
-    parser.add_argument("method", choices=["autoencoder", "siamese", "triplet"])
-    parser.add_argument("folder", type=Path)
-    add_collection_option(parser)
-    parser.add_argument(
-        "--name", help="embedder name (default: the method; autoencoder-compact for --variant features)"
-    )
-    parser.add_argument("--epochs", type=int, help="maximum epochs (default depends on the method)")
-    parser.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same model (default 0)")
-    parser.add_argument("--lr", type=float, help="learning rate of the new layers (default 1e-3)")
-    parser.add_argument("--patience", type=int, default=3, help="stop after N epochs without a better val MAP@R")
-    parser.add_argument(
-        "--schedule", choices=SCHEDULES, help="learning-rate schedule (default: cosine when fine-tuning, else constant)"
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--dim", type=int, help="embedding size (default 128; pixel autoencoder 256)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of images for early stopping")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of images held out for evaluation")
-    parser.add_argument("--restart", action="store_true", help="discard a checkpoint or a trained model of that name")
-    parser.add_argument("--json", action="store_true", help="print the saved model description as JSON")
-
-    metric = parser.add_argument_group("siamese and triplet")
-    metric.add_argument(
-        "--backbone",
-        choices=["frozen", "finetune", "scratch"],
-        default="finetune",
-        help="pretrained EfficientNet-Lite (--backbone-model) frozen or fine-tuned, or a small CNN from scratch",
-    )
-    metric.add_argument(
-        "--backbone-model",
-        choices=EFFICIENTNET_LITES,
-        default="efficientnet-lite2",
-        help="pretrained network for frozen/finetune (default efficientnet-lite2; lite0: 2x faster, less accurate)",
-    )
-    metric.add_argument("--trainable-blocks", type=int, default=2, help="MBConv blocks fine-tuned (default 2)")
-    metric.add_argument(
-        "--mining",
-        choices=["random", "hard"],
-        default="hard",
-        help="siamese pair selection: random pairs, or hard negatives (BatchHardMiner)",
-    )
-    metric.add_argument("--margin", type=float, default=0.2, help="triplet margin (default 0.2)")
-    metric.add_argument("--views", type=int, default=3, help="cached views per image: clean + augmented (default 3)")
-    metric.add_argument("--no-augment", action="store_true", help="train on the clean images only")
-    metric.add_argument(
-        "--no-flip-average",
-        action="store_true",
-        help="embed each image once; by default the image and its mirror image are embedded and averaged "
-        "(slightly better neighbours, half the embedding throughput)",
-    )
-    metric.add_argument(
-        "--backbone-lr-scale",
-        type=float,
-        default=0.02,
-        help="finetune: learning rate of the pretrained blocks relative to the head's (default 0.02)",
-    )
-    metric.add_argument(
-        "--head-warmup-epochs",
-        type=int,
-        default=1,
-        help="finetune: epochs that train only the new head before the backbone blocks move (default 1)",
-    )
-
-    ae = parser.add_argument_group("autoencoder")
-    ae.add_argument(
-        "--variant",
-        choices=["pixels", "features"],
-        default="pixels",
-        help="pixels: convolutional autoencoder; features: compact code of pretrained features",
-    )
-    ae.add_argument("--noise", choices=["none", "mask", "gaussian"], default="none", help="denoising corruption")
-    ae.add_argument("--noise-level", type=float, default=0.25, help="masked share, or Gaussian sigma")
-    ae.add_argument("--augment", action="store_true", help="pixels: random crops and flips")
-    parser.set_defaults(run=run)
-
-
-def spec_options(args: argparse.Namespace) -> dict[str, object]:
-    options: dict[str, object] = {"batch_size": args.batch_size}
-    if args.dim is not None:
-        options["dim"] = args.dim
-    if args.method == "autoencoder":
-        options.update(variant=args.variant, noise=args.noise, noise_level=args.noise_level, augment=args.augment)
-    else:
-        options.update(
-            backbone=args.backbone,
-            backbone_model=args.backbone_model,
-            trainable_blocks=args.trainable_blocks,
-            mining=args.mining,
-            margin=args.margin,
-            views=args.views,
-            augment=not args.no_augment,
-            flip_average=not args.no_flip_average,
-            head_warmup_epochs=args.head_warmup_epochs,
-            backbone_lr_scale=args.backbone_lr_scale,
+    subs = parser.add_subparsers(dest="method", required=True, metavar="METHOD", title="methods")
+    for method in methods:
+        sub = subs.add_parser(
+            method.name,
+            help=method.help,
+            description=f"{method.name}: {method.help}. Saves the embedder in the collection under --name.",
         )
-    return options
+        sub.add_argument("folder", type=Path, help="the images (sub-folder = label)")
+        add_collection_option(sub)
+        shared = sub.add_argument_group("every method")
+        for f, opt in options_of(TrainingRun):
+            if opt.cli:
+                shown = _per_variant(method, f.name, f.default) if f.name in _PER_METHOD else None
+                _add(shared, f, opt, f"run:{f.name}", shown)
+        for f, opt in options_of(SplitRule):
+            if opt.cli:
+                _add(shared, f, opt, f"split:{f.name}")
+        shared.add_argument("--json", action="store_true", help="print the saved model description as JSON")
+        own = sub.add_argument_group(f"{method.name}")
+        for f, opt in method.options():
+            _add(own, f, opt, f"spec:{f.name}", _per_variant(method, f.name, f.default))
+        sub.set_defaults(run=run)
+
+
+def _add(group: Any, f: dataclasses.Field, opt: Option, dest: str, shown: str | None = None) -> None:
+    """One option from one field: given or absent (argparse.SUPPRESS), never a copied default."""
+    default = f.default
+    if shown is None:
+        shown = _show(default)
+    help_text = f"{opt.help} (default: {shown})" if shown is not None else opt.help
+    kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
+    if isinstance(default, bool):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = _TYPES[str(f.type).split("|")[0].strip()] if default is None else type(default)
+        if opt.choices:
+            kwargs["choices"] = opt.choices
+        else:
+            kwargs["metavar"] = f.name.upper()
+    group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def _per_variant(method: Method, key: str, fallback: object) -> str | None:
+    """A default as `--help` states it: "4", or "4 with --backbone finetune, 20 with frozen, ..."."""
+    values = method.defaults_of(key, fallback)
+    shown = {variant: _show(value) for variant, value in values.items()}
+    distinct = list(dict.fromkeys(shown.values()))
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else None
+    flag = "--" + str(method.defaults_by).replace("_", "-")
+    return ", ".join(f"{v} with {flag} {variant}" for variant, v in shown.items())
+
+
+def _show(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return None if value is None or value is dataclasses.MISSING else str(value)
+
+
+def _given(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    return {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith(prefix + ":")}
+
+
+def request_of(args: argparse.Namespace) -> TrainingRun:
+    """The `TrainingRun` these arguments ask for (only the options that were given; the rest default)."""
+    from ..training.run import TrainingRun
+    from ..training.split import SplitRule
+
+    return TrainingRun(
+        method=args.method,
+        folder=args.folder,
+        split=SplitRule(**_given(args, "split")),
+        spec=_given(args, "spec"),
+        **_given(args, "run"),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..collection import Collection
-    from ..training import TrainingRun, train
-    from ..training.split import SplitRule
+    from ..training import train
 
-    request = TrainingRun(
-        method=args.method,
-        folder=args.folder,
-        name=args.name,
-        epochs=args.epochs,
-        lr=args.lr,
-        patience=args.patience,
-        schedule=args.schedule,
-        seed=args.seed,
-        split=SplitRule(test_fraction=args.test_fraction, val_fraction=args.val_fraction),
-        spec=spec_options(args),
-        restart=args.restart,
-    )
-    with Collection.open(args.collection) as collection, progress_bars(not args.json) as progress:
-        info = train(collection, request, progress=progress, bars=not args.json).info
+    request = request_of(args)
+    with (
+        Collection.open(args.collection) as collection,
+        progress_bars(not args.json, units={"epoch ": "batch"}) as bars,
+    ):
+        on_epoch = lambda record: bars.close_finished()  # noqa: E731 (the epoch's bar ends with its validation)
+        info = train(collection, request, progress=bars, figures=bars.figures, on_epoch=on_epoch).info
     if args.json:
         print_json(info)
         return 0
@@ -150,3 +141,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"split: {counts['train']} train, {counts['val']} validation, {counts['test']} held out for evaluation")
     print(f"use it: lookalike evaluate {args.folder} --embedders efficientnet-lite0,{info['name']}")
     return 0
+
+
+__all__ = ["register", "request_of", "run"]

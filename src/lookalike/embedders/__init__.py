@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import pretrained, trained
+from . import hub, pretrained, trained
 from .base import Embedder, EmbedderError, Preprocessing, l2_normalise
 
 DEFAULT_EMBEDDER = "efficientnet-lite0"
@@ -23,6 +23,8 @@ _BUILTIN: dict[str, Callable[..., Embedder]] = {
     "efficientnet-lite2": pretrained.efficientnet_lite2,
     "resnet50": pretrained.resnet50,
     "vgg16": pretrained.vgg16,
+    # timm / open_clip networks, when their weights are on this machine (embedders/hub.py)
+    **{name: hub.factory(name) for name in hub.MODELS},
 }
 
 # training method -> loader(model_dir, runtime="auto") -> Embedder; the default loader reads every
@@ -32,6 +34,17 @@ _TRAINED_LOADERS: dict[str, Callable[..., Embedder]] = {}
 
 def register(name: str, factory: Callable[..., Embedder]) -> None:
     _BUILTIN[name] = factory
+
+
+def reads_text(name: str) -> bool:
+    """Whether the built-in embedder `name` has a text encoder (known without building it)."""
+    return name in hub.MODELS and hub.MODELS[name].library == "open_clip"
+
+
+def register_hub_model(model: hub.HubModel) -> None:
+    """Make a timm or open_clip network (weights from a file or the Hugging Face cache) an embedder."""
+    hub.MODELS[model.name] = model
+    register(model.name, hub.factory(model.name))
 
 
 def register_trained_loader(method: str, loader: Callable[..., Embedder]) -> None:
@@ -77,5 +90,7 @@ __all__ = [
     "create",
     "l2_normalise",
     "register",
+    "reads_text",
+    "register_hub_model",
     "register_trained_loader",
 ]

@@ -77,6 +77,10 @@ class Embedder(ABC):
     #: length of each vector
     dim: int
     preprocessing: Preprocessing
+    #: the class vocabulary its network also scores each image against ("imagenet-1k"), if it is a classifier
+    classes: str | None = None
+    #: whether `embed_texts` puts words in the same space as images (a CLIP-like model with a text tower)
+    encodes_text: bool = False
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.preprocessing(image)
@@ -84,6 +88,15 @@ class Embedder(ABC):
     @abstractmethod
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """A stack of `preprocess` outputs -> (n, dim) L2-normalised float32."""
+
+    def embed_and_classify(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`embed_arrays`, and for an embedder with `classes`, each image's class probabilities (n, n_classes)
+        from the same run of the network."""
+        return self.embed_arrays(batch), None
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts as (n, dim) unit vectors comparable with the images' (only when `encodes_text`)."""
+        raise EmbedderError(f"{self.name} cannot read text; only embedders with a text encoder (CLIP) can")
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         out = [

@@ -51,15 +51,20 @@ def export_checked(
     dtype: torch.dtype = torch.uint8,
     name: str | None = None,
     tolerance: float = EXPORT_TOLERANCE,
+    output_names: Sequence[str] = ("embeddings",),
+    input_name: str = "images",
+    probe: torch.Tensor | None = None,
 ) -> None:
-    """Export `module` (input "images" of `example_shape`, dynamic batch axis) to `path`, atomically.
+    """Export `module` (input `input_name` of `example_shape`, dynamic batch axis) to `path`, atomically.
 
-    The export is run on a random probe batch and kept only if it matches PyTorch within `tolerance`.
+    A module returning a tuple has one output per name in `output_names` ("embeddings" first).
+    The export is run on a random probe batch and kept only if every output matches PyTorch within
+    `tolerance` (`probe`: the batch to check with, instead of a random one of `example_shape`).
     The exporter's warnings and messages are not shown.
     """
     module.eval()  # the exported wrapper too, or dropout/batch-norm stay in training mode
     path.parent.mkdir(parents=True, exist_ok=True)
-    probe = _probe(example_shape, dtype)
+    probe = _probe(example_shape, dtype) if probe is None else probe
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
     try:
@@ -70,17 +75,18 @@ def export_checked(
                 module,
                 (probe,),
                 tmp,
-                input_names=["images"],
-                output_names=["embeddings"],
-                dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                input_names=[input_name],
+                output_names=list(output_names),
+                dynamic_axes={input_name: {0: "batch"}, **{out: {0: "batch"} for out in output_names}},
                 opset_version=17,
                 dynamo=False,
             )
         if onnxruntime_available():
             with torch.inference_mode():
-                expected = module(probe).numpy()
-            got = open_session(Path(tmp), threads=1, keep_optimised=False).run(None, {"images": probe.numpy()})[0]
-            difference = float(np.abs(got - expected).max())
+                out = module(probe)
+            expected = [t.numpy() for t in (out if isinstance(out, tuple | list) else [out])]
+            got = open_session(Path(tmp), threads=1, keep_optimised=False).run(None, {input_name: probe.numpy()})
+            difference = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
             if not difference <= tolerance:
                 raise EmbedderError(
                     f"the ONNX export of {name or 'the network'} differs from PyTorch by {difference:.2e} "

@@ -6,7 +6,8 @@ and training import this module; searching and indexing run the exported file (`
 - `NormalisedFeatures` wraps any feature network: uint8 pixels in, unit vectors out, pixel
   normalisation inside the graph (cheap there, costly in numpy in the decoding threads).
 - Pretrained: EfficientNet-Lite0/1/2 (weights from their pip packages), torchvision's ResNet-50
-  and VGG-16 (weights downloaded by torchvision, or a local file).
+  and VGG-16 (weights downloaded by torchvision, or a local file). The classifiers among them are
+  wrapped by `NormalisedFeaturesAndClasses`: the same unit vectors, plus ImageNet class probabilities.
 - Trained (`build_module`): an `Embedding` = backbone -> head, described by the `architecture`
   dict that training writes into `models/NAME/model.json`.
 """
@@ -38,9 +39,27 @@ class NormalisedFeatures(nn.Module):
         """(n, 3, H, W) float32, already normalised (training data) -> unit vectors."""
         return nn.functional.normalize(self.features(images).flatten(1), dim=1)
 
+    def normalise_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, H, W, 3) uint8 -> (n, 3, H, W) float32, normalised as the network was trained."""
+        return pixels.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        images = pixels.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
-        return self.forward_normalised(images)
+        return self.forward_normalised(self.normalise_pixels(pixels))
+
+
+class NormalisedFeaturesAndClasses(NormalisedFeatures):
+    """Pixels in; unit vectors and class probabilities out, from one run of a classifier network.
+
+    `features` returns (pooled features, class logits); the embedding is the features, as with
+    `NormalisedFeatures`, so adding the classes changes no vector.
+    """
+
+    def forward_normalised(self, images: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.features(images)[0].flatten(1), dim=1)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        features, logits = self.features(self.normalise_pixels(pixels))
+        return nn.functional.normalize(features.flatten(1), dim=1), logits.softmax(dim=1)
 
 
 # --- weights files --------------------------------------------------------------------------------
@@ -82,6 +101,14 @@ class EfficientNetLiteFeatures(nn.Module):
         return self.network.extract_features(images).mean(dim=(2, 3))
 
 
+class EfficientNetLiteFeaturesAndClasses(EfficientNetLiteFeatures):
+    """The pooled features and the network's ImageNet logits (its dropout is off in eval mode)."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        features = super().forward(images)
+        return features, self.network._fc(features)
+
+
 def efficientnet_lite_network(name: str = "efficientnet-lite0", weights: str | Path | None = None) -> nn.Module:
     """The full classifier network (features + 1000-way ImageNet head) with its pretrained weights."""
     from efficientnet_lite_pytorch import EfficientNet
@@ -111,14 +138,28 @@ def torchvision_state(url: str, weights: str | Path | None, name: str) -> dict[s
         ) from exc
 
 
-def resnet50_features(url: str, weights: str | Path | None = None) -> nn.Module:
-    """ResNet-50: 2048-d pooled features before the classifier."""
+class ResNetFeaturesAndClasses(nn.Module):
+    """A torchvision ResNet's pooled features and its ImageNet logits."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.network
+        x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        features = torch.flatten(net.avgpool(x), 1)
+        return features, net.fc(features)
+
+
+def resnet50_classifier(url: str, weights: str | Path | None = None) -> nn.Module:
+    """ResNet-50: 2048-d pooled features and the 1000 ImageNet logits."""
     from torchvision.models import resnet50
 
     network = resnet50(weights=None)
-    network.fc = nn.Identity()
     load_into(network, torchvision_state(url, weights, "resnet50"), str(weights or url))
-    return network.eval()
+    return ResNetFeaturesAndClasses(network).eval()
 
 
 class VGGFeatures(nn.Module):
@@ -141,6 +182,73 @@ def vgg16_features(url: str, weights: str | Path | None = None) -> nn.Module:
     # Keys in torchvision's file are "features.N.weight"; keep them, drop the classifier.
     load_into(trunk, {k: v for k, v in state.items() if k.startswith("features.")}, str(weights or url))
     return trunk.eval()
+
+
+# --- timm and open_clip (weights from the Hugging Face cache or a local file) ---------------------
+
+
+class TimmFeatures(nn.Module):
+    """A timm network's pooled features (`forward_head(pre_logits=True)`), and its logits when it has a head."""
+
+    def __init__(self, network: nn.Module, classes: bool):
+        super().__init__()
+        self.network = network
+        self.classes = classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        net = self.network
+        features = net.forward_head(net.forward_features(images), pre_logits=True)
+        return (features, net.get_classifier()(features)) if self.classes else features
+
+
+def timm_network(architecture: str, weights: Path, classes: bool, **kwargs: object) -> nn.Module:
+    """`architecture` ("vit_small_patch14_dinov2.lvd142m") with the weights of a local file, through timm's
+    own loading (which adapts a checkpoint to the model, e.g. a ViT's position embeddings to its image size)."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise EmbedderError("this embedder needs timm: pip install 'lookalike[hub]'") from exc
+    try:
+        network = timm.create_model(
+            architecture, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs
+        )
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        raise EmbedderError(f"weights from {weights.name} do not fit {architecture}: {str(exc)[:300]}") from exc
+    return TimmFeatures(network.eval(), classes)
+
+
+class ClipImage(nn.Module):
+    """An open_clip model's image tower: normalised pixels -> image embedding (before L2-normalising)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.visual = model.visual
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
+
+
+class ClipText(nn.Module):
+    """An open_clip model's text tower: token ids (n, context) int64 -> unit vectors in the images' space."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.model.encode_text(tokens), dim=1)
+
+
+def open_clip_model(architecture: str, weights: Path) -> nn.Module:
+    """An open_clip model ("ViT-B-32") with the weights of a local file."""
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise EmbedderError("this embedder needs open_clip: pip install 'lookalike[hub]'") from exc
+    try:
+        return open_clip.create_model(architecture, pretrained=str(weights), require_pretrained=True).eval()
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        raise EmbedderError(f"weights from {weights.name} do not fit {architecture}: {str(exc)[:300]}") from exc
 
 
 # --- architectures trained on a collection ---------------------------------------------------------

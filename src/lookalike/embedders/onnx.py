@@ -33,6 +33,9 @@ class NetworkSource(ABC):
 
     #: the embedder's name (names the exported file and the notice shown while exporting)
     name: str
+    #: the class vocabulary of a classifier network ("imagenet-1k"): its module then returns
+    #: (embeddings, class probabilities) and the exported file has both outputs
+    classes: str | None = None
 
     @abstractmethod
     def key(self) -> str:
@@ -40,7 +43,8 @@ class NetworkSource(ABC):
 
     @abstractmethod
     def build(self) -> nn.Module:
-        """The PyTorch module, uint8 (n, H, W, 3) pixels in, unit vectors out (imports PyTorch)."""
+        """The PyTorch module, uint8 (n, H, W, 3) pixels in, unit vectors out, and class probabilities
+        too when `classes` is set (imports PyTorch)."""
 
     def onnx_path(self) -> Path:
         return cache_dir() / "onnx" / f"{self.name}-{self.key()}.onnx"
@@ -71,6 +75,7 @@ class OnnxEmbedder(Embedder):
         self.dim = dim
         self.preprocessing = preprocessing
         self.source = source
+        self.classes = source.classes
         self.runtime = runtime
         self.threads = threads or min(4, os.cpu_count() or 1)
         self._module: nn.Module | None = None
@@ -104,25 +109,31 @@ class OnnxEmbedder(Embedder):
             from .export import export_checked
 
             size = self.preprocessing.crop
-            export_checked(self.module, path, example_shape=(2, size, size, 3), name=self.name)
+            outputs = ("embeddings", "probabilities") if self.classes else ("embeddings",)
+            export_checked(self.module, path, example_shape=(2, size, size, 3), name=self.name, output_names=outputs)
         return path
 
-    def embed_torch(self, batch: np.ndarray) -> np.ndarray:
+    def run_torch(self, batch: np.ndarray) -> list[np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            return self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))).numpy()
+            out = self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.uint8)))
+        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
-    def embed_onnx(self, batch: np.ndarray) -> np.ndarray:
+    def run_onnx(self, batch: np.ndarray) -> list[np.ndarray]:
         if self._session is None:
             self._session = open_session(self.prepare(), self.threads)
-        return self._session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+        return self._session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.uint8)})
+
+    def embed_and_classify(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32), None
+        outputs = self.run_onnx(batch) if self.runtime == "onnx" else self.run_torch(batch)
+        vectors = np.ascontiguousarray(outputs[0], dtype=np.float32)
+        return vectors, (outputs[1] if self.classes and len(outputs) > 1 else None)
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
-        if len(batch) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        out = self.embed_onnx(batch) if self.runtime == "onnx" else self.embed_torch(batch)
-        return np.ascontiguousarray(out, dtype=np.float32)
+        return self.embed_and_classify(batch)[0]
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "runtime": self.runtime}

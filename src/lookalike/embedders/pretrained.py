@@ -8,6 +8,10 @@
 - `resnet50`, `vgg16`: torchvision's weights (downloaded on first use), or a local weights file
   given with `weights=PATH` (`--weights PATH` on the command line).
 
+The EfficientNet-Lites and ResNet-50 are ImageNet classifiers: their exported network also gives
+each image's 1,000 class probabilities (`classes = "imagenet-1k"`), from the same run, for concept
+search (`lookalike.concepts`). VGG-16's classifier (120 M parameters) is not loaded; it gives vectors only.
+
 Each is an `OnnxEmbedder` whose source names its weights file; the network itself
 (`networks.py`) is only built to export it the first time.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..concepts import IMAGENET
 from .onnx import NetworkSource, OnnxEmbedder
 from .runtime import file_identity, short_hash
 from .weights import (
@@ -42,10 +47,13 @@ __all__ = [
 ]
 
 #: bump when what an exported network computes changes, so old exported files are not reused
-EXPORT_RECIPE = "1"
+#: (2: the classifiers' class probabilities as a second output)
+EXPORT_RECIPE = "2"
 
 
 class EfficientNetLiteSource(NetworkSource):
+    classes = IMAGENET
+
     def __init__(self, name: str, weights: str | Path | None = None):
         self.name = name
         self.weights = Path(weights).expanduser() if weights is not None else None
@@ -57,10 +65,14 @@ class EfficientNetLiteSource(NetworkSource):
         return self.weights if self.weights is not None else pip_weights_file(self.name)
 
     def build(self) -> nn.Module:
-        from .networks import EfficientNetLiteFeatures, NormalisedFeatures, efficientnet_lite_network
+        from .networks import (
+            EfficientNetLiteFeaturesAndClasses,
+            NormalisedFeaturesAndClasses,
+            efficientnet_lite_network,
+        )
 
-        features = EfficientNetLiteFeatures(efficientnet_lite_network(self.name, self.weights_file()))
-        return NormalisedFeatures(features, efficientnet_lite_preprocessing(self.name))
+        features = EfficientNetLiteFeaturesAndClasses(efficientnet_lite_network(self.name, self.weights_file()))
+        return NormalisedFeaturesAndClasses(features, efficientnet_lite_preprocessing(self.name))
 
 
 class TorchvisionSource(NetworkSource):
@@ -68,16 +80,20 @@ class TorchvisionSource(NetworkSource):
         self.name = name
         self.release = release
         self.weights = Path(weights).expanduser() if weights is not None else None
+        self.classes = IMAGENET if name == "resnet50" else None
 
     def key(self) -> str:
         origin = file_identity(self.weights) if self.weights is not None else self.release.url
         return short_hash(EXPORT_RECIPE, self.name, origin)
 
     def build(self) -> nn.Module:
-        from .networks import NormalisedFeatures, resnet50_features, vgg16_features
+        from .networks import NormalisedFeatures, NormalisedFeaturesAndClasses, resnet50_classifier, vgg16_features
 
-        make = {"resnet50": resnet50_features, "vgg16": vgg16_features}[self.name]
-        return NormalisedFeatures(make(self.release.url, self.weights), self.release.preprocessing)
+        if self.name == "resnet50":
+            return NormalisedFeaturesAndClasses(
+                resnet50_classifier(self.release.url, self.weights), self.release.preprocessing
+            )
+        return NormalisedFeatures(vgg16_features(self.release.url, self.weights), self.release.preprocessing)
 
 
 def efficientnet_lite(name: str, weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:

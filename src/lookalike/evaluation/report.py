@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..storage import atomic_path, write_json
 from .runner import Evaluation, RetrievalSample
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL import Image
 
 MAP_POINTS = 1500  # t-SNE on more points adds minutes and no readability
 EXAMPLE_QUERIES = 6
@@ -62,7 +67,8 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def plot_precision_curves(evaluation: Evaluation, path: Path) -> None:
+def plot_precision_curves(evaluation: Evaluation, path: Path) -> Figure:
+    """precision@k against k, one line per embedder, saved as a PNG; returns the (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,10 +86,12 @@ def plot_precision_curves(evaluation: Evaluation, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+    return fig
 
 
-def embedding_map(evaluation: Evaluation, path: Path, points: int = MAP_POINTS) -> None:
-    """One t-SNE panel per embedder, the same (deterministic) images in each, coloured by label."""
+def embedding_map(evaluation: Evaluation, path: Path, points: int = MAP_POINTS) -> Figure:
+    """One t-SNE panel per embedder, the same (deterministic) images in each, coloured by label; saved as a
+    PNG, and the (closed) figure returned."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,6 +120,7 @@ def embedding_map(evaluation: Evaluation, path: Path, points: int = MAP_POINTS) 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
+    return fig
 
 
 def example_queries(sample: RetrievalSample, count: int = EXAMPLE_QUERIES) -> list[int]:
@@ -121,8 +130,8 @@ def example_queries(sample: RetrievalSample, count: int = EXAMPLE_QUERIES) -> li
     return [int(order[i]) for i in picks]
 
 
-def example_grid(sample: RetrievalSample, path: Path, top: int = 5) -> None:
-    """Rows of query + top results as thumbnails, framed green (same label) or red."""
+def example_grid(sample: RetrievalSample, path: Path, top: int = 5) -> Image.Image:
+    """Rows of query + top results as thumbnails, framed green (same label) or red; saved as a PNG and returned."""
     from PIL import Image, ImageDraw, ImageOps
 
     from ..images import ImageError, open_image
@@ -145,6 +154,7 @@ def example_grid(sample: RetrievalSample, path: Path, top: int = 5) -> None:
                 draw.rectangle([x - 2, y - 2, x + THUMB + 1, y + THUMB + 1], outline=colour, width=3)
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
+    return grid
 
 
 def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: bool | None = None) -> tuple[Path, Path]:

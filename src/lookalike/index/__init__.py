@@ -18,6 +18,12 @@ DEFAULT_INDEX = "auto"
 INDEX_KINDS = ("auto", *SPECS)
 
 
+def check_index_kind(kind: str) -> None:
+    """Raise `IndexError_` for a kind `create_index` would refuse (Milvus kinds are checked when connecting)."""
+    if not kind.startswith("milvus") and kind not in INDEX_KINDS:
+        raise IndexError_(f"unknown index type {kind!r}; available: {', '.join(INDEX_KINDS)}")
+
+
 def create_index(kind: str, dim: int, *, name: str = "vectors") -> VectorIndex:
     """An empty index of `kind` (a name in INDEX_KINDS, or a Milvus kind: see milvus.py).
 
@@ -30,8 +36,7 @@ def create_index(kind: str, dim: int, *, name: str = "vectors") -> VectorIndex:
         from .milvus import MilvusIndex
 
         return MilvusIndex.create(kind, dim, name)
-    if kind not in INDEX_KINDS:
-        raise IndexError_(f"unknown index type {kind!r}; available: {', '.join(INDEX_KINDS)}")
+    check_index_kind(kind)
     return FaissIndex(dim, kind)
 
 
@@ -53,6 +58,7 @@ __all__ = [
     "FlatIndex",
     "IndexError_",
     "VectorIndex",
+    "check_index_kind",
     "choose_index_kind",
     "create_index",
     "load_index",

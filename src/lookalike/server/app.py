@@ -15,10 +15,12 @@ Safety rules this module keeps:
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog import ImageRecord
 from ..collection import (
+    MAX_SEARCH_ATTEMPTS,
+    UPLOADS_DIR,
     Box,
     Collection,
     CollectionWriteError,
@@ -45,7 +49,10 @@ from ..collection import (
     Neighbours,
     PreparedImage,
     ReadOnlyCollectionError,
+    SearchResult,
 )
+from ..concepts import ConceptError
+from ..confidence import calibrate_weak_match
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
 from .access import (
@@ -79,6 +86,7 @@ MAX_PAGE = 200
 MAX_LABEL_LENGTH = 100
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id is a 422, never an overflow
 MAX_OFFSET = 2**31
+MAX_TEXT_LENGTH = 200
 THUMBNAILS_DIR = "thumbnails"
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -130,9 +138,24 @@ class ImageOut(BaseModel):
     thumbnail_url: str
 
 
+class TagOut(BaseModel):
+    name: str = Field(description="an ImageNet class")
+    score: float = Field(description="the probability the network gave it")
+
+
 class SearchHit(ImageOut):
     rank: int
-    score: float = Field(description="cosine similarity, 1.0 = identical")
+    score: float = Field(
+        description="cosine similarity, 1.0 = identical (text search by concepts: the concepts' probability)"
+    )
+    weak: bool = Field(False, description="a weak match: its score is below `weak_below`")
+    tags: list[TagOut] = Field(default=[], description="the image's top concepts (ImageNet classes)")
+
+
+class ImageDetails(ImageOut):
+    path: str = Field(description="where the file is, relative to the folder the collection indexed")
+    file_size: int = Field(description="bytes")
+    uploaded: bool = Field(description="stored by this server (added through the API); removing it deletes the file")
 
 
 class QueryOut(BaseModel):
@@ -147,6 +170,30 @@ class SearchOut(BaseModel):
     k: int
     label: str | None
     query: QueryOut
+    results: list[SearchHit]
+    took_ms: float
+    weak_below: float | None = Field(
+        None,
+        description="the similarity below which a result is a weak match, calibrated on this collection "
+        "(null when it is too small to tell)",
+    )
+    no_close_match: bool = Field(False, description="every result is a weak match: nothing here is really alike")
+
+
+class TermOut(BaseModel):
+    words: str = Field(description="words of the query, as matched")
+    concepts: list[str] = Field(description="the WordNet senses they name")
+    classes: int = Field(description="how many ImageNet classes those cover")
+
+
+class TextSearchOut(BaseModel):
+    embedder: str = Field(description="the embedder whose concepts (or text encoder) answered")
+    method: str = Field(description="'concepts' (words -> ImageNet classes) or 'text-encoder' (CLIP)")
+    text: str
+    k: int
+    label: str | None
+    terms: list[TermOut] = Field(description="how the words were read (concept search)")
+    ignored: list[str] = Field(default=[], description="words left out: they match no concept (closest words given)")
     results: list[SearchHit]
     took_ms: float
 
@@ -175,6 +222,7 @@ class LimitsOut(BaseModel):
     max_pixels: int
     max_k: int
     default_k: int
+    read_only: bool = Field(description="adding and removing images is switched off")
 
 
 class StatsOut(BaseModel):
@@ -188,6 +236,70 @@ class StatsOut(BaseModel):
 
 
 # --- server state -------------------------------------------------------------------------------
+
+
+class WeakMatchThresholds:
+    """Each embedder's weak-match thresholds, calibrated on the collection (`calibrate_weak_match`).
+
+    The whole-image threshold is calibrated when the server starts, the region one (it embeds
+    crops: about a second per 60 on an idle machine) in a background thread started then; a
+    region search that comes first waits for it. Both are calibrated again when the embedder's
+    vectors have changed (the catalog generation moved on) and their number by a tenth or more.
+    """
+
+    def __init__(self, collection: Collection, index_lock: ReadWriteLock):
+        self._collection = collection
+        self._index_lock = index_lock
+        # (embedder, region): (generation, vectors, threshold)
+        self._known: dict[tuple[str, bool], tuple[int, int, float | None]] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def threshold(self, embedder: str, region: bool = False) -> float | None:
+        key = (embedder, region)
+        generation = self._collection.generation(embedder)
+        known = self._known.get(key)
+        if known is not None and known[0] == generation:
+            return known[2]
+        with self._lock:
+            known = self._known.get(key)
+            if known is not None and known[0] == generation:
+                return known[2]
+            count = self._collection.vector_counts().get(embedder, 0)
+            if known is not None and abs(count - known[1]) < max(1, known[1] // 10):
+                self._known[key] = (generation, known[1], known[2])
+                return known[2]
+            with self._index_lock.reading():
+                threshold = calibrate_weak_match(self._collection, embedder, region=region, cancel=self._stopping)
+            if self._stopping.is_set():
+                return None
+            self._known[key] = (generation, count, threshold)
+            return threshold
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop a calibration in progress and wait for it: a process must not exit while a thread
+        is inside ONNX Runtime (the C++ runtime aborts the process)."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def calibrate_in_background(self, embedders: list[str]) -> threading.Thread:
+        """Calibrate the region thresholds of `embedders` now, in a daemon thread (stopped at exit)."""
+
+        def run() -> None:
+            for name in embedders:
+                try:
+                    self.threshold(name, region=True)
+                except Exception:  # the server goes on; a region search will try again
+                    log.exception("calibrating the region threshold of %s failed", name)
+
+        thread = threading.Thread(target=run, name="lookalike-calibrate", daemon=True)
+        if not self._threads:
+            atexit.register(self.stop)
+        self._threads.append(thread)
+        thread.start()
+        return thread
 
 
 @dataclass
@@ -207,6 +319,8 @@ class ServerState:
     add_slots: FifoSemaphore
     # Unfiltered searches of concurrent requests go through the index together, per embedder.
     batched_search: dict[str, BatchedSearch]
+    weak_match: WeakMatchThresholds
+    read_only: bool = False
 
 
 def server_state(request: Request) -> ServerState:
@@ -221,6 +335,10 @@ ExpandParam = Annotated[
     int, Query(ge=0, le=MAX_EXPAND, description="re-rank by query expansion over the top N results (0: off)")
 ]
 LabelParam = Annotated[str | None, Query(max_length=MAX_LABEL_LENGTH, description="only return images with this label")]
+TagParam = Annotated[
+    str | None,
+    Query(max_length=MAX_TEXT_LENGTH, description="only return images tagged with this concept (words, e.g. dog)"),
+]
 BoxParam = Annotated[
     str | None,
     Query(
@@ -237,7 +355,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 WRITE_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     **ERROR_RESPONSES,
-    403: {"model": ErrorOut, "description": "a write from a foreign web page, or the collection is read-only"},
+    403: {"model": ErrorOut, "description": "a write from a foreign page, or the server or collection is read-only"},
     507: {"model": ErrorOut, "description": "the collection's disk is full (nothing was changed)"},
 }
 
@@ -245,6 +363,45 @@ router = APIRouter(prefix="/api")
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def relative_path(state: ServerState, record: ImageRecord) -> str:
+    """Where an image's file is, never as a server path: relative to the indexed folder, or under uploads/."""
+    path = Path(record.path)
+    if path.parent == state.collection.uploads_dir:
+        return f"{UPLOADS_DIR}/{path.name}"
+    root = state.collection.indexed_root()
+    if root and record.path.startswith(root.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(record.path, root)).as_posix()
+    return path.name
+
+
+def image_details(state: ServerState, record: ImageRecord) -> ImageDetails:
+    return ImageDetails(
+        **image_out(record).model_dump(),
+        path=relative_path(state, record),
+        file_size=record.size,  # the indexed size: /file serves the file only while it is still that file
+        uploaded=Path(record.path).parent == state.collection.uploads_dir,
+    )
+
+
+def mark_weak_matches(state: ServerState, out: SearchOut) -> SearchOut:
+    """Flag the results below the collection's calibrated weak-match threshold (lookalike.confidence)."""
+    threshold = state.weak_match.threshold(out.embedder, region=out.query.box is not None)
+    if threshold is None:
+        return out
+    out.weak_below = round(threshold, 4)
+    for hit in out.results:
+        hit.weak = hit.score < threshold
+    out.no_close_match = bool(out.results) and all(hit.weak for hit in out.results)
+    return out
+
+
+def require_writable(state: State) -> None:
+    if state.read_only:
+        raise HTTPException(403, "this server is read-only: adding and removing images is switched off")
+    if state.collection.read_only:
+        raise write_refused(ReadOnlyCollectionError("read-only"))
 
 
 def _version(record: ImageRecord) -> str:
@@ -320,7 +477,7 @@ def decode_upload(state: ServerState, data: bytes) -> Image.Image:
 
 def upload_error(exc: ImageError) -> HTTPException:
     if exc.reason.startswith("image too large"):
-        return HTTPException(413, f"upload refused: {exc.reason}")
+        return HTTPException(413, exc.reason)
     return HTTPException(422, f"the upload is not a readable image: {exc.reason}")
 
 
@@ -341,6 +498,12 @@ def verified_bytes(state: ServerState, record: ImageRecord, *, follow_symlinks: 
         raise HTTPException(404, str(exc)) from exc
 
 
+def hit_out(hit: SearchResult) -> SearchHit:
+    assert hit.record is not None
+    tags = [TagOut(name=t.name, score=t.score) for t in hit.tags]
+    return SearchHit(**image_out(hit.record).model_dump(), rank=hit.rank, score=round(hit.score, 6), tags=tags)
+
+
 def search_response(
     state: ServerState,
     vector: np.ndarray,
@@ -351,24 +514,30 @@ def search_response(
     expand: int,
     query: QueryOut,
     started: float,
+    tag: str | None = None,
 ) -> SearchOut:
     """Search with a query vector (the query's own image, when indexed, left out) and shape the answer."""
     exclude = -1 if query.id is None else query.id
-    if label is None and expand == 0:
-        scores, ids = state.batched_search[embedder].search(vector, k, exclude)
-        found = Neighbours(ids[None, :], scores[None, :])
-    else:
-        with state.index_lock.reading():
-            found = state.collection.search_vectors(
-                vector[None, :], k, embedder=embedder, label=label, exclude=[exclude], expand=expand
-            )
-    hits = [
-        SearchHit(**image_out(hit.record).model_dump(), rank=hit.rank, score=round(hit.score, 6))
-        for hit in state.collection.results(found)[0]
-        if hit.record is not None
-    ]
+    for _ in range(MAX_SEARCH_ATTEMPTS):
+        if label is None and expand == 0 and tag is None:
+            scores, ids = state.batched_search[embedder].search(vector, k, exclude)
+            found = Neighbours(ids[None, :], scores[None, :])
+        else:
+            with state.index_lock.reading():
+                try:
+                    found = state.collection.search_vectors(
+                        vector[None, :], k, embedder=embedder, label=label, exclude=[exclude], expand=expand, tag=tag
+                    )
+                except ConceptError as exc:
+                    raise HTTPException(422, str(exc)) from exc
+        results = state.collection.results(found)[0]
+        if len(results) == int((found.ids >= 0).sum()):
+            break
+        # An image was deleted between the search and the lookup of its record: search again for a full k.
+    hits = [hit_out(hit) for hit in results if hit.record is not None]
     took_ms = (time.perf_counter() - started) * 1000
-    return SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+    out = SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+    return mark_weak_matches(state, out)
 
 
 def embed_query(state: ServerState, data: bytes, embedder: str, box: Box | None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -416,13 +585,16 @@ def search_upload(
     label: LabelParam = None,
     box: BoxParam = None,
     expand: ExpandParam = 0,
+    tag: TagParam = None,
 ) -> SearchOut:
     started = time.perf_counter()
     name = resolve_embedder(state, embedder)
     region = parse_box(box)
     vector, (width, height) = embed_query(state, read_upload(state, file), name, region)
     query = QueryOut(id=None, width=width, height=height, box=list(region) if region else None)
-    return search_response(state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started)
+    return search_response(
+        state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started, tag=tag
+    )
 
 
 @router.get(
@@ -439,6 +611,7 @@ def search_by_id(
     label: LabelParam = None,
     box: BoxParam = None,
     expand: ExpandParam = 0,
+    tag: TagParam = None,
 ) -> SearchOut:
     started = time.perf_counter()
     name = resolve_embedder(state, embedder)
@@ -458,7 +631,44 @@ def search_by_id(
                 raise
             raise HTTPException(404, f"image {image_id} is no longer readable") from exc
         query = QueryOut(id=image_id, width=width, height=height, box=query.box)
-    return search_response(state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started)
+    return search_response(
+        state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started, tag=tag
+    )
+
+
+@router.get(
+    "/search/text",
+    response_model=TextSearchOut,
+    responses=ERROR_RESPONSES,
+    summary='Search by words: ImageNet concepts ("dog" finds every breed), or CLIP\'s text encoder',
+)
+def search_text(
+    state: State,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_TEXT_LENGTH, description="the words, e.g. golden retriever")],
+    k: KParam = DEFAULT_K,
+    embedder: EmbedderParam = None,
+    label: LabelParam = None,
+    tag: TagParam = None,
+) -> TextSearchOut:
+    started = time.perf_counter()
+    name = resolve_embedder(state, embedder) if embedder is not None else None
+    try:
+        with state.index_lock.reading():
+            found = state.collection.search_text(q, k, embedder=name, label=label, tag=tag)
+    except (ConceptError, EmbedderError) as exc:
+        raise HTTPException(422, str(exc)) from exc
+    terms = [TermOut(words=t.words, concepts=list(t.concepts), classes=len(t.classes)) for t in found.terms]
+    return TextSearchOut(
+        embedder=found.embedder,
+        method=found.method,
+        text=q,
+        k=k,
+        label=label,
+        terms=terms,
+        ignored=list(found.ignored),
+        results=[hit_out(hit) for hit in found.results if hit.record is not None],
+        took_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
 
 
 @router.get("/images", response_model=ImagePage, summary="Browse the collection, a page at a time")
@@ -481,6 +691,7 @@ def list_images(
     status_code=201,
     responses=WRITE_ERROR_RESPONSES,
     summary="Add an uploaded image to the collection",
+    dependencies=[Depends(require_writable)],
 )
 def add_image(
     state: State,
@@ -491,8 +702,6 @@ def add_image(
 ) -> ImageOut:
     if label is not None and (not label.strip() or any(ord(c) < 32 for c in label)):
         raise HTTPException(422, "label must be non-blank printable text")
-    if state.collection.read_only:
-        raise write_refused(ReadOnlyCollectionError("read-only"))
     data = read_upload(state, file)
     # Decoded and embedded outside the write lock (refused before anything is written) ...
     with state.add_slots, state.embed_slots:
@@ -509,9 +718,9 @@ def add_image(
     return image_out(record)
 
 
-@router.get("/images/{image_id}", response_model=ImageOut, responses=ERROR_RESPONSES, summary="An image's details")
-def get_image(state: State, image_id: ImageId) -> ImageOut:
-    return image_out(indexed_record(state, image_id))
+@router.get("/images/{image_id}", response_model=ImageDetails, responses=ERROR_RESPONSES, summary="An image's details")
+def get_image(state: State, image_id: ImageId) -> ImageDetails:
+    return image_details(state, indexed_record(state, image_id))
 
 
 @router.get(
@@ -556,10 +765,9 @@ def get_thumbnail(state: State, image_id: ImageId) -> Response:
     status_code=204,
     responses={404: {"model": ErrorOut}, 403: WRITE_ERROR_RESPONSES[403], 507: WRITE_ERROR_RESPONSES[507]},
     summary="Remove an image by id",
+    dependencies=[Depends(require_writable)],
 )
 def delete_image(state: State, image_id: ImageId) -> Response:
-    if state.collection.read_only:
-        raise write_refused(ReadOnlyCollectionError("read-only"))
     try:
         with state.index_lock.writing():
             indexed_record(state, image_id)
@@ -589,7 +797,11 @@ def stats(state: State) -> StatsOut:
 @router.get("/limits", response_model=LimitsOut, summary="What this server accepts")
 def limits(state: State) -> LimitsOut:
     return LimitsOut(
-        max_upload_bytes=state.max_upload_bytes, max_pixels=state.max_pixels, max_k=MAX_K, default_k=DEFAULT_K
+        max_upload_bytes=state.max_upload_bytes,
+        max_pixels=state.max_pixels,
+        max_k=MAX_K,
+        default_k=DEFAULT_K,
+        read_only=state.read_only or state.collection.read_only,
     )
 
 
@@ -657,7 +869,10 @@ def load_embedders(collection: Collection) -> list[str]:
     for name in names:
         try:
             collection.index(name)
-            collection.embedder(name).embed_images([blank])
+            model = collection.embedder(name)
+            model.embed_images([blank])
+            if model.encodes_text:  # CLIP: its text tower too (exported now, not in a request)
+                model.embed_texts(["a photo"])
         except EmbedderError as exc:
             if name == collection.default_embedder:
                 raise
@@ -676,25 +891,32 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     token: str | None = None,
     public_read: bool = False,
+    read_only: bool = False,
 ) -> FastAPI:
     """The web app and API over an open collection (loads its embedders and indexes now).
 
     `allowed_hosts`, when given, refuses requests for any other Host header (DNS rebinding).
     `token`, when given, is needed by every /api request (`Authorization: Bearer TOKEN`), except
-    reads when `public_read`.
+    reads when `public_read`. `read_only` refuses adding and removing images (403); so does a
+    collection opened read-only (its folder cannot be written).
     """
     app = make_fastapi(
         title="lookalike",
         version="0.1.0",
         description="Find the images in a collection that look like a given image.",
+        redoc_url=None,  # ReDoc's bundle loads its logo from the network; /docs is served whole from here
     )
     ready = load_embedders(collection)
-    deleted, forgotten = collection.tidy_uploads()  # what a killed server left half done
+    deleted, forgotten = ([], []) if read_only else collection.tidy_uploads()  # what a killed server left
     if deleted or forgotten:
         log.warning(
             "uploads: %d stray files deleted, %d images whose file was gone removed", len(deleted), len(forgotten)
         )
     index_lock = ReadWriteLock()
+    weak_match = WeakMatchThresholds(collection, index_lock)
+    for name in ready:
+        weak_match.threshold(name)  # calibrated now, so no request pays for it
+    weak_match.calibrate_in_background(ready)
     app.state.lookalike = ServerState(
         collection=collection,
         ready_embedders=ready,
@@ -705,6 +927,8 @@ def create_app(
         embed_slots=FifoSemaphore(max(1, os.cpu_count() or 1)),
         add_slots=FifoSemaphore(max(1, (os.cpu_count() or 1) // 2)),
         batched_search={name: BatchedSearch(locked_search(collection, name, index_lock)) for name in ready},
+        weak_match=weak_match,
+        read_only=read_only,
     )
     app.include_router(router)
 
@@ -746,6 +970,7 @@ def serve(
     token: str | None = None,
     public_read: bool = False,
     allowed_hosts: list[str] | None = None,
+    read_only: bool = False,
 ) -> None:
     """Run the web app on host:port until interrupted (loopback only unless told otherwise).
 
@@ -771,7 +996,7 @@ def serve(
             "beyond a trusted network.",
             host, " (except searches and reads: --public-read)" if public_read else "", ", ".join(names),
         )  # fmt: skip
-    collection = Collection.open(collection_path, create=False)
+    collection = Collection.open(collection_path, create=False, read_only=True if read_only else None)
     try:
         app = create_app(
             collection,
@@ -780,8 +1005,10 @@ def serve(
             allowed_hosts=names,
             token=token,
             public_read=public_read,
+            read_only=read_only,
         )
         uvicorn.run(app, host=host, port=port, log_level="info")
+        app.state.lookalike.weak_match.stop()
     finally:
         try:
             collection.save()  # keep the in-memory index changes, so the next start needs no rebuild

@@ -5,6 +5,9 @@
 - `features` (the compact variant): an MLP autoencoder of the frozen EfficientNet-Lite0 pooled
   features (1280 floats) into a small code (128 floats by default), 10x less memory per image.
 
+The spec (the options of `lookalike train autoencoder`) and the registry entry are in
+`training/methods/autoencoder.py`, free of PyTorch; this module is the task, imported when training runs.
+
 Denoising (Vincent et al. 2008): with `noise="mask"` a random `noise_level` share of the input
 values is zeroed, with `noise="gaussian"` Gaussian noise of that standard deviation is added;
 the target is always the clean input.
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,47 +25,9 @@ from torch import nn
 from ..embedders.networks import EFFICIENTNET_FEATURES, EfficientNetBackbone, Embedding, FeatureEncoder, SmallConvNet
 from .data import FeatureCache, PixelCache, pixel_batch
 from .loop import Task
+from .methods.autoencoder import AutoencoderSpec
 from .models import ConvDecoder
 from .prepared import Prepared, batched, validation_figures
-
-VARIANTS = ("pixels", "features")
-NOISE = ("none", "mask", "gaussian")
-
-
-@dataclass(frozen=True)
-class AutoencoderSpec:
-    variant: str = "pixels"
-    dim: int = 256  # code size; the features variant defaults to 128 (see `with_defaults`)
-    hidden: int = 512
-    batch_size: int = 64
-    noise: str = "none"
-    noise_level: float = 0.25
-    augment: bool = False  # pixels only: random crop and flip on the fly
-    width: int = 32  # pixels only: channels of the first conv layer (doubling per layer)
-    views: int = 3  # features only: cached views per image (shared with the frozen metric-learning cache)
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"autoencoder variant must be one of {', '.join(VARIANTS)}")
-        if self.noise not in NOISE:
-            raise ValueError(f"noise must be one of {', '.join(NOISE)}")
-
-    def architecture(self) -> dict[str, object]:
-        if self.variant == "pixels":
-            return {
-                "backbone": "small-cnn",
-                "features": self.dim,
-                "width": self.width,
-                "head": "identity",
-                "dim": self.dim,
-            }
-        return {
-            "backbone": "efficientnet-lite0",
-            "trainable_blocks": 0,
-            "head": "feature-encoder",
-            "hidden": self.hidden,
-            "dim": self.dim,
-        }
 
 
 def build_network(spec: AutoencoderSpec, pretrained: bool = True) -> Embedding:
@@ -100,8 +64,10 @@ def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:
 
 
 class AutoencoderTask(Task):
-    def __init__(self, spec: AutoencoderSpec, encoder: Embedding, prepared: Prepared):
+    def __init__(self, spec: AutoencoderSpec, prepared: Prepared, encoder: Embedding | None = None):
         self.spec = spec
+        encoder = encoder if encoder is not None else build_network(spec)
+        self.embedding = encoder
         self.model = Autoencoder(encoder, build_decoder(spec))
         self.prepared = prepared
         self.monitor = "MAP@R" if prepared.labelled_validation() else "neg_val_loss"

@@ -1,10 +1,19 @@
 """The one training loop every method uses.
 
 A method supplies a `Task` (its module, its batches, its loss, its validation); the loop
-owns everything else: the optimiser and its learning-rate schedule, seeding, tqdm progress
-with the running loss, an atomic checkpoint after every epoch, resuming from it, early
-stopping on the validation score (MAP@R when labels exist) and restoring the best epoch's
-weights at the end.
+owns everything else: the optimiser and its learning-rate schedule, seeding, an atomic
+checkpoint after every epoch, resuming from it, early stopping on the validation score
+(MAP@R when labels exist) and restoring the best epoch's weights at the end.
+
+The loop never prints. It reports each epoch's steps through `progress(stage, done, total)` with
+the stage "epoch E/N", the running loss through `figures(stage, {"loss": ...})` and, at the end
+of the epoch, the loss and the validation figure it monitors through `figures` again and the whole
+`EpochRecord` through `on_epoch`. The command line draws these as one bar per epoch
+(`cli/common.py`); before, the loop drew tqdm bars itself.
+
+A checkpoint is read back with `torch.load(weights_only=True)`: tensors and plain values only, so
+a checkpoint planted in a collection folder cannot run code when training resumes; anything else
+is refused with a ValueError.
 
 Determinism: every epoch reseeds torch, numpy and `random` from (seed, epoch), so an
 interrupted-and-resumed run gives the same weights as one that was never interrupted.
@@ -16,11 +25,10 @@ import copy
 import hashlib
 import json
 import math
+import pickle
 import random
-import sys
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,57 +37,12 @@ import torch
 from torch import nn
 
 from ..storage import atomic_path
+from .run import SCHEDULES, Figures, LoopConfig, Progress
+from .task import Task
+
+__all__ = ["CHECKPOINT", "SCHEDULES", "EpochRecord", "LoopConfig", "LoopResult", "Task", "cosine_factor", "fit"]
 
 CHECKPOINT = "checkpoint.pt"
-SCHEDULES = ("constant", "cosine")
-
-
-class Task(ABC):
-    """What one training method provides to the loop."""
-
-    #: the module whose trainable parameters are optimised and checkpointed
-    model: nn.Module
-    #: the validation figure early stopping maximises
-    monitor: str = "MAP@R"
-
-    @abstractmethod
-    def batches(self, epoch: int) -> Iterable[object]:
-        """This epoch's training batches (global RNGs are already seeded for the epoch)."""
-
-    @abstractmethod
-    def loss(self, batch: object) -> torch.Tensor:
-        """The loss of one batch, with gradients."""
-
-    @abstractmethod
-    def validate(self) -> dict[str, float]:
-        """Figures on the validation images (must include `monitor`); the model is in eval mode."""
-
-    def steps_per_epoch(self) -> int | None:
-        return None
-
-    def parameter_groups(self, lr: float) -> list[dict[str, object]]:
-        """Optimiser groups; by default every trainable parameter at `lr`."""
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
-
-    def start_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:  # noqa: B027 (optional hook)
-        """Called before each epoch (also after a resume): a place for per-epoch schedules."""
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    epochs: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 3  # epochs without a better validation score before stopping
-    seed: int = 0
-    threads: int = 2
-    # "constant", or "cosine": every group's rate decays per step along a half cosine to 0 at the last
-    # epoch, so the final epochs take small steps and the kept weights do not depend on where a step landed.
-    schedule: str = "constant"
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
 
 
 @dataclass
@@ -125,13 +88,14 @@ def fit(
     config: LoopConfig,
     *,
     run_config: dict[str, object] | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
+    figures: Figures | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> LoopResult:
     """Train `task.model` in `work_dir` (checkpoint there), resuming if a matching checkpoint exists.
 
     `run_config` describes the whole run; a checkpoint from a different run is refused rather
-    than silently continued.
+    than silently continued. `progress`, `figures` and `on_epoch` report as the module docstring says.
     """
     torch.set_num_threads(config.threads)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +114,7 @@ def fit(
     start_epoch = 0
 
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(checkpoint_path)
         if state["fingerprint"] != fingerprint:
             raise ValueError(
                 f"{checkpoint_path} belongs to a run with other settings; use the same options to resume, "
@@ -181,9 +145,11 @@ def fit(
         task.start_epoch(epoch, optimizer)
         epoch_lrs = [group["lr"] for group in optimizer.param_groups]
         steps = task.steps_per_epoch()
+        stage = f"epoch {epoch}/{config.epochs}"
         model.train()
         total, count = 0.0, 0
-        bar = _bar(task, epoch, config.epochs, progress)
+        if progress:
+            progress(stage, 0, steps or 0)
         for step, batch in enumerate(task.batches(epoch)):
             if config.schedule == "cosine":
                 # A function of (epoch, step) alone, so a resumed run follows the same rates.
@@ -196,15 +162,17 @@ def fit(
             optimizer.step()
             total += float(loss.detach())
             count += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            if progress:
+                progress(stage, count, max(steps or 0, count))
+            if figures:
+                figures(stage, {"loss": total / count})
         model.eval()
         with torch.no_grad():
-            figures = {k: float(v) for k, v in task.validate().items()}
-        record = EpochRecord(epoch, total / max(count, 1), time.perf_counter() - started, figures)
+            scores = {k: float(v) for k, v in task.validate().items()}
+        record = EpochRecord(epoch, total / max(count, 1), time.perf_counter() - started, scores)
         result.history.append(record)
         result.seconds += record.seconds
-        score = figures[task.monitor]
+        score = scores[task.monitor]
         if score > result.best_score:
             result.best_score, result.best_epoch, bad_epochs = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -212,8 +180,8 @@ def fit(
             bad_epochs += 1
         stopped = bad_epochs >= config.patience
         result.stopped_early = stopped and epoch < config.epochs
-        bar.set_postfix(loss=f"{record.train_loss:.4f}", **{task.monitor: f"{score:.4f}"})
-        bar.close()
+        if figures:
+            figures(stage, {"loss": record.train_loss, task.monitor: score})
         _save_checkpoint(checkpoint_path, model, optimizer, best_state, bad_epochs, result, fingerprint)
         if on_epoch:
             on_epoch(record)
@@ -222,18 +190,23 @@ def fit(
     return result
 
 
-def _bar(task: Task, epoch: int, epochs: int, enabled: bool):
-    from tqdm import tqdm
+CHECKPOINT_KEYS = ("model", "optimizer", "best_state", "bad_epochs", "result", "fingerprint")
 
-    return tqdm(
-        total=task.steps_per_epoch(),
-        desc=f"epoch {epoch}/{epochs}",
-        unit="batch",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        disable=not enabled,
-        leave=True,
-    )
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's tensors and plain values; ValueError for anything else (a pickle that could run code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain values, and loading it could run code: "
+            "refused. Delete it, or use --restart to start over"
+        ) from exc
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ValueError(f"{path} cannot be read ({exc}); use --restart to start over") from exc
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        raise ValueError(f"{path} is not a training checkpoint; use --restart to start over")
+    return state
 
 
 def _save_checkpoint(

