@@ -270,8 +270,11 @@ class WeakMatchThresholds:
             if known is not None and abs(count - known[1]) < max(1, known[1] // 10):
                 self._known[key] = (generation, known[1], known[2])
                 return known[2]
-            with self._index_lock.reading():
-                threshold = calibrate_weak_match(self._collection, embedder, region=region, cancel=self._stopping)
+            # The read lock covers the index search only: a region calibration embeds a hundred crops,
+            # and a write waiting behind a long read would hold up every search after it.
+            threshold = calibrate_weak_match(
+                self._collection, embedder, region=region, cancel=self._stopping, searching=self._index_lock.reading
+            )
             if self._stopping.is_set():
                 return None
             self._known[key] = (generation, count, threshold)
