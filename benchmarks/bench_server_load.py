@@ -297,9 +297,17 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    finish_record(record)
+    start, end = record["load_average_start"][0], record["load_average_end"][0]  # type: ignore[index]
     result = {
         "benchmark": "server_load",
-        **finish_record(record),
+        "conditions": (
+            "idle machine"
+            if record["idle"]
+            else f"measured under load: 1-minute load average {start} at the start and {end} at the end, "
+            f"on {os.cpu_count()} cores shared with other jobs"
+        ),
+        **record,
         "collection": {
             "images": args.size,
             "how": "8,000 real photos + 2,000 symlinks to them; random unit vectors instead of embeddings",
