@@ -19,6 +19,8 @@ Methods (`METHODS`, registered with `@method`):
 - `lookalike-0.90`, `lookalike-0.80`: the set synced into a temporary `lookalike.Collection` with
   efficientnet-lite0; the vectors read back through the collection; pairs at cosine >= 0.90 / 0.80;
   groups = connected components.
+- `lookalike-near`: lookalike's own duplicate finder, `Collection.duplicates()` (the near tier: the copy-lite0
+  descriptor, nearest neighbours through the collection's index, its calibrated threshold, star clustering).
 A method is a function `(Context) -> groups` (lists of file indices); a new one, such as the
 collection's own duplicate finder, is one more registered function. Timings are wall and CPU seconds
 on the shared 2-core machine (see the load averages in the results).
@@ -36,7 +38,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,13 @@ from scipy.sparse.csgraph import connected_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import copydetect  # noqa: E402
+from common import finish_record, run_record  # noqa: E402
 
 from lookalike import Collection  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EMBEDDER = "efficientnet-lite0"
+NEAR_EMBEDDER = "copy-lite0"  # the descriptor of the near tier
 HASH_THRESHOLD = 10  # imagededup's default max_distance_threshold for every hash method
 
 
@@ -227,6 +230,25 @@ for _threshold in (0.90, 0.80):
     )(lambda context, threshold=_threshold: cosine_groups(context, threshold))
 
 
+def near_tier(context: Context, threshold: float | None = None) -> Found:
+    """Collection.duplicates(tier="near") over the set, as a user runs it; groups mapped back to file indices."""
+    index_of = {path.resolve(): i for i, path in enumerate(context.paths())}
+    # The collection `lookalike_vectors` made, if any (its copy-lite0 vectors are added); otherwise a new one
+    # that embeds only the copy descriptor.
+    with Collection.open(context.workdir / "collection", embedder=NEAR_EMBEDDER) as collection:
+        collection.sync(context.copyset.root, embedder=NEAR_EMBEDDER)
+        report = collection.duplicates("near", threshold=threshold)
+    groups = [[index_of[Path(m.path).resolve()] for m in g.members] for g in report.groups]
+    return Found(groups)
+
+
+method(
+    "lookalike-near",
+    "lookalike's near tier: Collection.duplicates() (copy-lite0 descriptor, 10 neighbours through the index, "
+    "its calibrated threshold, star clustering)",
+)(near_tier)
+
+
 # --- scoring ------------------------------------------------------------------------------------
 
 
@@ -377,8 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.smoke and args.set is None:
         parser.error("give --set DIR (a folder written by benchmarks/copydetect.py) or --smoke")
 
-    load_start = os.getloadavg()
-    started = datetime.now(UTC)
+    record = run_record()
     with tempfile.TemporaryDirectory(prefix="bench-duplicates-") as tmp:
         workdir = Path(tmp)
         if args.collection:
@@ -392,11 +413,8 @@ def main(argv: list[str] | None = None) -> None:
         outcome = run(copyset, args.methods, workdir)
     params = copyset.manifest["params"]
     report = {
-        "started": started.isoformat(timespec="seconds"),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-        "machine": machine(),
+        **finish_record(record),
+        "versions": machine(),
         "set": {
             "path": str(root),
             **params,

@@ -9,6 +9,7 @@ batch or none of it.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,30 @@ CREATE TABLE IF NOT EXISTS concepts (
     PRIMARY KEY (embedder, image_id, class)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS concepts_class ON concepts(embedder, class);
+-- duplicates: pairs of images found by a nearest-neighbour search, with their cosine (a < b), kept down to a
+-- floor so a looser threshold regroups without searching again
+CREATE TABLE IF NOT EXISTS duplicate_pairs (
+    embedder TEXT NOT NULL,
+    a INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    b INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    score REAL NOT NULL,
+    PRIMARY KEY (embedder, a, b)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS duplicate_pairs_b ON duplicate_pairs(embedder, b);
+-- the images already searched for duplicates with an embedder, and the content they had then
+CREATE TABLE IF NOT EXISTS duplicate_searched (
+    embedder TEXT NOT NULL,
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    sha256 TEXT,
+    PRIMARY KEY (embedder, image_id)
+) WITHOUT ROWID;
+-- the user's decisions: "keep" (a = the keeper, b = a member of its resolved group), "distinct" (a < b: not duplicates)
+CREATE TABLE IF NOT EXISTS duplicate_decisions (
+    a INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    b INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    decision TEXT NOT NULL CHECK (decision IN ('keep', 'distinct')),
+    PRIMARY KEY (a, b, decision)
+) WITHOUT ROWID;
 """
 
 
@@ -320,6 +345,61 @@ class Catalog:
                 found.setdefault(image_id, []).append((cls, score))
         return found
 
+    # --- duplicates -----------------------------------------------------------------------
+
+    def put_pairs(self, embedder: str, a: np.ndarray, b: np.ndarray, scores: np.ndarray) -> None:
+        """Store scored pairs (each once, smaller id first; a pair stored before is overwritten)."""
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO duplicate_pairs (embedder, a, b, score) VALUES (?, ?, ?, ?)",
+            [(embedder, int(x), int(y), float(s)) for x, y, s in zip(lo, hi, scores, strict=True) if x != y],
+        )
+
+    def pairs(self, embedder: str, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(a, b, score) of the stored pairs of `embedder` scoring at least `min_score`."""
+        rows = self._db.execute(
+            "SELECT a, b, score FROM duplicate_pairs WHERE embedder = ? AND score >= ?", (embedder, min_score)
+        ).fetchall()
+        out = np.array(rows, dtype=np.float64).reshape(-1, 3)
+        return out[:, 0].astype(np.int64), out[:, 1].astype(np.int64), out[:, 2].astype(np.float32)
+
+    def searched(self, embedder: str) -> dict[int, str | None]:
+        """Images already searched for duplicates with `embedder` -> their SHA-256 then."""
+        rows = self._db.execute("SELECT image_id, sha256 FROM duplicate_searched WHERE embedder = ?", (embedder,))
+        return {int(i): h for i, h in rows}
+
+    def mark_searched(self, embedder: str, items: Iterable[tuple[int, str | None]]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO duplicate_searched (embedder, image_id, sha256) VALUES (?, ?, ?)",
+            [(embedder, int(i), h) for i, h in items],
+        )
+
+    def forget_pairs(self, embedder: str, ids: Iterable[int]) -> None:
+        """Drop the pairs and the searched mark of `ids` (their content changed)."""
+        rows = [(embedder, int(i)) for i in ids]
+        self._db.executemany("DELETE FROM duplicate_pairs WHERE embedder = ? AND a = ?", rows)
+        self._db.executemany("DELETE FROM duplicate_pairs WHERE embedder = ? AND b = ?", rows)
+        self._db.executemany("DELETE FROM duplicate_searched WHERE embedder = ? AND image_id = ?", rows)
+
+    def put_decisions(self, decision: str, pairs: Iterable[tuple[int, int]]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO duplicate_decisions (a, b, decision) VALUES (?, ?, ?)",
+            [(int(a), int(b), decision) for a, b in pairs],
+        )
+
+    def decisions(self, decision: str) -> list[tuple[int, int]]:
+        rows = self._db.execute("SELECT a, b FROM duplicate_decisions WHERE decision = ?", (decision,))
+        return [(int(a), int(b)) for a, b in rows]
+
+    def delete_decisions(self, ids: Iterable[int] | None = None) -> int:
+        """Decisions involving any of `ids` (every decision if None); returns how many were deleted."""
+        if ids is None:
+            return self._db.execute("DELETE FROM duplicate_decisions").rowcount
+        rows = [(int(i), int(i)) for i in ids]
+        before = self._db.total_changes
+        self._db.executemany("DELETE FROM duplicate_decisions WHERE a = ? OR b = ?", rows)
+        return self._db.total_changes - before
+
     # --- meta -----------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
@@ -328,6 +408,17 @@ class Catalog:
 
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def uid(self) -> str:
+        """This catalog's own random id, made on first use and kept (it names the catalog's rows in a
+        store that several catalogs share, such as one Milvus collection)."""
+        value = self.get_meta("uid")
+        if value is None:
+            # INSERT OR IGNORE, then read back: two processes making it at once agree on one.
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('uid', ?)", (uuid.uuid4().hex,))
+            value = self.get_meta("uid")
+        assert value is not None
+        return value
 
     def bump_generation(self, embedder: str) -> int:
         """Count changes to an embedder's vectors, so a saved index can tell it is stale."""

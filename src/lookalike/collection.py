@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -33,10 +34,13 @@ from PIL import Image
 from . import embedders as embedder_registry
 from .catalog import Catalog, ImageRecord
 from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocabulary
+from .duplicates import DuplicateGroup, DuplicateReport, MoveReport, UndoReport
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
+from .index.base import FOREIGN_IDS_FROM
 from .index.exact import exact_search
+from .index.milvus import is_milvus_kind
 from .index.rerank import alpha_query_expansion, search_excluding
 from .storage import (
     DEFAULT_COLLECTION_DIR,
@@ -106,11 +110,14 @@ class SearchResult:
     record: ImageRecord | None = field(default=None, repr=False, compare=False)
     #: its top concepts (ImageNet classes), when an embedder of the collection is a classifier
     tags: tuple[Tag, ...] = field(default=(), compare=False)
+    #: set for an image another catalog indexed into a shared remote index (that catalog's uid): its id is
+    #: the remote key (>= 2**32, never a local id), its path is on that catalog's machine, `record` is None
+    catalog: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
             "rank": self.rank, "score": self.score, "id": self.id, "label": self.label, "path": self.path,
-            "tags": [{"name": t.name, "score": t.score} for t in self.tags],
+            "tags": [{"name": t.name, "score": t.score} for t in self.tags], "catalog": self.catalog,
         }  # fmt: skip
 
 
@@ -147,10 +154,12 @@ class Neighbours:
 
     ids: np.ndarray  # (n_queries, k) int64
     scores: np.ndarray  # (n_queries, k) float32
+    #: the embedder searched (None: the collection's default); `results` describes other catalogs' hits from its index
+    embedder: str | None = None
 
     @classmethod
-    def empty(cls, n: int, k: int) -> Neighbours:
-        return cls(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32))
+    def empty(cls, n: int, k: int, embedder: str | None = None) -> Neighbours:
+        return cls(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32), embedder)
 
 
 @dataclass
@@ -330,11 +339,11 @@ class Collection:
             if index_path.is_file() and meta_path.is_file():
                 meta = json.loads(meta_path.read_text())
                 if meta.get("generation") == generation:
-                    index = load_index(index_path)
+                    index = load_index(index_path, owner=self.catalog)
             if index is None:
                 ids, vectors = self.catalog.vectors(name)
                 dim = vectors.shape[1] if len(ids) else self.embedder(name).dim
-                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim, name=name)
+                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim, name=name, owner=self.catalog)
                 index.add(ids, vectors)
                 if not self.read_only:
                     try:
@@ -1032,6 +1041,10 @@ class Collection:
         neighbours (index/rerank.py); `exact` ranks by brute force over the stored vectors
         whatever the index (evaluation). A hit deleted by another thread or process between the
         index search and the catalog lookup is replaced by searching again.
+
+        With a remote index that several catalogs share (Milvus), hits include other catalogs' images
+        under their remote keys (>= FOREIGN_IDS_FROM); `label`, `tag`, `within` and `exact` keep to this
+        catalog's images, and query expansion folds in other catalogs' vectors read from the index.
         """
         name = embedder or self.default_embedder
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
@@ -1044,11 +1057,11 @@ class Collection:
             tagged = self.tagged_ids(tag)
             allowed = tagged if allowed is None else np.intersect1d(tagged, allowed)
         if allowed is not None and not len(allowed):
-            return Neighbours.empty(len(vectors), k)
+            return Neighbours.empty(len(vectors), k, name)
         if exact:
             ids, stored = self.catalog.vectors(name, None if allowed is None else allowed.tolist())
             scores, found = exact_search(vectors, stored, ids, k, exclude=excluded)
-            return Neighbours(found, scores)
+            return Neighbours(found, scores, name)
         for _ in range(MAX_SEARCH_ATTEMPTS):
             index = self.index(name)
             if expand > 0:
@@ -1058,44 +1071,64 @@ class Collection:
                 )  # fmt: skip
             else:
                 scores, found = search_excluding(index, vectors, k, allowed, excluded)
-            hits = np.unique(found[found >= 0])
+            # Other catalogs' images (a shared remote index) are not in this catalog: `results` reads them.
+            hits = np.unique(found[(found >= 0) & (found < FOREIGN_IDS_FROM)])
             if len(self.catalog.get_many(hits.tolist())) == len(hits):
-                return Neighbours(found, scores)
+                return Neighbours(found, scores, name)
             # A hit was deleted since the index answered: the next `index()` call sees the change.
         present = np.isin(found, np.fromiter(self.catalog.get_many(hits.tolist()), dtype=np.int64))
-        return Neighbours(np.where(present, found, -1), np.where(present, scores, -np.inf))
+        present |= found >= FOREIGN_IDS_FROM
+        return Neighbours(np.where(present, found, -1), np.where(present, scores, -np.inf), name)
 
     def results(self, found: Neighbours) -> list[list[SearchResult]]:
-        """Typed results of a batched search, with each image's catalog record and tags."""
+        """Typed results of a batched search, with each image's catalog record and tags.
+
+        Hits of other catalogs sharing the remote index (ids >= FOREIGN_IDS_FROM) come with the path and
+        label that catalog stored beside the vector, its uid in `catalog`, and no record or tags.
+        """
         hits = np.unique(found.ids[found.ids >= 0]).tolist()
         records = self.catalog.get_many(hits)
         tags = self.tags(hits)
+        foreign = self._foreign_records(found.embedder, [i for i in hits if i >= FOREIGN_IDS_FROM])
         out = []
         for row_ids, row_scores in zip(found.ids, found.scores, strict=True):
-            row = [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if int(i) in records]
+            row = [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if int(i) >= 0]
+            row = [(i, s) for i, s in row if i in records or i in foreign]
             out.append(
                 [
                     SearchResult(
-                        id=i,
-                        path=records[i].path,
-                        label=records[i].label,
-                        score=s,
-                        rank=rank,
-                        record=records[i],
-                        tags=tuple(tags.get(i, ())),
-                    )  # fmt: skip
+                        id=i, path=records[i].path, label=records[i].label, score=s, rank=rank,
+                        record=records[i], tags=tuple(tags.get(i, ())),
+                    )
+                    if i in records
+                    else SearchResult(
+                        id=i, path=foreign[i].path, label=foreign[i].label, score=s, rank=rank,
+                        catalog=foreign[i].catalog,
+                    )
                     for rank, (i, s) in enumerate(row, start=1)
                 ]
-            )
+            )  # fmt: skip
         return out
 
+    def _foreign_records(self, embedder: str | None, keys: list[int]) -> dict[int, Any]:
+        """What other catalogs stored beside their vectors in the shared remote index of `embedder`."""
+        if not keys:
+            return {}
+        reader = getattr(self.index(embedder), "foreign_records", None)
+        return {} if reader is None else reader(keys)
+
     def _stored_vectors(self, embedder: str, ids: np.ndarray) -> np.ndarray:
-        """Vectors of `ids` from the catalog, in the order asked."""
-        found, vectors = self.catalog.vectors(embedder, ids.tolist())
-        row = {int(i): r for r, i in enumerate(found)}
+        """Vectors of `ids` from the catalog (other catalogs' images: from the shared index), in the order asked."""
+        ids = np.asarray(ids, dtype=np.int64)
+        local = ids < FOREIGN_IDS_FROM
+        found, vectors = self.catalog.vectors(embedder, ids[local].tolist())
         if not len(ids):
             return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float32)
-        return vectors[[row[int(i)] for i in ids]]
+        row = {int(i): vector for i, vector in zip(found.tolist(), vectors, strict=True)}
+        if not local.all():
+            row.update(self.index(embedder).foreign_vectors(ids[~local]))  # type: ignore[attr-defined]
+        gone = np.zeros(self.index(embedder).dim, dtype=np.float32)  # removed since found: adds nothing
+        return np.stack([row[int(i)] if i < FOREIGN_IDS_FROM else row.get(int(i), gone) for i in ids])
 
     # --- concepts: search by words, tags ---------------------------------------------------------
 
@@ -1280,6 +1313,67 @@ class Collection:
         """How many images each embedder has vectors of (embedders with none are left out)."""
         return {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()}
 
+    # --- duplicates (logic in duplicates.py) -----------------------------------------------------
+
+    def duplicates(
+        self,
+        tier: str = "near",
+        *,
+        threshold: float | None = None,
+        under: str | os.PathLike[str] | None = None,
+        include_resolved: bool = False,
+        progress: Progress | None = None,
+    ) -> DuplicateReport:
+        """Groups of duplicate images, each with a suggested keeper and every member's similarity to it.
+
+        `tier`: "exact" (same bytes or same pixels), "near" (the same photo after edits; the default) or
+        "similar" (another shot of the same scene). `threshold` overrides the tier's calibrated cosine
+        (`duplicates.THRESHOLDS`). `under`: only images under this folder. Groups resolved by a decision
+        (`decide_duplicates`) are left out unless `include_resolved`. The `near` tier embeds images that
+        have no copy-descriptor vector yet, and only images not compared before are searched.
+        """
+        from .duplicates import find_duplicates
+
+        return find_duplicates(
+            self, tier, threshold=threshold, under=under, include_resolved=include_resolved, progress=progress
+        )
+
+    def decide_duplicates(self, ids: Sequence[int], decision: str, *, keeper: int | None = None) -> None:
+        """Remember a decision about images shown as duplicates, so they do not come back.
+
+        "keep": the group is resolved as it is (`keeper`, default the first id, is the one kept);
+        "distinct": these images are not duplicates of each other and are never grouped together again.
+        """
+        from .duplicates import decide
+
+        decide(self, ids, decision, keeper=keeper)
+
+    def clear_duplicate_decisions(self, ids: Sequence[int] | None = None) -> int:
+        """Forget the decisions involving `ids` (all decisions if None); returns how many were dropped."""
+        from .duplicates import clear_decisions
+
+        return clear_decisions(self, ids)
+
+    def move_duplicates(
+        self, groups: Sequence[DuplicateGroup], dest: str | os.PathLike[str], *, dry_run: bool = False
+    ) -> MoveReport:
+        """Move every non-keeper of `groups` into `dest` (keeping their folders below the indexed root)
+        and write a manifest there for `undo_move`; nothing is deleted. A move that fails leaves that
+        file in place and is reported; every file moved before it is recorded in the manifest."""
+        from .duplicates import move_files
+
+        return move_files(self, groups, Path(dest), dry_run=dry_run)
+
+    def undo_move(self, manifest: str | os.PathLike[str]) -> UndoReport:
+        """Put the files of a `move_duplicates` manifest back where they were.
+
+        Refuses (DuplicatesError, nothing moved) when a moved file changed since, or when something
+        now occupies its old place. Restored files are indexed again by the next sync.
+        """
+        from .duplicates import undo_moves
+
+        return undo_moves(self, Path(manifest))
+
     # --- facts -----------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, object]:
@@ -1291,7 +1385,14 @@ class Collection:
             "default_embedder": self.default_embedder,
             "indexed_embedders": {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()},
             "index_type": self.config.get("index", DEFAULT_INDEX),
+            **self._remote_index_stats(),
         }
+
+    def _remote_index_stats(self) -> dict[str, object]:
+        """The remote side of a remote index (Milvus: collection, rows, index, server version); {} for a local one."""
+        if not is_milvus_kind(str(self.config.get("index", DEFAULT_INDEX))):
+            return {}  # a local index is not loaded just to describe it
+        return {"remote_index": self.index().describe()}  # type: ignore[attr-defined]
 
 
 class _NotReadable(Exception):

@@ -8,7 +8,7 @@ import logging
 import sys
 
 # Each module registers one or more sub-commands; `train` arrives with the training subsystem.
-COMMAND_MODULES = ["index", "search", "evaluate", "train", "serve", "stats"]
+COMMAND_MODULES = ["index", "search", "evaluate", "train", "serve", "stats", "duplicates"]
 
 
 class _Notices(logging.Handler):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import hub, pretrained, trained
+from . import copy, hub, pretrained, trained
 from .base import Embedder, EmbedderError, Preprocessing, l2_normalise
 
 DEFAULT_EMBEDDER = "efficientnet-lite0"
@@ -23,6 +23,8 @@ _BUILTIN: dict[str, Callable[..., Embedder]] = {
     "efficientnet-lite2": pretrained.efficientnet_lite2,
     "resnet50": pretrained.resnet50,
     "vgg16": pretrained.vgg16,
+    # the copy-detection descriptor of the duplicates' near tier (embedders/copy.py)
+    copy.NAME: copy.copy_lite0,
     # timm / open_clip networks, when their weights are on this machine (embedders/hub.py)
     **{name: hub.factory(name) for name in hub.MODELS},
 }

@@ -1,0 +1,691 @@
+"""Duplicates: the same photo again (exact copies, edited copies, other shots of one scene), grouped.
+
+`Collection.duplicates(tier=...)` is the entry point; this module holds the logic. Tiers:
+
+- `exact`: byte-identical files (same SHA-256, from the catalog) and pixel-identical re-encodes
+  (candidate pairs at cosine >= 0.99 of the collection's vectors with equal width and height,
+  confirmed by comparing the fully decoded pixels).
+- `near` (the default): the same photo after edits (resize, re-compression, crop, rotation, flip,
+  colour, text, a screenshot of it). Scored with a copy descriptor, the `copy-lite0` embedder
+  (EfficientNet-Lite0 on the whole image, long side 224, GeM-pooled head, averaged with its mirror
+  image), stored beside the collection's other vectors and embedded on demand.
+- `similar`: another shot of the same scene or object (bursts): the collection's own vectors at a
+  looser threshold.
+
+Candidates come from the k-nearest-neighbour graph through the collection's vector index (never all
+pairs); the scored pairs (edges) are kept in the catalog, so after new images are added only they
+are searched. Groups are formed around a keeper so that chains of pairs do not merge unrelated
+photos: every member of a group scores at least the threshold with the group's keeper, and each
+pair inside a group is at least the threshold or was linked directly. The keeper is the image
+with the most pixels, then the largest file, then the oldest; `reason` says which rule decided.
+
+Decisions ("keep" = this group is resolved, "distinct" = these images are not duplicates) are stored
+in the catalog, so resolved groups do not come back. `move_duplicates` moves the non-keepers into a
+folder and writes a manifest that `undo_move` restores from; nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import heapq
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .catalog import ImageRecord
+from .images import ImageError, open_image
+
+if TYPE_CHECKING:
+    from .collection import Collection
+
+TIERS = ("exact", "near", "similar")
+DEFAULT_TIER = "near"
+#: the embedder whose vectors score the `near` tier
+COPY_EMBEDDER = "copy-lite0"
+#: default thresholds per tier (cosine similarity), calibrated on benchmarks/copydetect.py's set (seed 0),
+#: checked on seed 1; see README "Duplicates". `exact` is the cosine a pair needs before its pixels are compared.
+THRESHOLDS = {"exact": 0.99, "near": 0.82, "similar": 0.85}
+#: a centre's neighbour joins its group only when linked to at least this share of the members before it
+MIN_SHARE = 0.0
+#: neighbours searched per image for candidate pairs
+NEIGHBOURS = 10
+#: pairs are stored down to this cosine, so a lower `threshold=` regroups without searching again;
+#: a threshold below it is refused
+EDGE_FLOOR = 0.7
+DECISIONS = ("keep", "distinct")
+#: images searched per batch when looking for new pairs
+SEARCH_BATCH = 2048
+
+
+@dataclass(frozen=True)
+class DuplicateMember:
+    """One image of a group."""
+
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    #: file size in bytes
+    size: int
+    #: the file's modification time (ns since the epoch) when it was indexed
+    mtime_ns: int
+    #: cosine similarity to the group's keeper (1.0 for the keeper itself and for exact copies)
+    score: float
+
+    @property
+    def pixels(self) -> int:
+        return (self.width or 0) * (self.height or 0)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id, "path": self.path, "width": self.width, "height": self.height, "size": self.size,
+            "mtime_ns": self.mtime_ns, "score": round(self.score, 4),
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Images that are the same photo (or shot, for `similar`), with the one to keep."""
+
+    #: stable while the group's members do not change: "<tier>-<smallest member id>-<hash of member ids>"
+    key: str
+    tier: str
+    keeper: DuplicateMember
+    #: why the keeper was chosen: "most pixels", "largest file" or "oldest file" (with the figures)
+    reason: str
+    #: every member, the keeper first, then by score (best first)
+    members: tuple[DuplicateMember, ...]
+
+    @property
+    def ids(self) -> list[int]:
+        return [m.id for m in self.members]
+
+    @property
+    def others(self) -> tuple[DuplicateMember, ...]:
+        """The members that are not the keeper (what `move_duplicates` moves)."""
+        return self.members[1:]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "key": self.key, "tier": self.tier, "keeper": self.keeper.id, "reason": self.reason,
+            "members": [m.to_dict() for m in self.members],
+        }  # fmt: skip
+
+
+@dataclass
+class DuplicateReport:
+    """What `Collection.duplicates` found."""
+
+    tier: str
+    threshold: float
+    #: the embedder whose vectors scored the pairs (None for byte-identical-only results)
+    embedder: str | None
+    groups: list[DuplicateGroup] = field(default_factory=list)
+    #: (path, reason) of files that could not be read: never grouped
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    #: indexed files no longer on disk: left out of every group (run `lookalike index` to forget them)
+    vanished: list[str] = field(default_factory=list)
+    #: images searched for neighbours in this run (only those new since the last run)
+    compared: int = 0
+    #: groups left out because a decision resolved them (`include_resolved=True` shows them)
+    resolved: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "tier": self.tier, "threshold": self.threshold, "embedder": self.embedder,
+            "groups": [g.to_dict() for g in self.groups],
+            "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
+            "vanished": self.vanished, "compared": self.compared, "resolved": self.resolved,
+            "seconds": round(self.seconds, 3),
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Move:
+    """One file moved (or to be moved, in a dry run)."""
+
+    id: int
+    source: str
+    target: str
+    #: the group it belongs to and that group's keeper (which stays)
+    group: str
+    keeper: str
+
+
+@dataclass
+class MoveReport:
+    """What `move_duplicates` did (or would do, with `dry_run`)."""
+
+    dry_run: bool
+    #: the manifest `undo_move` reads (None in a dry run, or when nothing was moved)
+    manifest: Path | None
+    moves: list[Move] = field(default_factory=list)
+    #: (path, reason) of files not moved: vanished, unreadable, or the move failed (the file is in place)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "dry_run": self.dry_run, "manifest": None if self.manifest is None else str(self.manifest),
+            "moves": [vars(m) for m in self.moves], "failed": [{"path": p, "reason": r} for p, r in self.failed],
+        }  # fmt: skip
+
+
+@dataclass
+class UndoReport:
+    """What `undo_move` restored."""
+
+    manifest: Path
+    restored: list[str] = field(default_factory=list)
+
+
+class DuplicatesError(ValueError):
+    """A duplicates request that cannot be done (unknown tier, a manifest whose files changed, ...)."""
+
+
+Progress = Callable[[str, int, int], None]
+
+
+# --- finding groups ---------------------------------------------------------------------------------
+
+
+def find_duplicates(
+    collection: Collection,
+    tier: str = DEFAULT_TIER,
+    *,
+    threshold: float | None = None,
+    under: str | os.PathLike[str] | None = None,
+    include_resolved: bool = False,
+    progress: Progress | None = None,
+) -> DuplicateReport:
+    """`Collection.duplicates`: see there."""
+    started = time.perf_counter()
+    if tier not in TIERS:
+        raise DuplicatesError(f"unknown duplicates tier {tier!r}; choose one of {', '.join(TIERS)}")
+    threshold = THRESHOLDS[tier] if threshold is None else float(threshold)
+    if not EDGE_FLOOR <= threshold <= 1.0:
+        raise DuplicatesError(f"a duplicates threshold must be between {EDGE_FLOOR} and 1 (cosine), not {threshold}")
+    records = collection.records(under=under, status=None)
+    readable = [r for r in records if r.status == "ok"]
+    report = DuplicateReport(tier=tier, threshold=threshold, embedder=None)
+    report.unreadable = [(r.path, r.error or "unreadable") for r in records if r.status != "ok"]
+    by_id = {r.id: r for r in readable}
+
+    embedder = COPY_EMBEDDER if tier == "near" else collection.default_embedder
+    with collection._lock:
+        report.compared = update_pairs(collection, embedder, readable, progress)
+        a, b, scores = collection.catalog.pairs(embedder, threshold)
+    report.embedder = embedder
+    inside = np.isin(a, list(by_id)) & np.isin(b, list(by_id))
+    a, b, scores = a[inside], b[inside], scores[inside]
+
+    if tier == "exact":
+        a, b, scores = _pixel_identical(collection, by_id, a, b, progress)
+        same = collection.catalog.duplicate_groups(by_id)
+        a = np.concatenate([a, *[np.full(len(g) - 1, g[0], dtype=np.int64) for g in same]])
+        b = np.concatenate([b, *[np.asarray(g[1:], dtype=np.int64) for g in same]])
+        scores = np.ones(len(a), dtype=np.float32)
+        clusters = components(a, b)
+    else:
+        apart = {(min(x, y), max(x, y)) for x, y in collection.catalog.decisions("distinct")}
+        clusters = star_clusters(a, b, scores, apart=apart, min_share=MIN_SHARE)
+
+    keeps = _keep_decisions(collection)
+    for members in clusters:
+        present = [i for i in members if os.path.exists(by_id[i].path)]
+        report.vanished += [by_id[i].path for i in members if i not in set(present)]
+        if len(present) < 2:
+            continue
+        group = make_group(collection, tier, embedder, [by_id[i] for i in present], keeps)
+        if not include_resolved and _resolved(group, keeps):
+            report.resolved += 1
+            continue
+        report.groups.append(group)
+    report.groups.sort(key=lambda g: (-len(g.members), g.keeper.id))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def update_pairs(
+    collection: Collection, embedder: str, records: Sequence[ImageRecord], progress: Progress | None = None
+) -> int:
+    """Search the images of `records` not searched before (or changed since) for their nearest neighbours
+    with `embedder` (embedding those that lack its vector), and store the pairs scoring at least
+    EDGE_FLOOR. Returns how many images were searched."""
+    catalog = collection.catalog
+    have = collection.vector_ids(embedder)
+    missing = [r for r in records if r.id not in have]
+    if missing:
+        collection.embed_missing(missing, embedder=embedder, progress=progress)
+        have = collection.vector_ids(embedder)
+    searched = catalog.searched(embedder)
+    todo = [r for r in records if r.id in have and (r.id not in searched or searched[r.id] != r.sha256)]
+    changed = [r.id for r in todo if r.id in searched]
+    if changed:
+        with collection._change():
+            catalog.forget_pairs(embedder, changed)
+    stage = f"comparing ({embedder})"
+    if progress:
+        progress(stage, 0, len(todo))
+    for start in range(0, len(todo), SEARCH_BATCH):
+        chunk = todo[start : start + SEARCH_BATCH]
+        ids = np.array([r.id for r in chunk], dtype=np.int64)
+        found = collection.search_vectors(
+            collection.vectors_of(ids, embedder), NEIGHBOURS, embedder=embedder, exclude=ids
+        )
+        a, b, scores = neighbour_pairs(ids, found.ids, found.scores, EDGE_FLOOR)
+        with collection._change():
+            catalog.put_pairs(embedder, a, b, scores)
+            catalog.mark_searched(embedder, [(r.id, r.sha256) for r in chunk])
+        if progress:
+            progress(stage, start + len(chunk), len(todo))
+    return len(todo)
+
+
+def neighbour_pairs(
+    ids: np.ndarray, found: np.ndarray, scores: np.ndarray, floor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, score) of the neighbour lists' pairs scoring at least `floor`, each pair once (a < b)."""
+    rows = np.repeat(np.asarray(ids, dtype=np.int64), found.shape[1])
+    cols, flat = found.ravel(), scores.ravel()
+    keep = (cols >= 0) & (cols != rows) & (flat >= floor)
+    a, b = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
+    flat = np.minimum(flat[keep], 1.0)
+    if not len(a):
+        return a, b, flat.astype(np.float32)
+    order = np.lexsort((-flat, b, a))
+    a, b, flat = a[order], b[order], flat[order]
+    first = np.ones(len(a), dtype=bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return a[first], b[first], flat[first].astype(np.float32)
+
+
+def components(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
+    """Connected components (of two or more ids) of the pairs (a[i], b[i])."""
+    if not len(a):
+        return []
+    nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+    n = len(nodes)
+    graph = coo_matrix((np.ones(len(a)), (inverse[: len(a)], inverse[len(a) :])), shape=(n, n))
+    count, labels = connected_components(graph, directed=False)
+    order = np.argsort(labels, kind="stable")
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    return [sorted(int(i) for i in nodes[part]) for part in np.split(order, cuts) if len(part) > 1]
+
+
+def star_clusters(
+    a: np.ndarray,
+    b: np.ndarray,
+    scores: np.ndarray,
+    *,
+    apart: set[tuple[int, int]] | None = None,
+    min_share: float = 0.0,
+) -> list[list[int]]:
+    """Groups that do not chain: star clustering over the pairs (each pair: a link scoring over the threshold).
+
+    Within each connected component, the image linked to the most others (ties: the highest summed
+    score, then the lowest id) is a centre; it and the unassigned images linked to it form a group,
+    and the rest of the component is clustered again the same way. Every member of a group is linked
+    directly to its centre, so a chain of pairs (A~B, B~C, C~D) never puts A and D together through
+    two weak links. The centre's neighbours join best first; one also needs links to at least
+    `min_share` of the members that joined before it, and is left out if it and a member are `apart`
+    (pairs (smaller id, larger id) decided not to be duplicates).
+    """
+    apart = apart or set()
+    groups: list[list[int]] = []
+    neighbours: dict[int, dict[int, float]] = {}
+    for x, y, s in zip(a.tolist(), b.tolist(), scores.tolist(), strict=True):
+        neighbours.setdefault(x, {})[y] = s
+        neighbours.setdefault(y, {})[x] = s
+
+    def rank(i: int, left: set[int]) -> tuple[int, float, int]:
+        links = [s for j, s in neighbours[i].items() if j in left]
+        return (-len(links), -sum(links), i)
+
+    for component in components(a, b):
+        left = set(component)
+        heap = [(rank(i, left), i) for i in component]
+        heapq.heapify(heap)
+        while heap:
+            key, centre = heapq.heappop(heap)
+            if centre not in left:
+                continue
+            current = rank(centre, left)
+            if current != key:  # its links changed since it was queued: queue it again with its new rank
+                heapq.heappush(heap, (current, centre))
+                continue
+            members = [centre]
+            for j in sorted((j for j in neighbours[centre] if j in left), key=lambda j: -neighbours[centre][j]):
+                if any((min(j, m), max(j, m)) in apart for m in members):
+                    continue
+                joined = members[1:]
+                if joined and sum(m in neighbours[j] for m in joined) < min_share * len(joined):
+                    continue
+                members.append(j)
+            left.difference_update(members)
+            if len(members) > 1:
+                groups.append(sorted(members))
+    return groups
+
+
+def _pixel_identical(
+    collection: Collection, by_id: dict[int, ImageRecord], a: np.ndarray, b: np.ndarray, progress: Progress | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate pairs whose images have the same width and height and the same decoded pixels."""
+    same_size = [
+        (x, y)
+        for x, y in zip(a.tolist(), b.tolist(), strict=True)
+        if (by_id[x].width, by_id[x].height) == (by_id[y].width, by_id[y].height)
+        and by_id[x].sha256 != by_id[y].sha256  # same bytes: found by the content hash
+    ]
+    digests: dict[int, str | None] = {}
+
+    def digest(i: int) -> str | None:
+        if i not in digests:
+            try:
+                pixels = np.asarray(open_image(Path(by_id[i].path)).convert("RGB"))
+                digests[i] = hashlib.sha256(pixels.tobytes()).hexdigest()
+            except (ImageError, OSError):
+                digests[i] = None
+        return digests[i]
+
+    kept = []
+    for n, (x, y) in enumerate(same_size):
+        if digest(x) is not None and digest(x) == digest(y):
+            kept.append((x, y))
+        if progress:
+            progress("comparing pixels", n + 1, len(same_size))
+    pairs = np.array(kept, dtype=np.int64).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1], np.ones(len(pairs), dtype=np.float32)
+
+
+def _keep_decisions(collection: Collection) -> dict[int, set[int]]:
+    """keeper -> the images decided to be its duplicates."""
+    keeps: dict[int, set[int]] = {}
+    for keeper, member in collection.catalog.decisions("keep"):
+        keeps.setdefault(keeper, set()).add(member)
+    return keeps
+
+
+def _resolved(group: DuplicateGroup, keeps: dict[int, set[int]]) -> bool:
+    """A group is resolved when a decision kept its keeper and covered every other member."""
+    return {m.id for m in group.others} <= keeps.get(group.keeper.id, set())
+
+
+def make_group(
+    collection: Collection,
+    tier: str,
+    embedder: str,
+    records: Sequence[ImageRecord],
+    keeps: dict[int, set[int]] | None = None,
+) -> DuplicateGroup:
+    """A group of these images: its keeper (a decided one, else by `choose_keeper`) and each one's score to it."""
+    decided = [r for r in records if keeps and len(keeps.get(r.id, set()) & {o.id for o in records}) > 0]
+    if decided:
+        keeper, reason = decided[0], "kept by decision"
+    else:
+        keeper, reason = choose_keeper(records)
+    if tier == "exact":
+        scores = dict.fromkeys((r.id for r in records), 1.0)
+    else:
+        ids = np.array([r.id for r in records], dtype=np.int64)
+        vectors = collection.vectors_of(ids, embedder)
+        similarity = vectors @ vectors[[r.id for r in records].index(keeper.id)]
+        scores = {int(i): float(min(1.0, s)) for i, s in zip(ids, similarity, strict=True)}
+        scores[keeper.id] = 1.0
+    members = sorted(records, key=lambda r: (r.id != keeper.id, -scores[r.id], r.id))
+    ids_key = ",".join(str(i) for i in sorted(r.id for r in records))
+    key = f"{tier}-{min(r.id for r in records)}-{hashlib.sha1(ids_key.encode()).hexdigest()[:8]}"
+    return DuplicateGroup(
+        key=key,
+        tier=tier,
+        keeper=_member(keeper, 1.0),
+        reason=reason,
+        members=tuple(_member(r, scores[r.id]) for r in members),
+    )
+
+
+def choose_keeper(records: Sequence[ImageRecord]) -> tuple[ImageRecord, str]:
+    """The image to keep: the most pixels, then the largest file, then the oldest (then the lowest id),
+    and the rule that decided it."""
+
+    def pixels(r: ImageRecord) -> int:
+        return (r.width or 0) * (r.height or 0)
+
+    ranked = sorted(records, key=lambda r: (-pixels(r), -r.size, r.mtime_ns, r.id))
+    best, runner_up = ranked[0], ranked[1]
+    if pixels(best) > pixels(runner_up):
+        return best, f"most pixels ({best.width}x{best.height})"
+    if best.size > runner_up.size:
+        return best, f"largest file ({best.size:,} bytes) among the largest images"
+    if best.mtime_ns < runner_up.mtime_ns:
+        return best, "oldest file among equal images"
+    return best, "first indexed among equal files"
+
+
+def _member(record: ImageRecord, score: float) -> DuplicateMember:
+    return DuplicateMember(
+        id=record.id, path=record.path, width=record.width, height=record.height, size=record.size,
+        mtime_ns=record.mtime_ns, score=score,
+    )  # fmt: skip
+
+
+# --- decisions ---------------------------------------------------------------------------------------
+
+
+def decide(collection: Collection, ids: Sequence[int], decision: str, *, keeper: int | None = None) -> None:
+    """`Collection.decide_duplicates`: see there."""
+    if decision not in DECISIONS:
+        raise DuplicatesError(f"unknown decision {decision!r}; choose one of {', '.join(DECISIONS)}")
+    ids = list(dict.fromkeys(int(i) for i in ids))
+    if len(ids) < 2:
+        raise DuplicatesError("a decision is about two images or more")
+    unknown = sorted(set(ids) - set(collection.catalog.get_many(ids)))
+    if unknown:
+        raise DuplicatesError(f"no image with id {unknown[0]} in this collection")
+    if decision == "keep":
+        keeper = ids[0] if keeper is None else int(keeper)
+        if keeper not in ids:
+            raise DuplicatesError(f"the keeper {keeper} is not one of the images decided about")
+        pairs = [(keeper, i) for i in ids if i != keeper]
+    else:
+        pairs = [(x, y) for n, x in enumerate(sorted(ids)) for y in sorted(ids)[n + 1 :]]
+    with collection._lock, collection._change():
+        collection.catalog.put_decisions(decision, pairs)
+
+
+def clear_decisions(collection: Collection, ids: Sequence[int] | None = None) -> int:
+    """`Collection.clear_duplicate_decisions`: see there."""
+    with collection._lock, collection._change():
+        return collection.catalog.delete_decisions(ids)
+
+
+# --- moving and undoing -----------------------------------------------------------------------------
+
+MANIFEST_VERSION = 1
+
+
+def move_files(collection: Collection, groups: Sequence[DuplicateGroup], dest: Path, *, dry_run: bool) -> MoveReport:
+    """`Collection.move_duplicates`: see there."""
+    dest = Path(dest).expanduser().resolve()
+    root = collection.indexed_root()
+    own = collection.path.resolve()  # never indexed (sync skips it), even inside the indexed folder
+    inside_own = dest == own or own in dest.parents
+    if root and (dest == Path(root) or Path(root) in dest.parents) and not inside_own:
+        raise DuplicatesError(
+            f"{dest.name} is inside the indexed folder, where the moved files would be indexed again; "
+            "choose a folder outside it"
+        )
+    report = MoveReport(dry_run=dry_run, manifest=None)
+    taken: set[Path] = set()
+    planned: list[tuple[Move, ImageRecord]] = []
+    for group in groups:
+        for member in group.others:
+            record = collection.catalog.get(member.id)
+            if record is None or record.status != "ok":
+                report.failed.append((member.path, "no longer in the collection"))
+                continue
+            problem = _changed_since_indexed(record)
+            if problem:
+                report.failed.append((record.path, problem))
+                continue
+            target = _free_target(dest, record.path, root, taken)
+            taken.add(target)
+            move = Move(record.id, record.path, str(target), group.key, group.keeper.path)
+            planned.append((move, record))
+    if dry_run:
+        report.moves = [m for m, _ in planned]
+        return report
+    if not planned:
+        return report
+    dest.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    manifest = dest / f"lookalike-moved-{stamp}.jsonl"
+    report.manifest = manifest
+    moved: list[int] = []
+    with open(manifest, "x", encoding="utf-8") as journal:
+        _record(journal, {"version": MANIFEST_VERSION, "created": stamp, "collection": str(collection.path)})
+        for n, (move, record) in enumerate(planned):
+            _record(journal, {"state": "moving", **vars(move), "sha256": record.sha256, "size": record.size})
+            try:
+                _move_file(Path(move.source), Path(move.target))
+            except OSError as exc:
+                reason = f"not moved: {exc.strerror or exc}"
+                _record(journal, {"state": "failed", "id": move.id, "reason": reason})
+                report.failed.append((move.source, reason))
+                report.failed += [(m.source, "not moved: an earlier move failed") for m, _ in planned[n + 1 :]]
+                break
+            _record(journal, {"state": "moved", "id": move.id})
+            report.moves.append(move)
+            moved.append(move.id)
+    if moved:
+        collection.remove(moved)
+    return report
+
+
+def undo_moves(collection: Collection, manifest: Path) -> UndoReport:
+    """`Collection.undo_move`: see there."""
+    manifest = Path(manifest).expanduser().resolve()
+    entries = _read_manifest(manifest)
+    todo = [e for e in entries.values() if e["state"] in ("moved", "moving")]
+    # a "moving" entry whose file reached its target (the process stopped before recording it) was moved
+    todo = [e for e in todo if e["state"] == "moved" or (Path(e["target"]).exists() and not Path(e["source"]).exists())]
+    if not todo:
+        raise DuplicatesError(f"nothing to undo in {manifest.name}: every file in it is already back in place")
+    problems = []
+    for entry in todo:
+        target, source = Path(entry["target"]), Path(entry["source"])
+        if not target.is_file():
+            problems.append(f"{target.name}: no longer in {target.parent.name}")
+        elif target.stat().st_size != entry["size"] or _sha256(target) != entry["sha256"]:
+            problems.append(f"{target.name}: changed since it was moved")
+        elif source.exists():
+            problems.append(f"{source.name}: another file is now at its old place")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise DuplicatesError(
+            f"refusing to undo {manifest.name}: {len(problems)} file(s) changed since they were moved, "
+            f"nothing was restored: {'; '.join(problems[:5])}{more}"
+        )
+    report = UndoReport(manifest=manifest)
+    with open(manifest, "a", encoding="utf-8") as journal:
+        for entry in todo:
+            _move_file(Path(entry["target"]), Path(entry["source"]))
+            _record(journal, {"state": "restored", "id": entry["id"]})
+            report.restored.append(entry["source"])
+    return report
+
+
+def _read_manifest(manifest: Path) -> dict[int, dict]:
+    """The manifest's files by id, each with its latest state."""
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DuplicatesError(f"cannot read the manifest {manifest.name}: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(lines[0]) if lines else {}
+        records = [json.loads(line) for line in lines[1:] if line.strip()]
+    except json.JSONDecodeError:
+        raise DuplicatesError(f"{manifest.name} is not a lookalike move manifest") from None
+    if header.get("version") != MANIFEST_VERSION:
+        raise DuplicatesError(f"{manifest.name} is not a lookalike move manifest")
+    entries: dict[int, dict] = {}
+    for record in records:
+        if record["state"] == "moving":
+            entries[record["id"]] = dict(record)
+        elif record["id"] in entries:
+            entries[record["id"]]["state"] = record["state"]
+    return entries
+
+
+def _record(journal: object, data: dict) -> None:
+    """Append one line to the manifest and make sure it is on disk before going on."""
+    journal.write(json.dumps(data) + "\n")  # type: ignore[attr-defined]
+    journal.flush()  # type: ignore[attr-defined]
+    os.fsync(journal.fileno())  # type: ignore[attr-defined]
+
+
+def _move_file(source: Path, target: Path) -> None:
+    """Move one file without ever losing it: on failure it is back at `source` and `target` does not exist."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        raise FileExistsError(errno.EEXIST, "the target exists", str(target))
+    try:
+        os.rename(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    # another file system: copy beside the target, then rename it into place, then drop the source
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        shutil.copy2(source, partial)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+        os.rename(partial, target)
+        os.unlink(source)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        if source.exists():
+            target.unlink(missing_ok=True)
+        raise
+
+
+def _free_target(dest: Path, source: str, root: str, taken: set[Path]) -> Path:
+    """Where a file goes: its path below the indexed root, under `dest`; a name already used gets a suffix."""
+    relative = os.path.relpath(source, root) if root and source.startswith(root + os.sep) else Path(source).name
+    target = dest / relative
+    n = 1
+    while target.exists() or target in taken:
+        target = target.with_name(f"{Path(relative).stem}-{n}{Path(relative).suffix}")
+        n += 1
+    return target
+
+
+def _changed_since_indexed(record: ImageRecord) -> str | None:
+    try:
+        stat = os.stat(record.path)
+    except OSError:
+        return "the file is gone"
+    if stat.st_size != record.size or stat.st_mtime_ns != record.mtime_ns:
+        return "changed since it was indexed (run `lookalike index` again)"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
