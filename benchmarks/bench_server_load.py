@@ -1,14 +1,26 @@
-"""Load test of the web API: 50 concurrent clients for 30 seconds, loopback only.
+"""Load tests of the web API on a 10,000-image collection, loopback only; targets are ratios of the same run.
 
-Same 10,000-image collection as bench_server_latency.py (real photo files, random
-vectors). The server (`serve()`, in a subprocess on 127.0.0.1) gets nothing but the
-heaviest request: search by an uploaded photo, which is decoded and embedded on
-every call. Each client sends its next request as soon as the previous one is
-answered. Clients start no request after the duration is over, and the whole run
-is cut off after duration + request timeout, so it always stops by itself.
+Same collection as bench_server_latency.py (real photo files, random vectors). One server
+(`serve()`, in a subprocess on 127.0.0.1), measured four ways in one run:
 
-    .venv/bin/python benchmarks/bench_server_load.py     # writes benchmarks/results/server_load.json
-    .venv/bin/python benchmarks/bench_server_load.py --smoke   # 200 images, 4 clients for 3 s; writes nothing
+1. **model only**: the embedder alone in this process on decoded, preprocessed photos, one image
+   per call (the server's batch size: it embeds each upload on its own), with one call at a time
+   and with as many at once as the server has embedding slots; the higher rate is the reference.
+2. **uploads**: 50 clients search by an uploaded photo (decoded and embedded on every call), each
+   sending its next request as soon as the previous one is answered. Target: throughput >= 0.7 x
+   the model-only rate, p99 <= 1.5 s, no errors.
+3. **uploads + writes**: the same beside 2 clients that add a photo and delete it again, without
+   pause (their pair latency reported apart). Same target for the searches.
+4. **fairness**: one client searching by id (a stored vector: no embedding) alone, then beside
+   2 clients adding photos without pause. Target: p99 with the adders <= 3 x p99 alone.
+
+Clients start no request after a phase's duration is over, and a phase is cut off after duration +
+request timeout, so a run always stops by itself. The machine is shared: the result records the
+load average at the start and end (`run_record` / `finish_record`), and figures taken while it is
+busy are the machine's as much as the server's.
+
+    .venv/bin/python benchmarks/bench_server_load.py            # results/server_load.json
+    .venv/bin/python benchmarks/bench_server_load.py --smoke    # 200 images, 4 clients, seconds; writes nothing
 """
 
 from __future__ import annotations
@@ -16,8 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,36 +40,69 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-try:  # python -m benchmarks.bench_server_load
-    from .bench_server_latency import (
-        COLLECTION_SIZE,
-        RESULTS,
-        build_synthetic_collection,
-        machine,
-        percentiles,
-        query_files,
-        running_server,
-    )
-except ImportError:  # python benchmarks/bench_server_load.py
-    from bench_server_latency import (  # type: ignore[no-redef]
-        COLLECTION_SIZE,
-        RESULTS,
-        build_synthetic_collection,
-        machine,
-        percentiles,
-        query_files,
-        running_server,
-    )
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_server_latency import (  # noqa: E402
+    COLLECTION_SIZE,
+    EMBEDDER,
+    RESULTS,
+    build_synthetic_collection,
+    percentiles,
+    query_files,
+    running_server,
+)
+from common import finish_record, run_record  # noqa: E402
+
+TARGET_THROUGHPUT_RATIO = 0.7
+TARGET_P99_MS = 1500.0
+TARGET_FAIRNESS_RATIO = 3.0
+
+
+def model_only(collection: Path, payloads: list[tuple[str, bytes]], seconds: float) -> dict[str, object]:
+    """Images/s of the embedder alone, one preprocessed image per call, with 1 and `slots` calls at once."""
+    from lookalike import Collection
+    from lookalike.images import open_image
+
+    with Collection.open(collection, create=False) as opened:
+        embedder = opened.embedder(EMBEDDER)
+        arrays = [embedder.preprocess(open_image(data))[None] for _, data in payloads[:32]]
+        embedder.embed_arrays(arrays[0])  # warm-up
+        slots = max(1, os.cpu_count() or 1)  # as the server's embedding slots
+        rates: dict[str, float] = {}
+        for concurrency in sorted({1, slots}):
+            counts = [0] * concurrency
+            deadline = time.perf_counter() + seconds
+
+            def run(worker: int, counts: list[int] = counts, deadline: float = deadline) -> None:
+                while time.perf_counter() < deadline:
+                    embedder.embed_arrays(arrays[(worker + counts[worker] * len(counts)) % len(arrays)])
+                    counts[worker] += 1
+
+            started = time.perf_counter()
+            threads = [threading.Thread(target=run, args=(w,)) for w in range(concurrency)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            rates[f"{concurrency}_at_once"] = round(sum(counts) / (time.perf_counter() - started), 2)
+    return {"batch_size": 1, "images_per_s": rates, "reference": max(rates.values())}
 
 
 async def run_clients(
-    url: str, payloads: list[tuple[str, bytes]], clients: int, seconds: float, request_timeout: float
+    url: str,
+    payloads: list[tuple[str, bytes]],
+    clients: int,
+    seconds: float,
+    request_timeout: float,
+    writers: int = 0,
 ) -> dict[str, object]:
+    """`clients` searching by upload for `seconds`, beside `writers` adding and deleting photos."""
     latencies: list[float] = []
     server_took: list[float] = []
+    write_latencies: list[float] = []
     errors: Counter[str] = Counter()
+    write_errors: Counter[str] = Counter()
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    limits = httpx.Limits(max_connections=clients + writers, max_keepalive_connections=clients + writers)
 
     async def client_loop(client: httpx.AsyncClient, number: int) -> None:
         rng = np.random.default_rng(number)
@@ -74,9 +122,30 @@ async def run_clients(
             else:
                 errors[f"HTTP {response.status_code}"] += 1
 
+    async def writer_loop(client: httpx.AsyncClient, number: int) -> None:
+        """Add a photo, then delete it: a steady stream of writes that leaves the collection as it was."""
+        rng = np.random.default_rng(1000 + number)
+        while time.monotonic() < deadline:
+            name, data = payloads[int(rng.integers(len(payloads)))]
+            started = time.perf_counter()
+            try:
+                added = await client.post("/api/images", params={"label": "bench"}, files={"file": (name, data)})
+                if added.status_code != 201:
+                    write_errors[f"add HTTP {added.status_code}"] += 1
+                    continue
+                deleted = await client.delete(f"/api/images/{added.json()['id']}")
+                if deleted.status_code not in (204, 404):  # 404: the other writer deleted the same photo first
+                    write_errors[f"delete HTTP {deleted.status_code}"] += 1
+                    continue
+            except httpx.HTTPError as exc:
+                write_errors[type(exc).__name__] += 1
+                continue
+            write_latencies.append((time.perf_counter() - started) * 1000)
+
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=request_timeout, limits=limits) as client:
         tasks = [asyncio.create_task(client_loop(client, n)) for n in range(clients)]
+        tasks += [asyncio.create_task(writer_loop(client, n)) for n in range(writers)]
         # Requests in flight at the deadline may finish; nothing runs past deadline + timeout.
         done, pending = await asyncio.wait(tasks, timeout=seconds + request_timeout + 5)
         for task in pending:
@@ -84,7 +153,7 @@ async def run_clients(
             errors["cut off at the end"] += 1
         await asyncio.gather(*pending, return_exceptions=True)
     elapsed = time.monotonic() - started
-    return {
+    figures: dict[str, object] = {
         "clients": clients,
         "duration_s": seconds,
         "elapsed_s": round(elapsed, 2),
@@ -95,52 +164,178 @@ async def run_clients(
         "latency": percentiles(latencies) if latencies else None,
         "server_took": percentiles(server_took) if server_took else None,
     }
+    if writers:
+        figures["writers"] = {
+            "clients": writers,
+            "what": "POST /api/images then DELETE it, in a loop",
+            "add_and_delete_pairs": len(write_latencies),
+            "errors": sum(write_errors.values()),
+            "error_kinds": dict(write_errors),
+            "pair_latency": percentiles(write_latencies) if write_latencies else None,
+        }
+    return figures
+
+
+def against_target(figures: dict[str, object], model: dict[str, object]) -> dict[str, object]:
+    ratio = float(figures["throughput_per_s"]) / float(model["reference"])  # type: ignore[arg-type]
+    p99 = (figures["latency"] or {}).get("p99_ms", float("inf"))  # type: ignore[union-attr]
+    write_errors = (figures.get("writers") or {}).get("errors", 0)  # type: ignore[union-attr]
+    return {
+        "throughput_ratio": round(ratio, 3),
+        "throughput_ratio_min": TARGET_THROUGHPUT_RATIO,
+        "p99_ms": p99,
+        "p99_ms_max": TARGET_P99_MS,
+        "met": ratio >= TARGET_THROUGHPUT_RATIO and p99 <= TARGET_P99_MS and figures["errors"] == 0 == write_errors,
+    }
+
+
+def search_by_id_latencies(url: str, size: int, seconds: float, timeout: float = 60.0) -> tuple[list[float], int]:
+    """One client, sequential searches by id (stored vectors, no embedding), for `seconds`: (latencies, errors).
+
+    A search that times out counts with the timeout as its latency (the figure is then a floor)."""
+    rng = np.random.default_rng(7)
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        while time.monotonic() < deadline:
+            image_id = int(rng.integers(1, size + 1))
+            started = time.perf_counter()
+            try:
+                response = client.get(f"/api/images/{image_id}/similar", params={"k": 12})
+            except httpx.TimeoutException:
+                latencies.append(timeout * 1000)
+                continue
+            if response.status_code != 200:
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+    return latencies, errors
+
+
+def fairness(url: str, payloads: list[tuple[str, bytes]], size: int, seconds: float) -> dict[str, object]:
+    """Search-by-id p99 alone, then beside two clients adding photos without pause."""
+    search_by_id_latencies(url, size, min(2.0, seconds))  # warm-up
+    alone, alone_errors = search_by_id_latencies(url, size, seconds)
+    stop = threading.Event()
+    adds: list[float] = []
+    add_errors: Counter[str] = Counter()
+
+    def adder(number: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            i = number
+            while not stop.is_set():
+                name, data = payloads[i % len(payloads)]
+                i += 2
+                started = time.perf_counter()
+                try:
+                    response = client.post("/api/images", params={"label": "bench"}, files={"file": (name, data)})
+                except httpx.HTTPError as exc:
+                    add_errors[type(exc).__name__] += 1
+                    continue
+                if response.status_code == 201:
+                    adds.append((time.perf_counter() - started) * 1000)
+                else:
+                    add_errors[f"HTTP {response.status_code}"] += 1
+
+    writers = [threading.Thread(target=adder, args=(n,)) for n in range(2)]
+    for writer in writers:
+        writer.start()
+    try:
+        time.sleep(min(2.0, seconds))  # the adds under way
+        loaded, loaded_errors = search_by_id_latencies(url, size, seconds)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    ratio = float(np.percentile(loaded, 99) / np.percentile(alone, 99))
+    return {
+        "search": "GET /api/images/{id}/similar?k=12, one client, sequential (stored vector: no embedding)",
+        "adders": "2 clients, POST /api/images of distinct real photos without pause",
+        "duration_s": seconds,
+        "alone": percentiles(alone),
+        "with_2_adders": percentiles(loaded),
+        "search_errors": alone_errors + loaded_errors,
+        "adds": percentiles(adds) if adds else None,
+        "add_errors": dict(add_errors),
+        "p99_ratio": round(ratio, 2),
+        "target": f"p99 with adders <= {TARGET_FAIRNESS_RATIO} x p99 alone",
+        "met": ratio <= TARGET_FAIRNESS_RATIO,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--writers", type=int, default=2, help="add/delete clients beside the searches (phase 3)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
+    parser.add_argument("--model-seconds", type=float, default=10.0, help="how long the model-only rate is measured")
     parser.add_argument("--request-timeout", type=float, default=30.0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "server_load.json")
     parser.add_argument("--size", type=int, default=COLLECTION_SIZE, help="images in the collection")
-    parser.add_argument("--smoke", action="store_true", help="200 images, 4 clients for 3 s; writes nothing")
+    parser.add_argument("--out", type=Path, default=RESULTS / "server_load.json")
+    parser.add_argument("--smoke", action="store_true", help="200 images, 4 clients, 2 s phases; writes nothing")
     args = parser.parse_args()
     if args.smoke:
-        args.size, args.clients, args.seconds = 200, 4, 3.0
+        args.size, args.clients, args.seconds, args.model_seconds = 200, 4, 2.0, 1.0
 
     payloads = [(f.name, f.read_bytes()) for f in query_files(500, seed=2)]
     workdir = Path(tempfile.mkdtemp(prefix="lookalike-bench-load-"))
+    record = run_record()
     try:
         collection = build_synthetic_collection(workdir, size=args.size)
         with running_server(collection, workdir / "server.log") as url:
             # One warm-up request, so the run measures the steady state.
             httpx.post(f"{url}/api/search", files={"file": payloads[0]}, timeout=60).raise_for_status()
-            load_before = machine()["load_average_1_5_15"]
-            figures = asyncio.run(run_clients(url, payloads, args.clients, args.seconds, args.request_timeout))
+            model = model_only(collection, payloads, args.model_seconds)
+            uploads = asyncio.run(run_clients(url, payloads, args.clients, args.seconds, args.request_timeout))
+            uploads["target"] = against_target(uploads, model)
+            with_writes = asyncio.run(
+                run_clients(url, payloads, args.clients, args.seconds, args.request_timeout, args.writers)
+            )
+            with_writes["target"] = against_target(with_writes, model)
+            fair = fairness(url, payloads, args.size, args.seconds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    finish_record(record)
+    start, end = record["load_average_start"][0], record["load_average_end"][0]  # type: ignore[index]
     result = {
         "benchmark": "server_load",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {**machine(), "load_average_before": load_before},
+        "conditions": (
+            "idle machine"
+            if record["idle"]
+            else f"measured under load: 1-minute load average {start} at the start and {end} at the end, "
+            f"on {os.cpu_count()} cores shared with other jobs"
+        ),
+        **record,
         "collection": {
             "images": args.size,
             "how": "8,000 real photos + 2,000 symlinks to them; random unit vectors instead of embeddings",
         },
         "request": "POST /api/search?k=12 with a real cats-and-dogs JPEG (random of 500), on 127.0.0.1",
         "note": "client and server share the machine's cores",
-        **figures,
+        "model_only": model,
+        "uploads": uploads,
+        "uploads_with_writes": with_writes,
+        "fairness": fair,
     }
-    latency = figures["latency"] or {}
+    for name, figures in (("uploads", uploads), ("uploads + writes", with_writes)):
+        latency = figures["latency"] or {}
+        target = figures["target"]
+        print(
+            f"{name}: {figures['requests_ok']} ok, {figures['errors']} errors, {figures['throughput_per_s']} req/s "
+            f"(model alone {model['reference']} img/s: ratio {target['throughput_ratio']}); "  # type: ignore[index]
+            f"p50 {latency.get('p50_ms')} ms, p99 {latency.get('p99_ms')} ms"
+        )
     print(
-        f"{figures['requests_ok']} ok, {figures['errors']} errors, {figures['throughput_per_s']} req/s; "
-        f"p50 {latency.get('p50_ms')} ms, p99 {latency.get('p99_ms')} ms"
+        f"fairness: search by id p99 alone {fair['alone']['p99_ms']} ms, with 2 adders "  # type: ignore[index]
+        f"{fair['with_2_adders']['p99_ms']} ms: ratio {fair['p99_ratio']}"  # type: ignore[index]
     )
     if args.smoke:
-        if not figures["requests_ok"] or figures["errors"]:
+        if not uploads["requests_ok"] or uploads["errors"] or with_writes["errors"] or fair["search_errors"]:
             raise SystemExit("smoke run: the server answered no request, or with errors")
+        if not with_writes["writers"]["add_and_delete_pairs"] or not fair["adds"]:  # type: ignore[index]
+            raise SystemExit("smoke run: no image was added")
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

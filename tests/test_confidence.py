@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +44,32 @@ def test_too_small_a_collection_has_no_threshold(tmp_path: Path, data_dir: Path)
         collection.sync(root)
         assert len(nearest_neighbour_similarities(collection)) == 3
         assert calibrate_weak_match(collection) is None  # 3 images say too little
+
+
+def test_region_calibration_reads_only_the_files_indexed_and_locks_only_its_search(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(1, 13):
+        shutil.copy2(data_dir / "cat" / f"cat.{i}.jpg", root)
+    entered: list[int] = []
+
+    @contextmanager
+    def searching() -> Iterator[None]:
+        entered.append(1)
+        yield
+
+    with Collection.open(tmp_path / "collection") as collection:
+        collection.sync(root)
+        assert len(nearest_neighbour_similarities(collection, region=True)) == 12
+        # One file now holds other bytes, another is a FIFO: both are left out, neither is read.
+        shutil.copy2(data_dir / "dog" / "dog.1.jpg", root / "cat.3.jpg")
+        (root / "cat.5.jpg").unlink()
+        os.mkfifo(root / "cat.5.jpg")
+        found = nearest_neighbour_similarities(collection, region=True, searching=searching)
+        assert len(found) == 10
+        assert entered == [1]  # held once, for the index search of all crops together
+        assert calibrate_weak_match(collection, region=True, searching=searching) == pytest.approx(
+            calibrate_weak_match(collection, region=True), abs=1e-6
+        )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from lookalike import images
 from lookalike.images import ImageError, iter_image_files, open_image
 
 
@@ -121,6 +124,79 @@ def test_16_bit_greyscale_keeps_its_contrast(tmp_path: Path) -> None:
     assert Image.open(path).mode.startswith("I")
     out = np.asarray(open_image(path))
     assert out.min() == 0 and out.max() == 255
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "values"),
+    [
+        ("I;16", "PNG", lambda rng: rng.integers(300, 60_000, (37, 53)).astype(np.uint16)),
+        ("I", "TIFF", lambda rng: rng.integers(-70_000, 2_000_000, (37, 53)).astype(np.int32)),
+        ("F", "TIFF", lambda rng: rng.normal(5.0, 3.0, (37, 53)).astype(np.float32)),
+    ],
+)
+def test_deep_greyscale_is_stretched_strip_by_strip_like_the_exact_scaling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, fmt: str, values
+) -> None:
+    # Strips of 5 rows (at most 256 pixels here): several strips and a short last one.
+    monkeypatch.setattr(images, "_STRIP_PIXELS", 256)
+    pixels = values(np.random.default_rng(0))
+    path = tmp_path / f"deep.{fmt.lower()}"
+    Image.fromarray(pixels).save(path, format=fmt)
+    assert Image.open(path).mode == mode
+    exact = pixels.astype(np.float64)
+    expected = np.round((exact - exact.min()) * (255.0 / (exact.max() - exact.min())))
+    out = np.asarray(open_image(path))
+    assert out.shape == (37, 53, 3)
+    assert (out[..., 0] == out[..., 2]).all()
+    difference = np.abs(out[..., 0].astype(np.int16) - expected.astype(np.int16))
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.99  # float32 rounding at most
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_flat_deep_greyscale_is_black(tmp_path: Path) -> None:
+    path = _save(Image.fromarray(np.full((9, 9), 4000, dtype=np.uint16)), tmp_path / "flat.png", "PNG")
+    assert np.asarray(open_image(path)).max() == 0
+
+
+def test_decodes_at_once_are_limited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cat_jpeg: Path) -> None:
+    """However many threads decode, at most the limit convert at once (each holds a decoded image)."""
+    previous = images.decode_limit()
+    images.set_decode_limit(2)
+    inside, most = 0, 0
+    guard = threading.Lock()
+    convert = images._to_rgb
+
+    def slow_convert(image: Image.Image) -> Image.Image:
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.05)
+        with guard:
+            inside -= 1
+        return convert(image)
+
+    monkeypatch.setattr(images, "_to_rgb", slow_convert)
+    data = cat_jpeg.read_bytes()
+    try:
+        threads = [threading.Thread(target=open_image, args=(data,)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        images.set_decode_limit(previous)
+    assert most == 2
+    with pytest.raises(ValueError):
+        images.set_decode_limit(0)
+
+
+def test_unreadable_paths_are_not_named_in_the_reason(tmp_path: Path) -> None:
+    folder = tmp_path / "private" / "cat.1005.jpg"
+    folder.mkdir(parents=True)  # an indexed file replaced by a folder
+    with pytest.raises(ImageError) as caught:
+        open_image(folder)
+    assert "private" not in caught.value.reason and "cannot read" in caught.value.reason
 
 
 def test_decompression_bomb_gets_a_clear_error(tmp_path: Path) -> None:

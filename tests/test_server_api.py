@@ -26,7 +26,7 @@ from lookalike.confidence import calibrate_weak_match
 from lookalike.images import open_image
 from lookalike.server import create_app
 from lookalike.server.batching import BatchedSearch
-from lookalike.server.locking import FifoSemaphore
+from lookalike.server.locking import FifoSemaphore, ReadWriteLock
 
 # Photos outside the 12+12 sample, so they are new to every collection built here.
 NEW_CAT = "cat/cat.100.jpg"
@@ -658,6 +658,52 @@ def test_fifo_semaphore_serves_waiters_in_arrival_order() -> None:
         thread.join(timeout=10)
     assert order == [0, 1, 2, 3, 4]
     with slots:  # every slot came back
+        pass
+
+
+def test_readers_and_writers_enter_in_arrival_order() -> None:
+    """No writer preference: a search that arrived before a write is not sent behind it, and
+    readers that arrive together share the lock."""
+    lock = ReadWriteLock()
+    entered: list[str] = []
+    inside: list[str] = []
+    overlaps: list[set[str]] = []
+    guard = threading.Lock()
+
+    def visit(name: str) -> None:
+        with lock.writing() if name.startswith("W") else lock.reading():
+            with guard:
+                entered.append(name)
+                inside.append(name)
+                overlaps.append(set(inside))
+            time.sleep(0.05)
+            with guard:
+                inside.remove(name)
+
+    release = threading.Event()
+
+    def first_reader() -> None:
+        with lock.reading():
+            release.wait(10)
+
+    threads = [threading.Thread(target=first_reader)]
+    threads[0].start()
+    for position, name in enumerate(["W1", "R2", "W3", "R4", "R5"], start=1):
+        thread = threading.Thread(target=visit, args=(name,))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 10
+        while len(lock._queue) < position:  # queued before the next one arrives
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert entered[:3] == ["W1", "R2", "W3"]  # a writer-preferring lock lets W3 in before R2
+    assert sorted(entered[3:]) == ["R4", "R5"]
+    assert {"R4", "R5"} in overlaps  # consecutive readers are inside together
+    assert all(len(group) == 1 for group in overlaps if group & {"W1", "W3"})  # writers alone
+    with lock.writing():  # and the lock is free again
         pass
 
 

@@ -95,8 +95,12 @@ _COLUMNS = "id, path, sha256, size, mtime_ns, label, width, height, status, erro
 class Catalog:
     """A thin, typed layer over the catalog database."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
+        if read_only:
+            self._db = _connect_read_only(self.path)
+            return
         # check_same_thread=False: the server reads from worker threads; writes are serialised by callers.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -429,3 +433,22 @@ class Catalog:
     def data_version(self) -> int:
         """Changes whenever another connection (another process) commits to the catalog."""
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes: for a catalog in a folder (or on a disk) that cannot be written.
+
+    A WAL database opens read-only only if its shared-memory file exists or can be made; when
+    neither, it is opened as immutable (nothing else can be writing to a read-only folder).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no catalog at {path}")
+    uri = path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("SELECT count(*) FROM images").fetchone()
+    except sqlite3.OperationalError:
+        db.close()
+        db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+        db.execute("SELECT count(*) FROM images").fetchone()
+    return db

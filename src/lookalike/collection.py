@@ -8,18 +8,23 @@ On disk a collection is a folder:
     indexes/NAME.json       the catalog generation (and whitening fit) that index reflects
     whitening/NAME.npz      the PCA-whitening fit on NAME's stored vectors, when the collection whitens
     models/NAME/            embedders trained on this collection's images
+    uploads/                images added as bytes (`add_image` from the server), named by content
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import stat as stat_mode
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +37,36 @@ from .catalog import Catalog, ImageRecord
 from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocabulary
 from .duplicates import DuplicateGroup, DuplicateReport, MoveReport, UndoReport
 from .embedders import DEFAULT_EMBEDDER, Embedder
-from .images import ImageError, iter_image_files, open_image
+from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
 from .index.base import FOREIGN_IDS_FROM
 from .index.exact import exact_search
 from .index.milvus import is_milvus_kind
 from .index.rerank import alpha_query_expansion, search_excluding
 from .index.whitening import Whitening, WhiteningSettings, fit_whitening
-from .storage import DEFAULT_COLLECTION_DIR, write_json
+from .storage import (
+    DEFAULT_COLLECTION_DIR,
+    CollectionWriteError,
+    DiskFullError,
+    ReadOnlyCollectionError,
+    write_error,
+    write_json,
+)
+
+__all__ = [
+    "Collection",
+    "CollectionWriteError",
+    "DiskFullError",
+    "FileCheckError",
+    "Neighbours",
+    "PreparedImage",
+    "Query",
+    "ReadOnlyCollectionError",
+    "SearchResult",
+    "SyncReport",
+]
+
+log = logging.getLogger(__name__)
 
 #: progress(stage, done, total); the core library never prints, the CLI draws bars from this
 Progress = Callable[[str, int, int], None]
@@ -49,6 +76,29 @@ Box = tuple[float, float, float, float]
 
 #: a search that races a delete is repeated, at most this often, so it still returns k results
 MAX_SEARCH_ATTEMPTS = 3
+#: files larger than this are not read when indexing a folder (a 40-megapixel 16-bit TIFF is 240 MB)
+DEFAULT_MAX_FILE_BYTES = 256 * 2**20
+UPLOADS_DIR = "uploads"
+_READ_CHUNK = 1 << 20
+
+
+class FileCheckError(Exception):
+    """An indexed image's file is no longer the one indexed (gone, replaced, a link, not a regular file).
+
+    The message never contains a path: it may be shown to a web client.
+    """
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image decoded and embedded by every embedder the collection has vectors of, ready to be added."""
+
+    data: bytes
+    sha256: str
+    width: int
+    height: int
+    #: embedder name -> (its classes or None, the (1, dim) vector, class probabilities or None)
+    outputs: dict[str, tuple[str | None, np.ndarray, np.ndarray | None]]
 
 
 @dataclass(frozen=True)
@@ -162,10 +212,12 @@ def sha256_of(data: bytes) -> str:
 class Collection:
     """A folder holding a catalog of images and their vectors, searchable by similarity."""
 
-    def __init__(self, path: Path, config: dict[str, object]):
+    def __init__(self, path: Path, config: dict[str, object], *, read_only: bool = False):
         self.path = path
         self.config = config
-        self.catalog = Catalog(path / "catalog.sqlite")
+        #: the folder cannot be written: searches work, every change raises ReadOnlyCollectionError
+        self.read_only = read_only
+        self.catalog = Catalog(path / "catalog.sqlite", read_only=read_only)
         self._embedders: dict[str, Embedder] = {}
         self._indexes: dict[str, VectorIndex] = {}
         # The catalog generation each in-memory index reflects: when another process (an `index`
@@ -190,17 +242,25 @@ class Collection:
         embedder: str | None = None,
         index: str | None = None,
         create: bool = True,
+        read_only: bool | None = None,
     ) -> Collection:
         """Open the collection at `path`, creating it if needed (unless `create=False`).
 
         `embedder`/`index` set the defaults of a new collection; for an existing one
-        `embedder` only changes what this session uses by default.
+        `embedder` only changes what this session uses by default. A collection whose folder
+        or catalog cannot be written opens read-only (searches work, changes raise
+        `ReadOnlyCollectionError`); `read_only=True` asks for that, `False` refuses it.
         """
         path = Path(path).expanduser().resolve()
         config_path = path / "config.json"
+        writable = True
         if config_path.is_file():
             config = json.loads(config_path.read_text())
-        elif not create:
+            catalog = path / "catalog.sqlite"
+            writable = os.access(path, os.W_OK) and (not catalog.exists() or os.access(catalog, os.W_OK))
+            if read_only is False and not writable:
+                raise ReadOnlyCollectionError(f"the collection at {path} is read-only")
+        elif read_only or not create:
             raise FileNotFoundError(f"no lookalike collection at {path} (run `lookalike index FOLDER` first)")
         else:
             if embedder is not None and embedder not in embedder_registry.available(path / "models"):
@@ -212,7 +272,7 @@ class Collection:
             path.mkdir(parents=True, exist_ok=True)
             config = {"version": 1, "default_embedder": embedder or DEFAULT_EMBEDDER, "index": index or DEFAULT_INDEX}
             write_json(config_path, config)
-        collection = cls(path, config)
+        collection = cls(path, config, read_only=bool(read_only) or not writable)
         if embedder is not None:
             collection.config["default_embedder"] = embedder
         return collection
@@ -293,7 +353,11 @@ class Collection:
                 index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim, name=name, owner=self.catalog)
                 index.add(ids, vectors)
                 self._whitenings[name] = whitening
-                self._save_index(name, index, generation)
+                if not self.read_only:
+                    try:
+                        self._save_index(name, index, generation)
+                    except CollectionWriteError as exc:  # searchable all the same; rebuilt again next time
+                        log.warning("%s", exc)
             self._indexes[name] = index
             self._whitenings[name] = whitening
             self._generations[name] = generation
@@ -379,11 +443,22 @@ class Collection:
 
     def _save_index(self, name: str, index: VectorIndex, generation: int) -> None:
         index_path, meta_path = self._index_paths(name)
+        self._check_writable(f"cannot save the {name} index")
         # Index first, then its generation: a crash in between leaves a stale marker, which
-        # only costs a rebuild, never a wrong answer.
-        index.save(index_path)
-        meta = {"generation": generation, "kind": index.kind, "dim": index.dim, "count": len(index)}
-        write_json(meta_path, {**meta, "whitening": _key(self._whitenings.get(name))})
+        # only costs a rebuild, never a wrong answer. Each file is replaced whole or not at all.
+        try:
+            index.save(index_path)
+            meta = {"generation": generation, "kind": index.kind, "dim": index.dim, "count": len(index)}
+            write_json(meta_path, {**meta, "whitening": _key(self._whitenings.get(name))})
+        except Exception as exc:
+            error = _write_error_in(exc, f"cannot save the {name} index of {self.path}")
+            if error is None:
+                raise
+            raise error from exc
+
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyCollectionError(f"{what}: the collection at {self.path} is read-only")
 
     @contextmanager
     def _change(self) -> Iterator[None]:
@@ -393,11 +468,15 @@ class Collection:
         engine that is down) rolls the catalog back. If anything fails, the in-memory indexes,
         which may hold part of the change, are dropped and rebuilt from the catalog when next used.
         """
+        self._check_writable("cannot change the catalog")
         try:
             with self.catalog.transaction():
                 yield
-        except BaseException:
+        except BaseException as exc:
             self._indexes.clear()
+            error = _write_error_in(exc, f"cannot write the catalog of {self.path}")
+            if error is not None:
+                raise error from exc
             raise
         finally:
             self._writes += 1
@@ -447,7 +526,9 @@ class Collection:
         return None
 
     def save(self) -> None:
-        """Persist every loaded index (the catalog is always persisted)."""
+        """Persist every loaded index (the catalog is always persisted); nothing to do when read-only."""
+        if self.read_only:
+            return
         with self._lock:
             for name, index in self._indexes.items():
                 # The generation it reflects, not the catalog's: a stale index must not pass for current.
@@ -455,18 +536,21 @@ class Collection:
 
     # --- reading and embedding files ------------------------------------------------------------
 
-    def _decode(self, path: Path, embedder: Embedder, known: ImageRecord | None, has_vector: bool) -> _Decoded:
+    def _decode(
+        self,
+        path: Path,
+        embedder: Embedder,
+        known: ImageRecord | None,
+        has_vector: bool,
+        follow_symlinks: bool = False,
+        max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ) -> _Decoded:
         """Read, hash and preprocess one file (runs in a worker thread)."""
         try:
-            stat = path.stat()
-        except OSError as exc:
-            return _Decoded(path, 0, 0, error=f"cannot read: {exc}")
+            data, stat = read_regular_file(path, follow_symlinks=follow_symlinks, max_bytes=max_bytes)
+        except _NotReadable as exc:
+            return _Decoded(path, exc.size, exc.mtime_ns, error=str(exc))
         item = _Decoded(path, stat.st_size, stat.st_mtime_ns)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            item.error = f"cannot read: {exc}"
-            return item
         item.sha256 = sha256_of(data)
         if known is not None and known.status == "ok" and known.sha256 == item.sha256 and has_vector:
             return item  # same bytes under a new mtime: nothing to embed
@@ -488,6 +572,8 @@ class Collection:
         have_vectors: set[int],
         batch_size: int,
         workers: int,
+        follow_symlinks: bool,
+        max_file_bytes: int,
     ) -> Iterator[list[_Decoded]]:
         """Decode in worker threads, a few batches ahead of the consumer, in input order."""
         batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
@@ -497,7 +583,9 @@ class Collection:
             for p in batch:
                 record = known.get(str(p))
                 has_vector = record is not None and record.id in have_vectors
-                futures.append(pool.submit(self._decode, p, embedder, record, has_vector))
+                futures.append(
+                    pool.submit(self._decode, p, embedder, record, has_vector, follow_symlinks, max_file_bytes)
+                )
             return futures
 
         ahead = 2  # batches decoded ahead: enough to keep the model busy, bounded memory
@@ -519,14 +607,21 @@ class Collection:
         batch_size: int = 64,  # measured: 64 keeps ONNX Runtime busier than 32 while threads decode
         workers: int | None = None,
         progress: Progress | None = None,
+        follow_symlinks: bool = False,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> SyncReport:
         """Make the collection match `folder` (recursively) for one embedder.
 
         New files are embedded, changed files re-embedded, deleted files removed; an
         unchanged file is not even read. Each batch commits in one transaction, so an
         interrupted sync resumes where it stopped.
+
+        Only regular files are read: FIFOs, devices and sockets are skipped (and reported), and so
+        are symbolic links to files unless `follow_symlinks` (links to folders are never followed);
+        a file over `max_file_bytes` is not read. A known file that became one of these is dropped.
         """
         started = time.perf_counter()
+        self._check_writable("cannot index")
         model = self.embedder(embedder)
         name = model.name
         root = Path(folder).expanduser().resolve()
@@ -541,13 +636,18 @@ class Collection:
             todo: list[Path] = []
             for path in iter_image_files(root, exclude=self.path):
                 key = str(path)
-                seen.add(key)
                 record = known.get(key)
                 try:
-                    stat = path.stat()
+                    stat = path.stat() if follow_symlinks else path.lstat()
                 except OSError as exc:
-                    report.skipped.append((key, f"cannot read: {exc}"))
+                    seen.add(key)  # perhaps unreadable for a moment: its row stays
+                    report.skipped.append((key, f"cannot read: {exc.strerror}"))
                     continue
+                refusal = _refusal(stat, max_file_bytes)
+                if refusal is not None:
+                    report.skipped.append((key, refusal))  # not seen: a row it had is removed
+                    continue
+                seen.add(key)
                 if record is not None and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
                     if record.status == "error":
                         report.skipped.append((key, record.error or "unreadable"))
@@ -566,7 +666,9 @@ class Collection:
                     self.catalog.delete_images(r.id for r in gone)
                 report.removed = [r.path for r in gone]
 
-            self._ingest(todo, model, known, have_vectors, report, batch_size, workers, progress)
+            self._ingest(
+                todo, model, known, have_vectors, report, batch_size, workers, progress, follow_symlinks, max_file_bytes
+            )
             if todo or gone:
                 self._refit_if_grown(name)
                 self._save_index(name, self.index(name), self.catalog.generation(name))
@@ -594,6 +696,7 @@ class Collection:
         and its row updated; nothing outside `records` is looked at or removed.
         """
         started = time.perf_counter()
+        self._check_writable("cannot embed")
         model = self.embedder(embedder)
         report = SyncReport(embedder=model.name)
         with self._lock:
@@ -602,9 +705,11 @@ class Collection:
             todo = [r for r in records if r.id not in have_vectors]
             report.unchanged = len(records) - len(todo)
             known = {r.path: r for r in todo}
+            # Files already in the catalog: a link is followed (it was indexed with --follow-symlinks).
             self._ingest(
-                [Path(r.path) for r in todo], model, known, have_vectors, report, batch_size, workers, progress
-            )
+                [Path(r.path) for r in todo], model, known, have_vectors, report, batch_size, workers, progress,
+                follow_symlinks=True, max_file_bytes=DEFAULT_MAX_FILE_BYTES,
+            )  # fmt: skip
             if todo:
                 self._refit_if_grown(model.name)
                 self._save_index(model.name, self.index(model.name), self.catalog.generation(model.name))
@@ -621,6 +726,8 @@ class Collection:
         batch_size: int,
         workers: int | None,
         progress: Progress | None,
+        follow_symlinks: bool = False,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         """Read, decode, embed and commit files batch by batch (decoding in threads ahead of the model)."""
         name = model.name
@@ -629,8 +736,9 @@ class Collection:
         if progress:
             progress(stage, 0, len(todo))
         for batch in self._decoded_batches(
-            todo, model, known, have_vectors, batch_size, workers or min(4, os.cpu_count() or 1)
-        ):
+            todo, model, known, have_vectors, batch_size, workers or min(4, os.cpu_count() or 1),
+            follow_symlinks, max_file_bytes,
+        ):  # fmt: skip
             arrays = [item for item in batch if item.array is not None]
             t0 = time.perf_counter()
             vectors, probabilities = (
@@ -725,18 +833,18 @@ class Collection:
 
     # --- single images -----------------------------------------------------------------------
 
-    def add_image(self, data: bytes, path: str | os.PathLike[str], label: str | None = None) -> ImageRecord:
-        """Add (or replace) one image given as bytes, stored at `path`, embedded with every indexed embedder.
+    @property
+    def uploads_dir(self) -> Path:
+        """Where images added as bytes through the server are stored; the collection owns these files."""
+        return self.path / UPLOADS_DIR
 
-        Unlike files found by `sync`, its label is only what is given (none by default).
+    def prepare_image(self, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+        """Decode `data` and embed it with every embedder the collection has vectors of, changing nothing.
+
+        The slow half of `add_image`, run without any lock; raises `ImageError` for bytes that are
+        not a readable image (or have more than `max_pixels`).
         """
-        image = open_image(data)  # raises ImageError before anything is written
-        target = Path(path).expanduser().resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-        stat = target.stat()
+        image = open_image(data, max_pixels=max_pixels)
         names = sorted(set(self.catalog.embedders()) | {self.default_embedder})
         outputs = {}
         for n in names:
@@ -744,36 +852,129 @@ class Collection:
             vector, probabilities = model.embed_and_classify(model.preprocess(image)[None])
             outputs[n] = (model.classes, vector, probabilities)
         width, height = image.info.get("original_size", image.size)
-        with self._lock, self._change():
-            image_id = self.catalog.upsert_image(
-                path=str(target), sha256=sha256_of(data), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                label=label, width=width, height=height, status="ok",
-            )  # fmt: skip
-            self._forget([image_id])  # a replaced file's vectors of embedders not recomputed here go too
-            for n, (classes, vector, probabilities) in outputs.items():
-                self._store(n, [image_id], vector)
-                if classes and probabilities is not None:
-                    self.catalog.put_concepts(n, classes, [image_id], *top_classes(probabilities))
-        with self._lock:
-            for n in outputs:
-                self._refit_if_grown(n)
-        record = self.catalog.get(image_id)
+        return PreparedImage(data=data, sha256=sha256_of(data), width=width, height=height, outputs=outputs)
+
+    def add_image(
+        self,
+        data: bytes | PreparedImage,
+        path: str | os.PathLike[str],
+        label: str | None = None,
+        *,
+        write_lock: Callable[[], AbstractContextManager[object]] | None = None,
+    ) -> ImageRecord:
+        """Add (or replace) one image given as bytes, stored at `path`, embedded with every indexed embedder.
+
+        Unlike files found by `sync`, its label is only what is given (none by default). Decoding,
+        embedding and writing the bytes happen first, outside any lock; only moving the file into
+        place and committing its row and vectors happen under the collection's lock (and under
+        `write_lock()`, the caller's own, if given: the server's readers-writer lock). A failed
+        commit (disk full) removes the file again, so no file is left without its row.
+        """
+        self._check_writable("cannot add an image")
+        prepared = data if isinstance(data, PreparedImage) else self.prepare_image(data)
+        target = Path(path).expanduser().resolve()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise _clear(exc, f"cannot store the image in {self.path}") from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(prepared.data)
+                f.flush()
+                os.fsync(f.fileno())
+            with write_lock() if write_lock is not None else nullcontext(), self._lock:
+                existed = target.exists()
+                os.replace(tmp, target)
+                stat = target.stat()
+                try:
+                    with self._change():
+                        image_id = self.catalog.upsert_image(
+                            path=str(target), sha256=prepared.sha256, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                            label=label, width=prepared.width, height=prepared.height, status="ok",
+                        )  # fmt: skip
+                        self._forget([image_id])  # a replaced file's vectors of embedders not recomputed here go too
+                        for n, (classes, vector, probabilities) in prepared.outputs.items():
+                            self._store(n, [image_id], vector)
+                            if classes and probabilities is not None:
+                                self.catalog.put_concepts(n, classes, [image_id], *top_classes(probabilities))
+                except BaseException:
+                    if not existed:
+                        target.unlink(missing_ok=True)
+                    raise
+                for n in prepared.outputs:
+                    self._refit_if_grown(n)
+                record = self.catalog.get(image_id)
+        except OSError as exc:
+            raise _clear(exc, f"cannot store the image in {self.path}") from exc
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         assert record is not None
         return record
 
-    def remove(self, ids: Iterable[int]) -> int:
-        """Forget images by id (the files themselves are left alone); returns how many were known."""
+    def remove(self, ids: Iterable[int], *, delete_uploads: bool = False) -> int:
+        """Forget images by id; returns how many were known.
+
+        Files are left alone, except, with `delete_uploads`, the collection's own copies in
+        `uploads_dir`, deleted under the same lock as their rows (after the commit: a crash in
+        between leaves a file without a row, which `tidy_uploads` removes, never a row without a file).
+        """
         ids = [int(i) for i in ids]
+        self._check_writable("cannot remove images")
         with self._lock:
-            present = list(self.catalog.get_many(ids))
+            present = self.catalog.get_many(ids)
             if not present:
                 return 0
             with self._change():
-                self._forget(present)
+                self._forget(list(present))
                 self.catalog.delete_images(present)
+            if delete_uploads:
+                for record in present.values():
+                    if Path(record.path).parent == self.uploads_dir:
+                        Path(record.path).unlink(missing_ok=True)
             for name in list(self._whitenings):
                 self._refit_if_grown(name)
         return len(present)
+
+    def tidy_uploads(self) -> tuple[list[str], list[int]]:
+        """Make `uploads_dir` and the catalog agree after a crash: (file names deleted, ids removed).
+
+        Deletes files there that no row refers to (an add or delete cut short, temporary files)
+        and forgets rows there whose file is gone. Run when nothing else adds to this collection
+        (the server does it when it starts).
+        """
+        if self.read_only or not self.uploads_dir.is_dir():
+            return [], []
+        with self._lock:
+            rows = {Path(r.path).name: r for r in self.records(under=self.uploads_dir, status=None)}
+            deleted = []
+            for entry in sorted(self.uploads_dir.iterdir()):
+                if entry.name not in rows and (entry.is_file() or entry.is_symlink()):
+                    entry.unlink(missing_ok=True)
+                    deleted.append(entry.name)
+            missing = [r.id for name, r in rows.items() if not (self.uploads_dir / name).is_file()]
+            if missing:
+                self.remove(missing)
+        return deleted, missing
+
+    def read_file(self, record: ImageRecord, *, follow_symlinks: bool = False) -> bytes:
+        """The bytes of an indexed image's file, only if they are still the bytes indexed.
+
+        The file is opened once (not through a symbolic link unless `follow_symlinks`), must be a
+        regular file, and its size and SHA-256 must match the catalog; otherwise `FileCheckError`,
+        whose message names no path. What is returned is exactly what was checked.
+        """
+        changed = FileCheckError(f"the file of image {record.id} has changed since it was indexed")
+        try:
+            data, stat = read_regular_file(Path(record.path), follow_symlinks=follow_symlinks, max_bytes=record.size)
+        except _NotReadable as exc:
+            if exc.short.startswith("file too large"):
+                raise changed from None
+            raise FileCheckError(f"the file of image {record.id} cannot be served: {exc.short}") from None
+        if stat.st_size != record.size or record.sha256 is None or sha256_of(data) != record.sha256:
+            raise changed
+        return data
 
     # --- search ----------------------------------------------------------------------------------
 
@@ -895,7 +1096,7 @@ class Collection:
                 to_embed.append(i)
         if to_embed:
             sources = [
-                queries[i].image if queries[i].image is not None else self._path_of(queries[i]) for i in to_embed
+                queries[i].image if queries[i].image is not None else self._source_of(queries[i]) for i in to_embed
             ]
             embedded = self.embed_images(sources, embedder=name, boxes=[queries[i].box for i in to_embed])
             for i, vector in zip(to_embed, embedded, strict=True):
@@ -911,7 +1112,7 @@ class Collection:
         record = self.catalog.get(int(query.id))  # type: ignore[arg-type]
         if record is None:
             raise KeyError(f"no indexed image with id {query.id}")
-        return Path(record.path)
+        return self.read_file(record, follow_symlinks=True)
 
     def search_vectors(
         self,
@@ -1305,6 +1506,93 @@ class Collection:
 
 def _key(whitening: Whitening | None) -> str | None:
     return whitening.key if whitening is not None else None
+
+
+class _NotReadable(Exception):
+    """A file that is not read: its reason (no path in it), and what is known of its size and time."""
+
+    def __init__(self, short: str, size: int = 0, mtime_ns: int = 0):
+        super().__init__(short)
+        self.short = short
+        self.size = size
+        self.mtime_ns = mtime_ns
+
+
+def _refusal(stat: os.stat_result, max_bytes: int) -> str | None:
+    """Why a file with this (l)stat is not read, or None: only regular files up to `max_bytes` are."""
+    mode = stat.st_mode
+    if stat_mode.S_ISLNK(mode):
+        return "a symbolic link, not followed (use --follow-symlinks)"
+    if not stat_mode.S_ISREG(mode):
+        kind = (
+            "a FIFO" if stat_mode.S_ISFIFO(mode)
+            else "a socket" if stat_mode.S_ISSOCK(mode)
+            else "a device" if stat_mode.S_ISCHR(mode) or stat_mode.S_ISBLK(mode)
+            else "a folder" if stat_mode.S_ISDIR(mode)
+            else "not a file"
+        )  # fmt: skip
+        return f"not a regular file ({kind})"
+    if stat.st_size > max_bytes:
+        return f"file too large ({stat.st_size} bytes, limit {max_bytes})"
+    return None
+
+
+def read_regular_file(path: Path, *, follow_symlinks: bool, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file and its stat, read through one descriptor; raises `_NotReadable`.
+
+    The descriptor is opened without following a final symbolic link (unless `follow_symlinks`)
+    and without blocking (a FIFO would otherwise wait for a writer), then checked with fstat, so
+    what is read is the file that was checked, never more than `max_bytes`.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _NotReadable("a symbolic link, not followed") from None
+        if exc.errno == errno.ENOENT:
+            raise _NotReadable("file not found") from None
+        raise _NotReadable(f"cannot read: {exc.strerror}") from None
+    try:
+        stat = os.fstat(fd)
+        refusal = _refusal(stat, max_bytes)
+        if refusal is not None:
+            raise _NotReadable(refusal, stat.st_size, stat.st_mtime_ns)
+        os.set_blocking(fd, True)
+        chunks, total = [], 0
+        while total <= max_bytes:
+            chunk = os.read(fd, min(_READ_CHUNK, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > max_bytes:
+            raise _NotReadable(f"file too large (over {max_bytes} bytes)", stat.st_size, stat.st_mtime_ns)
+        return b"".join(chunks), stat
+    except OSError as exc:
+        raise _NotReadable(f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _clear(exc: BaseException, what: str) -> BaseException:
+    """The error to raise for a failed write: a clear one when the disk is full or read-only, else `exc`."""
+    return _write_error_in(exc, what) or exc
+
+
+def _write_error_in(exc: BaseException, what: str) -> CollectionWriteError | None:
+    """A clear error for a write that failed because the disk is full or read-only (the cause may be wrapped)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, CollectionWriteError):
+            return seen
+        error = write_error(seen, what)
+        if error is not None:
+            return error
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _as_query(query: ImageInput | np.ndarray) -> Query:

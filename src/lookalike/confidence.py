@@ -22,10 +22,13 @@ matches of centre-half crops of a smaller sample (`REGION_SAMPLE`, embedded when
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .collection import FileCheckError
 from .images import ImageError
 
 if TYPE_CHECKING:
@@ -50,11 +53,13 @@ def nearest_neighbour_similarities(
     seed: int = 0,
     region: bool = False,
     cancel: threading.Event | None = None,
+    searching: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> np.ndarray:
     """The similarity of each of up to `sample` indexed images (chosen at random) to its nearest other image.
 
     With `region`, of the centre half (by side) of each of up to `REGION_SAMPLE` of them instead,
-    embedded now; files that cannot be read any more are left out.
+    embedded now; files that are not the ones indexed any more are left out. `searching()`, if given,
+    is held around the index search only, never while images are embedded (the server's read lock).
     """
     name = embedder or collection.default_embedder
     ids = np.fromiter(sorted(collection.vector_ids(name)), dtype=np.int64)
@@ -68,7 +73,8 @@ def nearest_neighbour_similarities(
         found, vectors = chosen, collection.vectors_of(chosen, name)
     if not len(found):
         return np.empty(0, dtype=np.float32)
-    nearest = collection.search_vectors(vectors, 1, embedder=name, exclude=found)  # each image's nearest other
+    with searching() if searching is not None else nullcontext():
+        nearest = collection.search_vectors(vectors, 1, embedder=name, exclude=found)  # each image's nearest other
     return nearest.scores[nearest.ids[:, 0] >= 0, 0].astype(np.float32)
 
 
@@ -78,6 +84,8 @@ def _centre_crop_vectors(
     """Vectors of the centre half (by side) of each image, embedded now; unreadable files are left out.
 
     `cancel`, once set, stops the embedding (a server shutting down): what was embedded is returned.
+    Each file is read through `Collection.read_file`: only while it is still the regular file indexed
+    (a file swapped for a FIFO, a device or other bytes is left out, never read).
     """
     found, vectors = [], []
     for image_id, record in sorted(collection.images(ids.tolist()).items()):
@@ -85,8 +93,9 @@ def _centre_crop_vectors(
             break
         w, h = record.width or 0, record.height or 0
         try:
-            vector = collection.embed(record.path, embedder=embedder, box=(w / 4, h / 4, w - w / 4, h - h / 4))
-        except ImageError:
+            data = collection.read_file(record, follow_symlinks=True)
+            vector = collection.embed(data, embedder=embedder, box=(w / 4, h / 4, w - w / 4, h - h / 4))
+        except (FileCheckError, ImageError):
             continue
         found.append(image_id)
         vectors.append(vector)
@@ -103,6 +112,7 @@ def calibrate_weak_match(
     seed: int = 0,
     region: bool = False,
     cancel: threading.Event | None = None,
+    searching: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> float | None:
     """The similarity below which a result of `embedder` in this collection is a weak match.
 
@@ -112,7 +122,7 @@ def calibrate_weak_match(
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile must be between 0 and 1, not {quantile}")
     similarities = nearest_neighbour_similarities(
-        collection, embedder, sample=sample, seed=seed, region=region, cancel=cancel
+        collection, embedder, sample=sample, seed=seed, region=region, cancel=cancel, searching=searching
     )
     if cancel is not None and cancel.is_set():
         return None

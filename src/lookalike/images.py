@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Extensions a folder walk picks up. The content decides the decoder, not the name:
@@ -28,6 +29,40 @@ DEFAULT_MAX_PIXELS = 89_478_485
 JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO: a JPEG with extra frames, as many phones write
 
 _PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+# 16-bit and float greyscale is scaled to 8 bits this many pixels at a time (a 4 MB float32 strip).
+_STRIP_PIXELS = 1 << 20
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class _DecodeSlots:
+    """A process-wide limit on images decoded at once: each decode may briefly hold several bytes per pixel."""
+
+    def __init__(self, slots: int):
+        self.limit = slots
+        self._semaphore = threading.BoundedSemaphore(slots)
+
+    def __enter__(self) -> None:
+        self._semaphore.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._semaphore.release()
+
+
+_decode_slots = _DecodeSlots(max(2, os.cpu_count() or 1))
+
+
+def set_decode_limit(slots: int) -> None:
+    """How many images may be decoded at once in this process (default: the number of cores, at least 2)."""
+    global _decode_slots
+    if slots < 1:
+        raise ValueError("the decode limit must be at least 1")
+    _decode_slots = _DecodeSlots(slots)
+
+
+def decode_limit() -> int:
+    return _decode_slots.limit
 
 
 class ImageError(Exception):
@@ -65,20 +100,36 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16-bit and float greyscale: scale the actual range to 0..255 instead of clipping.
-        import numpy as np
-
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        image = Image.fromarray(np.round(scaled).astype("uint8"), mode="L")
+    if image.mode in _HIGH_DEPTH_MODES:
+        image = _scale_to_8_bit(image)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def _scale_to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit or float greyscale as 8-bit "L", its actual range stretched to 0..255 (not clipped).
+
+    Converted a strip of rows at a time in float32, so the memory on top of the decoded image is
+    one byte per pixel plus one strip, whatever the image's size.
+    """
+    lo, hi = image.getextrema()
+    width, height = image.size
+    out = np.zeros((height, width), dtype=np.uint8)
+    if hi > lo:
+        scale = 255.0 / (float(hi) - float(lo))
+        rows = max(1, _STRIP_PIXELS // max(1, width))
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            strip = np.array(image.crop((0, top, width, bottom)), dtype=np.float32)  # a writable copy
+            strip -= float(lo)
+            strip *= scale
+            np.rint(strip, out=strip)
+            out[top:bottom] = strip
+    return Image.fromarray(out)
 
 
 def _megapixels(pixels: int) -> str:
@@ -142,7 +193,8 @@ def open_image(
             if os.path.getsize(source) == 0:
                 raise ImageError(name, "empty file (0 bytes)")
             fp = source
-        with _open_unchecked(fp) as image:
+        # At most `decode_limit()` images are decoded (and converted) at once in this process.
+        with _decode_slots, _open_unchecked(fp) as image:
             width, height = image.size
             pixels = width * height
             progressive = bool(image.info.get("progressive") or image.info.get("progression"))
@@ -186,6 +238,15 @@ def open_image(
         raise ImageError(name, "not a recognised image format") from exc
     except FileNotFoundError as exc:
         raise ImageError(name, "file not found") from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's error (a folder, no permission...): never its path
+            raise ImageError(name, f"cannot read: {exc.strerror}") from exc
         # Truncated/corrupt data surfaces as OSError ("image file is truncated") or similar.
-        raise ImageError(name, f"corrupt or truncated image: {exc}") from exc
+        raise ImageError(name, f"corrupt or truncated image: {_without_path(exc, name)}") from exc
+    except (ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(name, f"corrupt or truncated image: {_without_path(exc, name)}") from exc
+
+
+def _without_path(exc: BaseException, name: str) -> str:
+    """An exception's message with the file's path cut down to its name (reasons may reach HTTP clients)."""
+    return str(exc).replace(name, os.path.basename(name)) if name != "<upload>" else str(exc)

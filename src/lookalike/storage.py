@@ -1,7 +1,8 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename."""
+"""Atomic file writes (a temporary file beside the target, then a rename), and the errors of a failed write."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -33,3 +34,37 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def write_json(path: Path, data: object) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+class CollectionWriteError(RuntimeError):
+    """A change could not be written to the collection's folder; nothing of it was kept."""
+
+
+class ReadOnlyCollectionError(CollectionWriteError):
+    """The collection's folder (or its catalog) cannot be written: it can be searched, not changed."""
+
+
+class DiskFullError(CollectionWriteError):
+    """The disk holding the collection is full."""
+
+
+_SQLITE_READONLY = 8
+_SQLITE_FULL = 13
+
+
+def write_error(exc: BaseException, what: str) -> CollectionWriteError | None:
+    """`exc` as a clear error if it means the disk is full or read-only (else None): `what` failed."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        primary = code & 0xFF
+        if primary == _SQLITE_FULL:
+            return DiskFullError(f"{what}: the disk is full")
+        if primary == _SQLITE_READONLY:
+            return ReadOnlyCollectionError(f"{what}: the collection is read-only")
+        return None
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(f"{what}: the disk is full")
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return ReadOnlyCollectionError(f"{what}: the collection is read-only ({exc.strerror})")
+    return None

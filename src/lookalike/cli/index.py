@@ -22,6 +22,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         " milvus://HOST:PORT/NAME (a Milvus server) or milvus-lite:/abs/path.db",
     )
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="index files reached through symbolic links (not followed by default; links to folders never are)",
+    )
+    parser.add_argument("--max-file-mb", type=float, default=256.0, help="skip files larger than this (default 256 MB)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--log", type=Path, help="write the full summary (with skipped paths) as JSON here")
     parser.set_defaults(run=run)
@@ -34,7 +40,14 @@ def run(args: argparse.Namespace) -> int:
         if args.weights:
             collection.embedder(args.embedder, weights=args.weights)
         with progress_bars(not args.json) as progress:
-            report = collection.sync(args.folder, embedder=args.embedder, batch_size=args.batch_size, progress=progress)
+            report = collection.sync(
+                args.folder,
+                embedder=args.embedder,
+                batch_size=args.batch_size,
+                progress=progress,
+                follow_symlinks=args.follow_symlinks,
+                max_file_bytes=int(args.max_file_mb * 2**20),
+            )
     summary = report.to_dict()
     if args.log:
         args.log.write_text(json.dumps(summary, indent=2) + "\n")
@@ -43,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{report.embedder}: {len(report.added)} added, {len(report.updated)} updated, "
-        f"{len(report.removed)} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped as unreadable"
+        f"{len(report.removed)} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped"
         + (f", {report.described} given their concepts (top classes)" if report.described else "")
         + f" ({report.seconds:.1f} s"
         + (f", {report.images_per_second:.1f} images/s embedded)" if report.embedded else ")")

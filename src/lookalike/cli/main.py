@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from ..embedders import EmbedderError
         from ..images import ImageError
         from ..index import IndexError_
+        from ..storage import CollectionWriteError
 
-        if not isinstance(
-            exc, (ImageError, EmbedderError, IndexError_, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
-        ):
+        known = (ImageError, EmbedderError, IndexError_, CollectionWriteError)
+        if not isinstance(exc, (*known, FileNotFoundError, NotADirectoryError, ValueError, KeyError)):
             raise
         print(f"lookalike: error: {exc}", file=sys.stderr)
         return 2

@@ -3,8 +3,13 @@
 Safety rules this module keeps:
 - a client never names a file: images are served by catalog id only, and uploads are
   stored under a name the server picks from the content hash;
+- a file is served (or thumbnailed) only if it is still the regular file indexed: opened once,
+  not through a symbolic link, with the size and SHA-256 in the catalog; no response names a path;
 - every upload is size-limited (413) before it is fully received, and pixel-limited
-  (413) before it is decoded in full;
+  (413) before it is decoded in full; decoding and embedding share a bounded number of slots,
+  so memory does not grow with the number of concurrent uploads;
+- adds and deletes hold the write lock only to commit: decoding and embedding happen before;
+- beyond loopback, the API needs a token and Host must be a bound name (`access.py`);
 - embedders and indexes are loaded once, when the app is created, never per request.
 """
 
@@ -30,16 +35,36 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, Field
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog import ImageRecord
-from ..collection import MAX_SEARCH_ATTEMPTS, Box, Collection, Neighbours, SearchResult, sha256_of
+from ..collection import (
+    MAX_SEARCH_ATTEMPTS,
+    UPLOADS_DIR,
+    Box,
+    Collection,
+    CollectionWriteError,
+    DiskFullError,
+    FileCheckError,
+    Neighbours,
+    PreparedImage,
+    ReadOnlyCollectionError,
+    SearchResult,
+)
 from ..concepts import ConceptError
 from ..confidence import calibrate_weak_match
 from ..duplicates import DEFAULT_TIER, EDGE_FLOOR, THRESHOLDS, TIERS, DuplicateGroup, DuplicateReport, DuplicatesError
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
+from .access import (
+    LOOPBACK_HOST_NAMES,
+    TOKEN_ENV,
+    HostCheckMiddleware,
+    TokenMiddleware,
+    bound_names,
+    check_token,
+    is_loopback,
+)
 from .batching import BatchedSearch, SearchFunction
 from .limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
 from .locking import FifoSemaphore, ReadWriteLock
@@ -60,12 +85,12 @@ MAX_K = 100
 MAX_EXPAND = 50
 MAX_PAGE = 200
 MAX_LABEL_LENGTH = 100
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id is a 422, never an overflow
+MAX_OFFSET = 2**31
 MAX_TEXT_LENGTH = 200
-UPLOADS_DIR = "uploads"
 MOVED_DIR = "moved-duplicates"  # where the duplicates page moves non-keepers: inside the collection's folder
 THUMBNAILS_DIR = "thumbnails"
 STATIC_DIR = Path(__file__).parent / "static"
-LOOPBACK_HOST_NAMES = ["127.0.0.1", "localhost"]
 
 # Upload file extension by the format Pillow detected (never by the client's file name).
 _EXTENSION_BY_FORMAT = {
@@ -329,8 +354,11 @@ class WeakMatchThresholds:
             if known is not None and abs(count - known[1]) < max(1, known[1] // 10):
                 self._known[key] = (generation, known[1], known[2])
                 return known[2]
-            with self._index_lock.reading():
-                threshold = calibrate_weak_match(self._collection, embedder, region=region, cancel=self._stopping)
+            # The read lock covers the index search only: a region calibration embeds a hundred crops,
+            # and a write waiting behind a long read would hold up every search after it.
+            threshold = calibrate_weak_match(
+                self._collection, embedder, region=region, cancel=self._stopping, searching=self._index_lock.reading
+            )
             if self._stopping.is_set():
                 return None
             self._known[key] = (generation, count, threshold)
@@ -366,13 +394,16 @@ class ServerState:
     collection: Collection
     ready_embedders: list[str]
     thumbnails: ThumbnailCache
-    uploads_dir: Path
     max_upload_bytes: int
     max_pixels: int
     # Searches read the index concurrently; adds and deletes change it alone.
     index_lock: ReadWriteLock
-    # Embeddings at once (more than the cores only makes every request slower), first come first served.
+    # Decodings + embeddings at once (more than the cores only makes every request slower, and each
+    # holds a decoded image in memory), first come first served.
     embed_slots: FifoSemaphore
+    # Adds decode and embed in at most half of those slots (at least one), so that a stream of adds
+    # leaves cores to the searches.
+    add_slots: FifoSemaphore
     # Unfiltered searches of concurrent requests go through the index together, per embedder.
     batched_search: dict[str, BatchedSearch]
     weak_match: WeakMatchThresholds
@@ -384,7 +415,7 @@ def server_state(request: Request) -> ServerState:
 
 
 State = Annotated[ServerState, Depends(server_state)]
-ImageId = Annotated[int, PathParam(ge=1, description="catalog id of an indexed image")]
+ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="catalog id of an indexed image")]
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="how many results")]
 EmbedderParam = Annotated[str | None, Query(description="embedder name (default: the collection's)")]
 ExpandParam = Annotated[
@@ -409,6 +440,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     413: {"model": ErrorOut, "description": "upload over the size or pixel limit"},
     422: {"model": ErrorOut, "description": "not a readable image, or bad parameters"},
 }
+WRITE_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    **ERROR_RESPONSES,
+    403: {"model": ErrorOut, "description": "a write from a foreign page, or the server or collection is read-only"},
+    507: {"model": ErrorOut, "description": "the collection's disk is full (nothing was changed)"},
+}
 
 router = APIRouter(prefix="/api")
 
@@ -425,7 +461,7 @@ def shown_path(state: ServerState, file: str) -> str:
     """A file's path as a client may see it: relative to the indexed folder, or under uploads/ or
     moved-duplicates/ of the collection; else its name only."""
     path = Path(file)
-    if path.parent == state.uploads_dir:
+    if path.parent == state.collection.uploads_dir:
         return f"{UPLOADS_DIR}/{path.name}"
     moved = state.collection.path / MOVED_DIR
     if moved in path.parents:
@@ -447,15 +483,11 @@ def without_paths(state: ServerState, text: str, *files: str) -> str:
 
 
 def image_details(state: ServerState, record: ImageRecord) -> ImageDetails:
-    try:
-        file_size = os.path.getsize(record.path)
-    except OSError:
-        file_size = record.size
     return ImageDetails(
         **image_out(record).model_dump(),
         path=relative_path(state, record),
-        file_size=file_size,
-        uploaded=Path(record.path).parent == state.uploads_dir,
+        file_size=record.size,  # the indexed size: /file serves the file only while it is still that file
+        uploaded=Path(record.path).parent == state.collection.uploads_dir,
     )
 
 
@@ -474,6 +506,8 @@ def mark_weak_matches(state: ServerState, out: SearchOut) -> SearchOut:
 def require_writable(state: State) -> None:
     if state.read_only:
         raise HTTPException(403, "this server is read-only: adding and removing images is switched off")
+    if state.collection.read_only:
+        raise write_refused(ReadOnlyCollectionError("read-only"))
 
 
 def _version(record: ImageRecord) -> str:
@@ -544,9 +578,30 @@ def decode_upload(state: ServerState, data: bytes) -> Image.Image:
     try:
         return open_image(data, max_pixels=state.max_pixels)
     except ImageError as exc:
-        if exc.reason.startswith("image too large"):
-            raise HTTPException(413, exc.reason) from exc
-        raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
+        raise upload_error(exc) from exc
+
+
+def upload_error(exc: ImageError) -> HTTPException:
+    if exc.reason.startswith("image too large"):
+        return HTTPException(413, exc.reason)
+    return HTTPException(422, f"the upload is not a readable image: {exc.reason}")
+
+
+def write_refused(exc: CollectionWriteError) -> HTTPException:
+    """A failed write as a clear answer: the collection is read-only (403) or its disk full (507)."""
+    if isinstance(exc, ReadOnlyCollectionError):
+        return HTTPException(403, "this collection is read-only: images cannot be added or deleted")
+    if isinstance(exc, DiskFullError):
+        return HTTPException(507, "the collection's disk is full: nothing was changed")
+    return HTTPException(500, "the collection could not be written: nothing was changed")
+
+
+def verified_bytes(state: ServerState, record: ImageRecord, *, follow_symlinks: bool = False) -> bytes:
+    """The indexed file's bytes, only if still the file indexed (else 404, no path in the message)."""
+    try:
+        return state.collection.read_file(record, follow_symlinks=follow_symlinks)
+    except FileCheckError as exc:
+        raise HTTPException(404, str(exc)) from exc
 
 
 def hit_out(hit: SearchResult) -> SearchHit:
@@ -601,17 +656,21 @@ def search_response(
     return mark_weak_matches(state, out)
 
 
-def embed_query(state: ServerState, image: Image.Image, embedder: str, box: Box | None) -> np.ndarray:
-    """The query image (or its region) as a vector, one of a bounded number of embeddings at once."""
-    width, height = image.info.get("original_size", image.size)
-    check_box_overlaps(box, width, height)
+def embed_query(state: ServerState, data: bytes, embedder: str, box: Box | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(vector, upright original size) of image bytes (or of their region).
+
+    Decoded and embedded in one of a bounded number of slots, first come first served: at most
+    that many decoded images exist at once, however many uploads arrive together.
+    """
     with state.embed_slots:
-        return state.collection.embed(image, embedder=embedder, box=box)
+        image = decode_upload(state, data)
+        width, height = image.info.get("original_size", image.size)
+        check_box_overlaps(box, width, height)
+        return state.collection.embed(image, embedder=embedder, box=box), (width, height)
 
 
-def media_type_of(path: str) -> str:
-    with open(path, "rb") as f:
-        head = f.read(16)
+def media_type_of(data: bytes) -> str:
+    head = data[:16]
     for signature, media_type in _MEDIA_TYPE_BY_SIGNATURE:
         if head.startswith(signature):
             return media_type
@@ -647,9 +706,7 @@ def search_upload(
     started = time.perf_counter()
     name = resolve_embedder(state, embedder)
     region = parse_box(box)
-    image = decode_upload(state, read_upload(state, file))
-    vector = embed_query(state, image, name, region)
-    width, height = image.info.get("original_size", image.size)
+    vector, (width, height) = embed_query(state, read_upload(state, file), name, region)
     query = QueryOut(id=None, width=width, height=height, box=list(region) if region else None)
     return search_response(
         state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started, tag=tag
@@ -682,12 +739,13 @@ def search_by_id(
     # The stored vector when the whole image is searched: no decoding, no embedding.
     vector = state.collection.stored_vector(image_id, name) if region is None else None
     if vector is None:
+        data = verified_bytes(state, record, follow_symlinks=True)  # only the indexed bytes, never a swapped file
         try:
-            image = open_image(record.path, max_pixels=state.max_pixels)
-        except ImageError as exc:
-            raise HTTPException(404, f"image {image_id} is no longer readable: {exc.reason}") from exc
-        vector = embed_query(state, image, name, region)
-        width, height = image.info.get("original_size", image.size)
+            vector, (width, height) = embed_query(state, data, name, region)
+        except HTTPException as exc:
+            if exc.status_code == 422 and exc.detail.startswith("box"):
+                raise
+            raise HTTPException(404, f"image {image_id} is no longer readable") from exc
         query = QueryOut(id=image_id, width=width, height=height, box=query.box)
     return search_response(
         state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started, tag=tag
@@ -732,7 +790,7 @@ def search_text(
 @router.get("/images", response_model=ImagePage, summary="Browse the collection, a page at a time")
 def list_images(
     state: State,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 48,
     label: LabelParam = None,
 ) -> ImagePage:
@@ -747,7 +805,7 @@ def list_images(
     "/images",
     response_model=ImageOut,
     status_code=201,
-    responses={**ERROR_RESPONSES, 403: {"model": ErrorOut, "description": "the server is read-only"}},
+    responses=WRITE_ERROR_RESPONSES,
     summary="Add an uploaded image to the collection",
     dependencies=[Depends(require_writable)],
 )
@@ -761,13 +819,18 @@ def add_image(
     if label is not None and (not label.strip() or any(ord(c) < 32 for c in label)):
         raise HTTPException(422, "label must be non-blank printable text")
     data = read_upload(state, file)
-    decode_upload(state, data)  # refuse before anything is written
-    target = state.uploads_dir / upload_file_name(data, sha256_of(data))
-    with state.index_lock.writing(), state.embed_slots:
+    # Decoded and embedded outside the write lock (refused before anything is written) ...
+    with state.add_slots, state.embed_slots:
         try:
-            record = state.collection.add_image(data, target, label=label)
+            prepared: PreparedImage = state.collection.prepare_image(data, max_pixels=state.max_pixels)
         except ImageError as exc:
-            raise HTTPException(422, f"the upload is not a readable image: {exc.reason}") from exc
+            raise upload_error(exc) from exc
+    # ... which is held only to move the file into place and commit its row and vectors.
+    target = state.collection.uploads_dir / upload_file_name(data, prepared.sha256)
+    try:
+        record = state.collection.add_image(prepared, target, label=label, write_lock=state.index_lock.writing)
+    except CollectionWriteError as exc:
+        raise write_refused(exc) from exc
     return image_out(record)
 
 
@@ -778,37 +841,36 @@ def get_image(state: State, image_id: ImageId) -> ImageDetails:
 
 @router.get(
     "/images/{image_id}/file",
-    response_class=FileResponse,
     responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorOut}},
-    summary="The original image file",
+    response_class=Response,
+    summary="The original image file (only while it is still the regular file indexed)",
 )
-def get_image_file(state: State, image_id: ImageId) -> FileResponse:
+def get_image_file(state: State, image_id: ImageId) -> Response:
     record = indexed_record(state, image_id)
-    try:
-        media_type = media_type_of(record.path)
-    except OSError as exc:
-        raise HTTPException(404, f"the file of image {image_id} is gone") from exc
-    return FileResponse(
-        record.path,
-        media_type=media_type,
+    # Read once through one descriptor and checked against the catalog: what is sent is what was checked.
+    data = verified_bytes(state, record)
+    return Response(
+        data,
+        media_type=media_type_of(data),
         headers={"Cache-Control": IMAGE_CACHE_CONTROL, "X-Content-Type-Options": "nosniff"},
     )
 
 
 @router.get(
     "/images/{image_id}/thumbnail",
-    response_class=FileResponse,
+    response_class=Response,
     responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorOut}},
     summary="A small JPEG of the image (made once, then cached)",
 )
-def get_thumbnail(state: State, image_id: ImageId) -> FileResponse:
+def get_thumbnail(state: State, image_id: ImageId) -> Response:
     record = indexed_record(state, image_id)
     try:
-        path = state.thumbnails.get(record)
+        # A re-encode of the checked bytes only; a link is followed (files indexed with --follow-symlinks).
+        data = state.thumbnails.get(record, lambda: verified_bytes(state, record, follow_symlinks=True))
     except ImageError as exc:
-        raise HTTPException(404, f"image {image_id} is no longer readable: {exc.reason}") from exc
-    return FileResponse(
-        path,
+        raise HTTPException(404, f"image {image_id} is no longer readable") from exc
+    return Response(
+        data,
         media_type="image/jpeg",
         headers={"Cache-Control": IMAGE_CACHE_CONTROL, "X-Content-Type-Options": "nosniff"},
     )
@@ -817,19 +879,20 @@ def get_thumbnail(state: State, image_id: ImageId) -> FileResponse:
 @router.delete(
     "/images/{image_id}",
     status_code=204,
-    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut, "description": "the server is read-only"}},
+    responses={404: {"model": ErrorOut}, 403: WRITE_ERROR_RESPONSES[403], 507: WRITE_ERROR_RESPONSES[507]},
     summary="Remove an image by id",
     dependencies=[Depends(require_writable)],
 )
 def delete_image(state: State, image_id: ImageId) -> Response:
-    with state.index_lock.writing():
-        record = indexed_record(state, image_id)
-        state.collection.remove([image_id])
+    try:
+        with state.index_lock.writing():
+            indexed_record(state, image_id)
+            # Files this server stored are its to delete, under the same lock as the row;
+            # files from the user's folders are left alone.
+            state.collection.remove([image_id], delete_uploads=True)
+    except CollectionWriteError as exc:
+        raise write_refused(exc) from exc
     state.thumbnails.discard(image_id)
-    # Files this server stored are its to delete; files from the user's folders are left alone.
-    stored = Path(record.path)
-    if stored.parent == state.uploads_dir:
-        stored.unlink(missing_ok=True)
     return Response(status_code=204)
 
 
@@ -854,7 +917,7 @@ def limits(state: State) -> LimitsOut:
         max_pixels=state.max_pixels,
         max_k=MAX_K,
         default_k=DEFAULT_K,
-        read_only=state.read_only,
+        read_only=state.read_only or state.collection.read_only,
     )
 
 
@@ -887,6 +950,8 @@ def duplicate_groups(state: ServerState, tier: str, threshold: float | None) -> 
             report = state.collection.duplicates(tier, threshold=threshold, include_resolved=False)
     except DuplicatesError as exc:
         raise HTTPException(422, without_paths(state, str(exc))) from exc
+    except CollectionWriteError as exc:  # the near tier stores the vectors it computes
+        raise write_refused(exc) from exc
     return report
 
 
@@ -1077,12 +1142,16 @@ def create_app(
     cors_origins: list[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allowed_hosts: list[str] | None = None,
+    token: str | None = None,
+    public_read: bool = False,
     read_only: bool = False,
 ) -> FastAPI:
     """The web app and API over an open collection (loads its embedders and indexes now).
 
     `allowed_hosts`, when given, refuses requests for any other Host header (DNS rebinding).
-    `read_only` refuses adding and removing images (403).
+    `token`, when given, is needed by every /api request (`Authorization: Bearer TOKEN`), except
+    reads when `public_read`. `read_only` refuses adding and removing images (403); so does a
+    collection opened read-only (its folder cannot be written).
     """
     app = make_fastapi(
         title="lookalike",
@@ -1090,8 +1159,12 @@ def create_app(
         description="Find the images in a collection that look like a given image.",
         redoc_url=None,  # ReDoc's bundle loads its logo from the network; /docs is served whole from here
     )
-    uploads_dir = collection.path / UPLOADS_DIR
     ready = load_embedders(collection)
+    deleted, forgotten = ([], []) if read_only else collection.tidy_uploads()  # what a killed server left
+    if deleted or forgotten:
+        log.warning(
+            "uploads: %d stray files deleted, %d images whose file was gone removed", len(deleted), len(forgotten)
+        )
     index_lock = ReadWriteLock()
     weak_match = WeakMatchThresholds(collection, index_lock)
     for name in ready:
@@ -1101,11 +1174,11 @@ def create_app(
         collection=collection,
         ready_embedders=ready,
         thumbnails=ThumbnailCache(collection.path / THUMBNAILS_DIR, max_pixels=max_pixels),
-        uploads_dir=uploads_dir,
         max_upload_bytes=max_upload_bytes,
         max_pixels=max_pixels,
         index_lock=index_lock,
         embed_slots=FifoSemaphore(max(1, os.cpu_count() or 1)),
+        add_slots=FifoSemaphore(max(1, (os.cpu_count() or 1) // 2)),
         batched_search={name: BatchedSearch(locked_search(collection, name, index_lock)) for name in ready},
         weak_match=weak_match,
         read_only=read_only,
@@ -1118,13 +1191,16 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # Added last = runs first: refuse oversize bodies and foreign writes before any work.
+    # Added last = runs first: refuse unknown hosts, missing tokens, oversize bodies and foreign
+    # writes before any work.
     app.add_middleware(SameOriginWritesMiddleware, allowed_origins=cors_origins or [])
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         file_limit=max_upload_bytes,
     )
+    if token is not None:
+        app.add_middleware(TokenMiddleware, token=check_token(token), public_read=public_read)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -1133,7 +1209,7 @@ def create_app(
             allow_headers=["*"],
         )
     if allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+        app.add_middleware(HostCheckMiddleware, allowed=allowed_hosts)
     return app
 
 
@@ -1143,24 +1219,52 @@ def serve(
     port: int = 8000,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     cors_origins: list[str] | None = None,
+    *,
+    token: str | None = None,
+    public_read: bool = False,
+    allowed_hosts: list[str] | None = None,
     read_only: bool = False,
 ) -> None:
-    """Run the web app on host:port until interrupted (loopback only unless told otherwise)."""
+    """Run the web app on host:port until interrupted (loopback only unless told otherwise).
+
+    On loopback it answers only to loopback Host names and needs no token (unless given one).
+    Bound to any other address it needs a token (`token`, else the LOOKALIKE_TOKEN environment
+    variable) for every /api request, reads included unless `public_read`, and answers only to
+    the bound names plus `allowed_hosts`.
+    """
     import uvicorn
 
-    collection = Collection.open(collection_path, create=False)
+    token = token or os.environ.get(TOKEN_ENV) or None
+    if is_loopback(host):
+        # A foreign page cannot rebind its DNS name to us: only loopback names are answered.
+        names = LOOPBACK_HOST_NAMES + list(allowed_hosts or [])
+        if token is not None:
+            check_token(token)
+    else:
+        check_token(token)  # raises AccessError: beyond loopback, never without a token
+        names = bound_names(host) + list(allowed_hosts or [])
+        log.warning(
+            "serving on %s: reachable from other machines. Every API request needs the access token%s; "
+            "answering to Host %s (add names with --allowed-host). Traffic is not encrypted: use a TLS proxy "
+            "beyond a trusted network.",
+            host, " (except searches and reads: --public-read)" if public_read else "", ", ".join(names),
+        )  # fmt: skip
+    collection = Collection.open(collection_path, create=False, read_only=True if read_only else None)
     try:
-        # On loopback, only answer to loopback names: a foreign page cannot rebind its DNS name to us.
-        allowed_hosts = LOOPBACK_HOST_NAMES if host in LOOPBACK_HOST_NAMES else None
         app = create_app(
             collection,
             max_upload_bytes=max_upload_bytes,
             cors_origins=cors_origins,
-            allowed_hosts=allowed_hosts,
+            allowed_hosts=names,
+            token=token,
+            public_read=public_read,
             read_only=read_only,
         )
         uvicorn.run(app, host=host, port=port, log_level="info")
         app.state.lookalike.weak_match.stop()
     finally:
-        collection.save()  # keep the in-memory index changes, so the next start needs no rebuild
+        try:
+            collection.save()  # keep the in-memory index changes, so the next start needs no rebuild
+        except CollectionWriteError as exc:
+            log.error("%s; it is rebuilt from the catalog at the next start", exc)
         collection.close()

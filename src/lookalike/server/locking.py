@@ -1,4 +1,4 @@
-"""Locks for the server: a readers-writer lock for the index, a first-come-first-served semaphore.
+"""Locks for the server: a fair readers-writer lock for the index, a first-come-first-served semaphore.
 
 A readers-writer lock allows many searches at once, but none while the index is being changed.
 
@@ -14,45 +14,77 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+class _Waiter:
+    __slots__ = ("writer", "granted")
+
+    def __init__(self, writer: bool):
+        self.writer = writer
+        self.granted = False
+
+
 class ReadWriteLock:
-    """Writer-preferring: once a writer waits, new readers queue behind it, so writes never starve."""
+    """Fair: served in arrival order, readers that arrive one after another sharing the lock.
+
+    A reader waits only for a writer that is inside or arrived before it, a writer for everyone
+    that arrived before it. So neither side starves: a steady stream of writes delays a search by
+    at most the writes queued ahead of it, and a steady stream of searches cannot hold a write off.
+    """
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._readers = 0
         self._writer_active = False
-        self._writers_waiting = 0
+        self._queue: deque[_Waiter] = deque()
 
     @contextmanager
     def reading(self) -> Iterator[None]:
-        with self._condition:
-            while self._writer_active or self._writers_waiting:
-                self._condition.wait()
-            self._readers += 1
+        self._acquire(writer=False)
         try:
             yield
         finally:
             with self._condition:
                 self._readers -= 1
-                if self._readers == 0:
-                    self._condition.notify_all()
+                self._admit()
 
     @contextmanager
     def writing(self) -> Iterator[None]:
-        with self._condition:
-            self._writers_waiting += 1
-            try:
-                while self._writer_active or self._readers:
-                    self._condition.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writer_active = True
+        self._acquire(writer=True)
         try:
             yield
         finally:
             with self._condition:
                 self._writer_active = False
-                self._condition.notify_all()
+                self._admit()
+
+    def _acquire(self, writer: bool) -> None:
+        with self._condition:
+            if not self._queue and not self._writer_active and not (writer and self._readers):
+                if writer:
+                    self._writer_active = True
+                else:
+                    self._readers += 1
+                return
+            waiter = _Waiter(writer)
+            self._queue.append(waiter)
+            while not waiter.granted:
+                self._condition.wait()
+
+    def _admit(self) -> None:
+        """Let in, from the head of the queue, whoever may enter now (called with the condition held)."""
+        admitted = False
+        while self._queue and not self._writer_active:
+            head = self._queue[0]
+            if head.writer:
+                if self._readers:
+                    break
+                self._writer_active = True
+            else:
+                self._readers += 1
+            head.granted = True
+            self._queue.popleft()
+            admitted = True
+        if admitted:
+            self._condition.notify_all()
 
 
 class FifoSemaphore:

@@ -2,12 +2,15 @@
 
 A thumbnail is named after the image id *and* the start of its content hash, so an
 image whose file changed (same id, new content) never gets the old picture back.
-Files are written atomically: a reader sees either no thumbnail or a whole one.
+Files are written atomically: a reader sees either no thumbnail or a whole one. It is made
+only from bytes the caller has checked against the catalog, never from whatever is at the path.
 """
 
 from __future__ import annotations
 
+import io
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from ..catalog import ImageRecord
@@ -33,24 +36,44 @@ class ThumbnailCache:
         version = (record.sha256 or "unhashed")[:12]
         return self.folder / f"{record.id}-{version}.jpg"
 
-    def get(self, record: ImageRecord) -> Path:
-        """The thumbnail file of `record`, made now if missing; raises `ImageError` if the source is unreadable."""
+    def get(self, record: ImageRecord, read: Callable[[], bytes]) -> bytes:
+        """The JPEG thumbnail of `record`, made now from `read()` (the checked file's bytes) if not cached.
+
+        Served from memory, so a thumbnail deleted meanwhile (the image was removed) never cuts a
+        response short; raises `ImageError` if the source is unreadable. When the cache cannot be
+        written (a read-only collection), the thumbnail is still returned.
+        """
         path = self.path_for(record)
-        if path.is_file():
-            return path
+        cached = self._read(path)
+        if cached is not None:
+            return cached
         try:
             with self._lock_for(record.id):
-                if path.is_file():
-                    return path
-                image = open_image(record.path, max_pixels=self.max_pixels, draft_size=(self.size, self.size))
+                cached = self._read(path)
+                if cached is not None:
+                    return cached
+                image = open_image(read(), max_pixels=self.max_pixels, draft_size=(self.size, self.size))
                 image.thumbnail((self.size, self.size))
-                with atomic_path(path) as tmp:
-                    image.save(tmp, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
-                self._discard_other_versions(record.id, keep=path)
-                return path
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
+                data = buffer.getvalue()
+                try:
+                    with atomic_path(path) as tmp:
+                        tmp.write_bytes(data)
+                    self._discard_other_versions(record.id, keep=path)
+                except OSError:
+                    pass  # not cached (read-only or full disk): made again next time
+                return data
         finally:
             with self._locks_guard:
                 self._locks.pop(record.id, None)
+
+    @staticmethod
+    def _read(path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
 
     def discard(self, image_id: int) -> None:
         """Forget every cached thumbnail of an image (it was deleted)."""
