@@ -41,9 +41,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from scipy.fft import dct
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .catalog import ImageRecord
 from .images import ImageError, open_image
@@ -351,6 +348,8 @@ def perceptual_hashes(
 
 def perceptual_hash(image: Image.Image) -> int:
     """pHash: the signs of the 8 x 8 lowest frequencies of the DCT of the 32 x 32 grey image against their median."""
+    from scipy.fft import dct
+
     pixels = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
     coefficients = dct(dct(pixels, axis=0), axis=1)[:8, :8].ravel()
     bits = coefficients >= np.median(coefficients[1:])
@@ -377,6 +376,9 @@ def neighbour_pairs(
 
 def components(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
     """Connected components (of two or more ids) of the pairs (a[i], b[i])."""
+    from scipy.sparse import coo_matrix  # imported here: `import lookalike` stays light
+    from scipy.sparse.csgraph import connected_components
+
     if not len(a):
         return []
     nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
