@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finish_record, run_record  # noqa: E402
 
 from lookalike import Collection  # noqa: E402
-from lookalike.concepts import ConceptError, vocabulary  # noqa: E402
+from lookalike.concepts import ConceptError  # noqa: E402
 from lookalike.evaluation.metrics import map_at_r, precision_at_k  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,15 @@ def main() -> int:
     parser.add_argument("--collection", type=Path, help="collection folder to build or reuse (default: a temp dir)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=RESULTS / "concepts_caltech101.json")
+    parser.add_argument("--smoke", action="store_true", help="3 classes of 3 photos in a temp folder; writes nothing")
     args = parser.parse_args()
+    if args.smoke:
+        smoke = Path(tempfile.mkdtemp(prefix="lookalike-concepts-smoke-"))
+        for name in ("airplanes", "dalmatian", "umbrella"):
+            (smoke / "data" / name).mkdir(parents=True)
+            for photo in sorted((args.data / name).glob("*.jpg"))[:3]:
+                shutil.copy(photo, smoke / "data" / name)
+        args.data, args.collection = smoke / "data", smoke / "collection"
 
     record = run_record()
     folder = args.collection or Path(tempfile.mkdtemp(prefix="lookalike-concepts-")) / "collection"
@@ -56,12 +65,11 @@ def main() -> int:
         started = time.perf_counter()
         report = collection.sync(args.data)
         index_seconds = time.perf_counter() - started
-        sizes = collection.catalog.labels()
-        vocab = vocabulary()
+        sizes = collection.stats()["labels"]
         seen_as: dict[str, Counter[str]] = {}  # what the network calls each class's photos (top-1 class)
-        stored = collection.catalog.concepts_of("efficientnet-lite0", collection.vector_ids())
-        for image_id, row in stored.items():
-            seen_as.setdefault(collection.image(image_id).label, Counter())[vocab.class_name(row[0][0])] += 1
+        for image_id, tags in collection.tags(collection.vector_ids(), embedder="efficientnet-lite0").items():
+            top = tags[0].name if tags else "(no concept above the tag threshold)"
+            seen_as.setdefault(collection.image(image_id).label, Counter())[top] += 1
         rows = []
         query_seconds = []
         for name in classes:
@@ -118,9 +126,13 @@ def main() -> int:
         "per_class": rows,
         **finish_record(record),
     }
+    print(json.dumps(summary, indent=2))
+    if args.smoke:
+        shutil.rmtree(args.data.parent, ignore_errors=True)
+        print("smoke run: no results written")
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -4,7 +4,6 @@ Measured in one run, medians over repeats:
 - model only: ONNX Runtime on ready-made uint8 batches of 32 and of 64 (the pipeline's batch): the ceiling;
 - pipeline, ONNX Runtime: `Collection.sync` of N photos into a fresh collection;
 - pipeline, eager PyTorch: the same with the PyTorch runtime (fewer photos: it is slow);
-- JPEG draft decoding: how far vectors move when large JPEGs are decoded at reduced scale.
 
     python -m benchmarks.bench_indexing            # full (about 10 minutes on 2 cores)
     python -m benchmarks.bench_indexing --smoke    # seconds, writes nothing; for CI
@@ -16,15 +15,18 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from lookalike import Collection, embedders
-from lookalike.evaluation.runner import machine_info
-from lookalike.images import open_image
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish_record, run_record  # noqa: E402
+
+from lookalike import Collection, embedders  # noqa: E402
+from lookalike.images import open_image  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "catsdogs"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,41 +69,6 @@ def pipeline(paths: list[Path], runtime: str, repeats: int) -> tuple[float, list
     return statistics.median(rates), rates
 
 
-def draft_effect(limit: int, max_files: int | None = None) -> dict[str, float | int]:
-    """Cosine similarity between vectors of large JPEGs decoded fully and in draft mode (the first `limit`
-    large ones among the first `max_files` files)."""
-    embedder = embedders.create("efficientnet-lite0")
-    big = []
-    for path in sorted(DATA.glob("*/*.jpg"))[:max_files]:
-        if len(big) >= limit:
-            break
-        with open(path, "rb") as f:
-            data = f.read()
-        image = open_image(data)
-        if min(image.size) >= 2 * embedder.preprocessing.resize:  # draft mode only changes these
-            big.append(data)
-    if not big:
-        return {"images": 0}
-    full = embedder.embed_images([open_image(d) for d in big])
-    draft = embedder.embed_images([open_image(d, draft_size=embedder.preprocessing.draft_size) for d in big])
-    cos = (full * draft).sum(axis=1)
-    t0 = time.perf_counter()
-    for d in big:
-        open_image(d)
-    t_full = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for d in big:
-        open_image(d, draft_size=embedder.preprocessing.draft_size)
-    t_draft = time.perf_counter() - t0
-    return {
-        "images": len(big),
-        "cosine_median": float(np.median(cos)),
-        "cosine_min": float(cos.min()),
-        "decode_ms_full": 1000 * t_full / len(big),
-        "decode_ms_draft": 1000 * t_draft / len(big),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
@@ -112,11 +79,11 @@ def main() -> None:
     if args.smoke:
         args.onnx_images, args.torch_images, args.repeats = 32, 16, 1
 
+    record = run_record()
     onnx = embedders.create("efficientnet-lite0", runtime="onnx")
     torch_embedder = embedders.create("efficientnet-lite0", runtime="torch")
     results = {
-        "machine": machine_info(),
-        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        **record,
         "model_only_onnx_images_per_s": model_only(onnx, repeats=max(3, 3 * args.repeats)),
         "model_only_onnx_batch64_images_per_s": model_only(onnx, repeats=max(3, 3 * args.repeats), batch=64),
         "model_only_torch_images_per_s": model_only(torch_embedder, repeats=max(1, args.repeats)),
@@ -133,8 +100,8 @@ def main() -> None:
     results["pipeline_onnx_over_pipeline_torch"] = (
         results["pipeline_onnx_images_per_s"] / results["pipeline_torch_images_per_s"]
     )
-    results["draft_decoding"] = draft_effect(limit=20, max_files=300) if args.smoke else draft_effect(limit=200)
     results["settings"] = vars(args)
+    finish_record(results)
     print(json.dumps(results, indent=2))
     if not args.smoke:  # a smoke run only shows that the benchmark works: its figures are not kept
         RESULTS.mkdir(exist_ok=True)

@@ -1,33 +1,52 @@
-"""Milvus Lite vs the local faiss backend: insert rate and single-query latency, in one run.
+"""A real Milvus server vs the local faiss backend, in one run: insert rate, single-query latency, recall@10.
 
-    .venv/bin/python benchmarks/bench_milvus.py                 # 100,000 vectors of 1280 dims, ~20 min on 2 cores
-    .venv/bin/python benchmarks/bench_milvus.py --smoke         # 2,000 vectors of 64 dims, a few seconds
+    .venv/bin/python benchmarks/bench_milvus.py --n 100000     # results/milvus_server_100k.json
+    .venv/bin/python benchmarks/bench_milvus.py --n 1000000    # results/milvus_server_1m.json
+    .venv/bin/python benchmarks/bench_milvus.py --smoke        # 3,000 vectors of 64 dims, printed only
 
-Every backend is built through `lookalike.index.create_index` (the code a collection runs on a rebuild):
-faiss "flat" and "hnsw", Milvus Lite FLAT and HNSW. Data: `common.ClusteredVectors` (embedding-like,
-L2-normalised); queries from the same distribution, not in the index.
+The server is the Milvus 2.3.5 standalone binary of the `milvus` package (`lookalike.index.milvus_server`),
+started for the run with its data in a temporary folder and stopped at the end. Every index is built through
+`lookalike.index.create_index`, the code a collection runs on a rebuild, at the settings lookalike chooses:
 
-- insert: one `add` of all vectors (Milvus batches it into ~16 MB insert calls), then for Milvus
-  `wait_until_indexed` (flush, and build the segment indexes Milvus otherwise builds in the background,
-  answering by brute force meanwhile) and a first search; the rate counts all of it ("ready" is the wait).
-- latency: one query per call (the interactive case), k=10, p50/p95 over --queries calls after a warm-up;
-  "filtered" passes allowed_ids of a tenth of the collection (a label), as a label search does.
-- recall@10 against exact search.
+- Milvus: the `milvus://` default, HNSW with M, efConstruction and ef from `index.specs` (HNSW_M,
+  HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH), the constants the faiss "hnsw" kind is built from;
+- faiss "hnsw" (the same graph constants), and with `--faiss hnsw,auto` also what "auto" picks at that
+  size (hnsw-sq8 from 400,000 vectors of 1280 dims).
 
-faiss runs on one OpenMP thread (Milvus Lite calls faiss in this process too, so both get one).
-Results: benchmarks/results/milvus_vs_faiss.json (--smoke prints them only).
+Data: `common.ClusteredVectors` (embedding-like, L2-normalised), generated in chunks of 50,000 rows and
+never held whole (1,000,000 x 1280 floats are 5 GB): the exact top-10 of the queries is computed chunk by
+chunk, and each backend is fed the same chunks again. Queries come from the same distribution, not from
+the index. Backends run one after the other, each freed before the next, to bound memory.
+
+- insert: the `add` calls of every chunk ("insert_seconds"), then for Milvus `wait_until_indexed` (flush,
+  and the segment indexes the server builds in the background; until then it answers by brute force) and
+  a first search ("ready_seconds"); "vectors_per_second" counts both.
+- latency: one query per call (the interactive case), k=10, p50/p99 over --queries calls after 20 warm-up
+  calls.
+- recall@10 against the exact top-10.
+
+The results file is written after each backend ("complete": false until the last), so a run stopped part
+way keeps what it measured; `--milvus-first` runs the server before faiss. It records (common.run_record and
+finish_record) when the run started and ended, the load average (1, 5, 15 min) at both, and the machine;
+"idle" is true only when the 1-minute load average at start was below 0.5. `--smoke` writes nothing.
+
+Memory: one backend at a time (the server is stopped before faiss starts, or started after faiss is freed).
+At 1,000,000 x 1280 the largest is about 5.5 GB (faiss "hnsw" in this process, or the server's loaded HNSW
+index plus its buffers); the vectors stay on disk in 50,000-row files (5 GB, plus the server's own copy).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared machine: idle OpenMP threads must not spin
@@ -36,65 +55,119 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ClusteredVectors  # noqa: E402
+from common import ClusteredVectors, finish_record, run_record  # noqa: E402
 
-from lookalike.index import create_index  # noqa: E402
-from lookalike.index.milvus import release_lite  # noqa: E402
+from lookalike.index import choose_index_kind, create_index  # noqa: E402
+from lookalike.index.milvus_server import EmbeddedMilvus  # noqa: E402
+from lookalike.index.specs import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M  # noqa: E402
 
 K = 10
-RESULTS = Path(__file__).resolve().parent / "results" / "milvus_vs_faiss.json"
+CHUNK = 50_000
+WARMUP = 20
+#: seconds the server may take to index every segment after the insert (1M rows on 2 cores: well under this)
+INDEX_TIMEOUT = 4 * 3600.0
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def memory_total_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 2**20, 1)
+    return 0.0
+
+
+def rss_gib(pid: int | None) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 2**20, 2)
+    except (OSError, TypeError):
+        return None
+    return None
+
+
+class Data:
+    """The benchmark's vectors, chunk by chunk, with ids that are not positions (as catalog ids are not).
+
+    Each chunk is generated once and kept as a .npy file in `cache` (memory-mapped when read again): at
+    1M x 1280 generating takes minutes, reading a few seconds.
+    """
+
+    def __init__(self, n: int, dim: int, queries: int, cache: Path):
+        self.n, self.dim, self.cache = n, dim, cache
+        self.gen = ClusteredVectors(dim=dim, clusters=max(10, n // 100))
+        self.queries = self.gen.rows(0, queries, stream=1)
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, self.n, CHUNK):
+            stop = min(self.n, start + CHUNK)
+            path = self.cache / f"{start}-{stop}.npy"
+            if not path.exists():
+                np.save(path, self.gen.rows(start, stop))
+            yield np.arange(start, stop, dtype=np.int64) * 3 + 1, np.load(path, mmap_mode="r")
+
+    def exact_top_k(self) -> np.ndarray:
+        """The exact top-K ids of every query, merged chunk by chunk (faiss's blocked exact search)."""
+        best_s = np.full((len(self.queries), K), -np.inf, dtype=np.float32)
+        best_i = np.full((len(self.queries), K), -1, dtype=np.int64)
+        for ids, vectors in self.chunks():
+            s, i = faiss.knn(self.queries, np.ascontiguousarray(vectors), K, metric=faiss.METRIC_INNER_PRODUCT)
+            s, i = np.hstack([best_s, s]), np.hstack([best_i, ids[i]])
+            top = np.argsort(-s, axis=1, kind="stable")[:, :K]
+            best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+        return best_i
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3)}
-
-
-def single_queries(index, queries: np.ndarray, allowed: np.ndarray | None = None) -> tuple[list[float], np.ndarray]:
-    times, found = [], []
-    for q in queries:
-        t = time.perf_counter()
-        _, ids = index.search(q[None, :], K, allowed_ids=allowed)
-        times.append(time.perf_counter() - t)
-        found.append(ids[0])
-    return times, np.array(found)
+    return {f"p{p}_ms": round(float(np.percentile(ms, p)), 3) for p in (50, 99)}
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return round(float(np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(found, truth, strict=True)])), 4)
 
 
-def run_backend(label: str, kind: str, ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, truth, args) -> dict:
+def run_backend(label: str, kind: str, data: Data, truth: np.ndarray, server: EmbeddedMilvus | None = None) -> dict:
+    print(f"{label}: {kind}", flush=True)
     t0 = time.perf_counter()
-    index = create_index(kind, vectors.shape[1], name="bench")
+    index = create_index(kind, data.dim, name="bench")
     t1 = time.perf_counter()
-    index.add(ids, vectors)
+    for ids, vectors in data.chunks():
+        index.add(ids, np.ascontiguousarray(vectors))
+        print(f"  {label}: {len(index):,} vectors after {time.perf_counter() - t1:.0f} s", flush=True)
     t2 = time.perf_counter()
     if hasattr(index, "wait_until_indexed"):
-        index.wait_until_indexed()  # Milvus indexes segments in the background; measure the steady state
-    index.search(queries[:1], K)
+        index.wait_until_indexed(INDEX_TIMEOUT)  # Milvus indexes segments in the background: the steady state
+    index.search(data.queries[:1], K)
     t3 = time.perf_counter()
-    insert_s, ready_s = t2 - t1, t3 - t2
-    warm = min(5, len(queries))
-    single_queries(index, queries[:warm])
-    times, found = single_queries(index, queries)
-    allowed = ids[::10]
-    f_times, f_found = single_queries(index, queries[: args.filtered_queries], allowed)
-    allowed_vectors = vectors[::10]
-    f_truth = allowed[np.argsort(-(queries[: args.filtered_queries] @ allowed_vectors.T), axis=1)[:, :K]]
+    for q in data.queries[:WARMUP]:
+        index.search(q[None, :], K)
+    times, found = [], []
+    for q in data.queries:
+        t = time.perf_counter()
+        _, ids = index.search(q[None, :], K)
+        times.append(time.perf_counter() - t)
+        found.append(ids[0])
     result = {
         "backend": label,
+        "kind": kind,
         "index": index.kind,
-        "create_seconds": round(t1 - t0, 3),
-        "insert_seconds": round(insert_s, 2),
-        "ready_seconds": round(ready_s, 2),
-        "inserts_per_second": round(len(ids) / (insert_s + ready_s), 1),
-        "single_query": percentiles(times),
-        "filtered_query": {**percentiles(f_times), "allowed": len(allowed), "queries": len(f_times)},
-        "recall_at_10": recall(found, truth),
-        "filtered_recall_at_10": recall(f_found, f_truth),
         "count": len(index),
+        "create_seconds": round(t1 - t0, 2),
+        "insert_seconds": round(t2 - t1, 1),
+        "ready_seconds": round(t3 - t2, 1),
+        "vectors_per_second": round(data.n / (t3 - t1), 1),
+        "single_query": percentiles(times),
+        "recall_at_10": recall(np.array(found), truth),
     }
+    if server is not None:
+        result["server_rss_gib"] = rss_gib(server.pid)
+        result["server_disk_gib"] = round(
+            sum(f.stat().st_size for f in (server.base_dir / "data").rglob("*") if f.is_file()) / 2**30, 2
+        )
+        result["remote"] = index.describe()  # type: ignore[attr-defined]
+    else:
+        result["process_rss_gib"] = rss_gib(os.getpid())
     print(json.dumps(result), flush=True)
     if hasattr(index, "close"):
         index.close()
@@ -104,64 +177,86 @@ def run_backend(label: str, kind: str, ids: np.ndarray, vectors: np.ndarray, que
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=1280, help="1280 = EfficientNet-Lite0; ResNet-50 2048, VGG-16 4096")
-    parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--filtered-queries", type=int, default=50)
-    parser.add_argument("--smoke", action="store_true", help="tiny data, a few seconds, results printed only")
-    parser.add_argument("--out", type=Path, help=f"results file (default {RESULTS}; none with --smoke)")
+    parser.add_argument("--dim", type=int, default=1280, help="1280 = EfficientNet-Lite0")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--faiss", default="hnsw,auto", help="faiss kinds to run beside Milvus (auto: its choice)")
+    parser.add_argument("--milvus-first", action="store_true", help="run the Milvus server before faiss")
+    parser.add_argument("--smoke", action="store_true", help="tiny data, results printed only")
+    parser.add_argument("--out", type=Path, help="results file (default results/milvus_server_<n>.json)")
+    parser.add_argument("--workdir", type=Path, help="where the server keeps its data (default: a temp folder)")
     args = parser.parse_args()
     if args.smoke:
-        args.n, args.dim, args.queries, args.filtered_queries = 2000, 64, 20, 10
-    out = args.out or (None if args.smoke else RESULTS)
-    faiss.omp_set_num_threads(1)
-
-    gen = ClusteredVectors(dim=args.dim, clusters=max(10, args.n // 100))
-    t = time.perf_counter()
-    vectors = np.concatenate(list(gen.chunks(args.n)))
-    queries = gen.rows(0, args.queries, stream=1)
-    ids = np.arange(args.n, dtype=np.int64) * 3 + 1  # catalog ids are not positions
-    truth = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :K]]
-    print(f"data: {args.n} x {args.dim} in {time.perf_counter() - t:.1f} s", flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="bench-milvus-"))
-    db = workdir / "bench.db"
-    backends = {
-        "faiss flat": "flat",
-        "faiss hnsw": "hnsw",
-        "milvus-lite FLAT": f"milvus-lite:{db}?index=FLAT",
-        "milvus-lite HNSW": f"milvus-lite:{db}?index=HNSW&M=32&efConstruction=40&ef=64",  # faiss "hnsw"'s knobs
+        args.n, args.dim, args.queries = 3000, 64, 50
+    size = f"{args.n // 1_000_000}m" if args.n % 1_000_000 == 0 else f"{args.n // 1000}k"
+    out = args.out or (None if args.smoke else RESULTS / f"milvus_server_{size}.json")
+    report: dict = {
+        "benchmark": "bench_milvus.py",
+        "command": " ".join(["benchmarks/bench_milvus.py", *sys.argv[1:]]),
+        **run_record(),
     }
-    try:
-        results = []
-        for label, kind in backends.items():
-            results.append(run_backend(label, kind, ids, vectors, queries, truth, args))
-            if kind.startswith("milvus"):
-                results[-1]["disk_bytes"] = sum(f.stat().st_size for f in db.rglob("*") if f.is_file())
-        release_lite(db)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    import milvus_lite
+    report["machine"]["memory_gib"] = memory_total_gib()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still stops the server and cleans up
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
     import pymilvus
 
-    report = {
-        "n": args.n,
-        "dim": args.dim,
-        "k": K,
-        "queries": args.queries,
-        "threads": 1,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "versions": {
-            "faiss": faiss.__version__,
-            "pymilvus": pymilvus.__version__,
-            "milvus_lite": milvus_lite.__version__,
-        },
-        "results": results,
-    }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {out}")
+    report.update(
+        {
+            "n": args.n,
+            "dim": args.dim,
+            "k": K,
+            "queries": args.queries,
+            "hnsw_constants": {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "ef": HNSW_EF_SEARCH},
+            "faiss_threads": faiss.omp_get_max_threads(),
+            "versions": {"faiss": faiss.__version__, "pymilvus": pymilvus.__version__},
+            "complete": False,  # until every backend has run
+            "results": [],
+        }
+    )
+
+    def write() -> None:
+        """The report so far: a run stopped part way still leaves the backends it finished."""
+        finish_record(report)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+
+    kinds: list[str] = []
+    for kind in args.faiss.split(","):
+        kind = choose_index_kind(args.n, args.dim) if kind == "auto" else kind
+        if kind and kind not in kinds:
+            kinds.append(kind)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-milvus-", dir=args.workdir))
+    try:
+        (workdir / "vectors").mkdir()
+        data = Data(args.n, args.dim, args.queries, workdir / "vectors")
+        t = time.perf_counter()
+        truth = data.exact_top_k()
+        print(f"data and exact top-{K}, {args.n:,} x {args.dim}: {time.perf_counter() - t:.0f} s", flush=True)
+
+        def run_milvus() -> None:
+            with EmbeddedMilvus(workdir / "server") as server:
+                report["versions"]["milvus_server"] = server.version
+                report["results"].append(run_backend("milvus server", server.kind("bench"), data, truth, server))
+            write()
+
+        if args.milvus_first:
+            run_milvus()
+        for kind in kinds:
+            report["results"].append(run_backend(f"faiss {kind}", kind, data, truth))
+            write()
+            gc.collect()
+        if not args.milvus_first:
+            run_milvus()
+    except BaseException:
+        # keep the server's logs (why it failed), drop its data and the vectors
+        shutil.rmtree(workdir / "vectors", ignore_errors=True)
+        shutil.rmtree(workdir / "server" / "data", ignore_errors=True)
+        print(f"failed; the server's logs are in {workdir / 'server' / 'logs'}", flush=True)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    report["complete"] = True
+    write()
+    print(json.dumps(report, indent=2) if out is None else f"wrote {out}")
     return 0
 
 

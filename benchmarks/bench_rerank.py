@@ -18,16 +18,20 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from lookalike import Collection
-from lookalike.evaluation.metrics import map_at_r, precision_at_k
-from lookalike.index import create_index
-from lookalike.index.rerank import alpha_query_expansion
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish_record, run_record  # noqa: E402
+
+from lookalike import Collection  # noqa: E402
+from lookalike.evaluation.metrics import map_at_r, precision_at_k  # noqa: E402
+from lookalike.index import create_index  # noqa: E402
+from lookalike.index.rerank import alpha_query_expansion  # noqa: E402
 
 DATA = Path(os.environ.get("LOOKALIKE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "catsdogs"))
 
@@ -68,10 +72,11 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    record = run_record()
     collection = Collection.open(args.collection, create=False)
-    ids, vectors = collection.catalog.vectors(args.embedder)
-    records = collection.catalog.get_many(int(i) for i in ids)
-    label_of = {int(i): records[int(i)].label for i in ids}
+    ids = np.array(sorted(collection.vector_ids(args.embedder)), dtype=np.int64)
+    vectors = collection.vectors_of(ids, args.embedder)
+    label_of = {record.id: record.label for record in collection.records() if record.id in set(ids.tolist())}
     query_labels = np.array([label_of[int(i)] for i in ids], dtype=object)
     counts = {label: int((query_labels == label).sum()) for label in set(label_of.values())}
     R = np.array([counts[label] - 1 for label in query_labels])
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> None:
 
     chosen = max(rows[1:], key=lambda r: r["even"]["map_at_r"])
     report = {
+        **record,
         "collection": str(args.collection),
         "embedder": args.embedder,
         "index": index.kind,
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> None:
         },
         "grid": rows,
     }
+    finish_record(report)
     print(json.dumps(report["odd_queries"]), report["chosen_on_even_queries"])
     if args.smoke:
         return

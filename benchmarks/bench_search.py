@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ClusteredVectors, median_seconds, memory_bandwidth  # noqa: E402
+from common import ClusteredVectors, finish_record, median_seconds, memory_bandwidth, run_record  # noqa: E402
 
 from lookalike.index import SPECS, FaissIndex, create_index, load_index  # noqa: E402
 
@@ -212,6 +211,7 @@ def main() -> None:
     if args.prepare:
         return
     report = {
+        **run_record(),
         "n": args.n,
         "dim": args.dim,
         "k": K,
@@ -219,7 +219,7 @@ def main() -> None:
         "single_queries": args.single_queries,
         "threads": args.threads,
         "data": "benchmarks/common.py ClusteredVectors defaults",
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "faiss": faiss.__version__},
+        "faiss": faiss.__version__,
         "bandwidth": bandwidth,
         "flat_qps_bound_single": bandwidth["read_bytes_per_s"] / flat_bytes,
         "target": TARGET,
@@ -231,7 +231,7 @@ def main() -> None:
         report["results"] = [r for r in earlier if r["kind"] not in args.kinds]
     for kind in args.kinds:
         report["results"].append(bench_kind(kind, base, queries, truth, args))
-        report["load_average_at_end"] = os.getloadavg()
+        finish_record(report)
         if not args.smoke:  # after every kind, so a long run that is stopped keeps what it measured
             out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}" if not args.smoke else "smoke run: no results written")

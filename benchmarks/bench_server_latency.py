@@ -35,6 +35,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish_record, run_record  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LOOKALIKE_DATA", REPO.parent / "shared" / "data" / "catsdogs"))
 RESULTS = REPO / "benchmarks" / "results"
@@ -210,6 +213,7 @@ def main() -> None:
     suffix = "" if args.size == COLLECTION_SIZE else f"_{args.size}"
     args.out = args.out or RESULTS / f"server_latency{suffix}.json"
 
+    record = run_record()
     workdir = Path(tempfile.mkdtemp(prefix="lookalike-bench-server-"))
     try:
         started = time.perf_counter()
@@ -225,7 +229,7 @@ def main() -> None:
 
     result = {
         "benchmark": "server_latency",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **finish_record(record),
         "machine": machine(),
         "collection": {
             "images": args.size,

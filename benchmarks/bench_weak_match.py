@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def top_matches(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: 
 
 def calibration_sample(ids: np.ndarray, seed: int = 0) -> set[int]:
     """The ids `nearest_neighbour_similarities` draws (same generator, same call)."""
-    chosen = np.random.default_rng(seed).choice(np.sort(ids), size=min(CALIBRATION_SAMPLE, len(ids)), replace=False)
+    chosen = np.random.default_rng(seed).choice(np.sort(ids), size=min(SAMPLE[0], len(ids)), replace=False)
     return {int(i) for i in chosen}
 
 
@@ -90,19 +92,20 @@ def measure(name: str, collection: Collection, foreign: dict[str, Collection], e
     records = collection.catalog.get_many(ids.tolist())
     labels = np.asarray([records[int(i)].label or "" for i in ids])
     started = time.perf_counter()
-    assert calibrate_weak_match(collection, embedder) is not None  # what the server runs, timed
+    assert calibrate_weak_match(collection, embedder, sample=SAMPLE[0]) is not None  # what the server runs, timed
     calibration_seconds = time.perf_counter() - started
     started = time.perf_counter()
     region_samples = {
-        seed: nearest_neighbour_similarities(collection, embedder, region=True, seed=seed) for seed in (0, 1, 2)
+        seed: nearest_neighbour_similarities(collection, embedder, region=True, seed=seed, sample=SAMPLE[1])
+        for seed in (0, 1, 2)
     }
     region_calibration_seconds = (time.perf_counter() - started) / 3
-    whole = nearest_neighbour_similarities(collection, embedder)
+    whole = nearest_neighbour_similarities(collection, embedder, sample=SAMPLE[0])
     thresholds = {q: float(np.quantile(whole, q)) for q in QUANTILES}
     region_thresholds = {q: float(np.quantile(region_samples[0], q)) for q in QUANTILES}
     held_out = np.asarray([int(i) not in calibration_sample(ids) for i in ids])
     region_calibrated = {
-        int(i) for i in np.random.default_rng(0).choice(ids, size=min(REGION_SAMPLE, len(ids)), replace=False)
+        int(i) for i in np.random.default_rng(0).choice(ids, size=min(SAMPLE[1], len(ids)), replace=False)
     }
 
     scores, rows = top_matches(vectors, vectors, TOP, exclude_self=True)
@@ -168,12 +171,45 @@ def measure(name: str, collection: Collection, foreign: dict[str, Collection], e
     return out
 
 
+# (calibration sample, region sample): the server's, or a few images for a smoke run on tiny collections
+SAMPLE = [CALIBRATION_SAMPLE, REGION_SAMPLE]
+
+
+def smoke_collections(root: Path) -> list[str]:
+    """Two small collections (cats and dogs; Caltech photos) for a smoke run, as NAME=PATH items."""
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    sources = {
+        "catsdogs": sorted((data / "catsdogs" / "cat").glob("*.jpg"))[:10]
+        + sorted((data / "catsdogs" / "dog").glob("*.jpg"))[:10],
+        "caltech": [
+            p
+            for c in ("airplanes", "umbrella", "ferry", "pizza")
+            for p in sorted((data / "caltech101-dev" / c).glob("*.jpg"))[:5]
+        ],
+    }
+    items = []
+    for name, photos in sources.items():
+        for photo in photos:
+            (root / name / photo.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(photo, root / name / photo.parent.name)
+        with Collection.open(root / f"{name}-collection") as collection:
+            collection.sync(root / name)
+        items.append(f"{name}={root / f'{name}-collection'}")
+    return items
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--collection", action="append", required=True, help="NAME=PATH, at least two")
+    parser.add_argument("--collection", action="append", default=[], help="NAME=PATH, at least two")
     parser.add_argument("--embedder", default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/weak_match.json"))
+    parser.add_argument("--smoke", action="store_true", help="two 20-photo collections in a temp folder; no results")
     args = parser.parse_args()
+    if args.smoke:
+        SAMPLE[:] = [12, 4]
+        args.collection = smoke_collections(Path(tempfile.mkdtemp(prefix="lookalike-weak-smoke-")))
+    elif len(args.collection) < 2:
+        parser.error("give --collection NAME=PATH at least twice (or --smoke)")
     collections = {}
     for item in args.collection:
         label, _, path = item.partition("=")
@@ -196,9 +232,14 @@ def main() -> None:
         "load_average_end": os.getloadavg(),
         "machine": machine_info(),
     }
+    print(json.dumps(results["collections"], indent=2))
+    for collection in collections.values():
+        collection.close()
+    if args.smoke:
+        print("smoke run: no results written")
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results["collections"], indent=2))
 
 
 if __name__ == "__main__":

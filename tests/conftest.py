@@ -86,6 +86,24 @@ def shared_collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
     collection.close()
 
 
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real Milvus standalone server (the `milvus` package, server 2.3.5) for the whole session.
+
+    Its data lives in a temporary folder, it listens on free ports of 127.0.0.1, and it is stopped at the
+    end through the package's API. When it cannot start the test is skipped with the reason (a failure
+    under CI for tests marked `milvus`, see ci_rules.py).
+    """
+    try:
+        from lookalike.index.milvus_server import EmbeddedMilvus
+
+        server = EmbeddedMilvus(tmp_path_factory.mktemp("milvus-server")).start()
+    except Exception as exc:
+        pytest.skip(f"no Milvus server: {exc}")
+    yield server
+    server.stop()
+
+
 class MeanColour(Embedder):
     """An embedder (registered as "mean-colour" by the fixture below): a picture's mean colour, centred on
     mid-grey, as a unit vector. One-colour pictures give vectors chosen by hand; photos embed in microseconds."""
@@ -108,3 +126,24 @@ def mean_colour(monkeypatch: pytest.MonkeyPatch) -> str:
 
     monkeypatch.setitem(embedders._BUILTIN, MeanColour.name, lambda weights=None, runtime="auto": MeanColour())
     return MeanColour.name
+
+
+def duplicate_photos(data_dir: Path, root: Path, per_label: int = 5) -> dict[str, Path]:
+    """root/{cat,dog}/ with `per_label` photos of each, plus three edited copies among them: cat.1 at half
+    size, dog.1 mirrored, dog.2 re-compressed at JPEG quality 30. Returns the copies by name."""
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(1, per_label + 1):
+            shutil.copy2(data_dir / label / f"{label}.{i}.jpg", root / label / f"{label}.{i}.jpg")
+    copies = {
+        "cat.1-half.jpg": root / "cat" / "cat.1-half.jpg",
+        "dog.1-mirrored.jpg": root / "dog" / "dog.1-mirrored.jpg",
+        "dog.2-q30.jpg": root / "dog" / "dog.2-q30.jpg",
+    }
+    with Image.open(data_dir / "cat" / "cat.1.jpg") as image:
+        image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS).save(copies["cat.1-half.jpg"])
+    with Image.open(data_dir / "dog" / "dog.1.jpg") as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(copies["dog.1-mirrored.jpg"], quality=90)
+    with Image.open(data_dir / "dog" / "dog.2.jpg") as image:
+        image.save(copies["dog.2-q30.jpg"], quality=30)
+    return copies

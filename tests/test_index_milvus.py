@@ -5,14 +5,23 @@ on Milvus, and failures. The behaviours every backend shares are tested in tests
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from lookalike import Collection
+from lookalike.catalog import Catalog
+from lookalike.cli.main import main
 from lookalike.index import IndexError_, create_index, load_index, milvus
 from lookalike.index.milvus import MilvusIndex, collection_name, parse_kind, release_lite
+from lookalike.server import create_app
+
+#: a vector database: under CI (ci_rules.py) these must run, not be skipped
+pytestmark = pytest.mark.milvus
 
 DIM = 32
 N = 1000
@@ -214,7 +223,14 @@ def test_an_unreachable_server_is_a_clear_error(tmp_path):
     marker = tmp_path / "e.faiss"  # a saved index whose server has gone away
     marker.write_text(
         json.dumps(
-            {"format": "lookalike-milvus-1", "kind": f"milvus://127.0.0.1:{port}/photos", "collection": "c", "dim": 8}
+            {
+                "format": milvus.MARKER_FORMAT,
+                "kind": f"milvus://127.0.0.1:{port}/photos",
+                "collection": "c",
+                "dim": 8,
+                "catalog": None,
+                "namespace": None,
+            }
         )
     )
     with pytest.raises(IndexError_, match=f"cannot reach the Milvus server at 127.0.0.1:{port}"):
@@ -286,3 +302,139 @@ def test_a_write_the_server_refuses_commits_nothing(milvus_collection, sample_fo
     collection.add_image(photo, new_path)
     assert len(collection.index(name)) == collection.catalog.count() == before + 1
     assert collection.search(sample_folder / "dog" / "dog.3.jpg", k=1)[0].path == str(new_path)
+
+
+# --- catalogs sharing one remote collection ------------------------------------------------------------
+
+
+def catalog_of(tmp_path, name: str, n: int) -> Catalog:
+    """A real catalog whose n images are numbered 1..n, as every new catalog numbers them."""
+    catalog = Catalog(tmp_path / f"{name}.sqlite")
+    for i in range(n):
+        catalog.upsert_image(
+            path=f"/{name}/{i}.jpg", sha256=None, size=1, mtime_ns=0, label=name, width=1, height=1, status="ok"
+        )
+    return catalog
+
+
+def test_catalogs_share_a_remote_collection_without_their_ids_colliding(lite, data, tmp_path):
+    _, vectors, _ = data
+    a, b = catalog_of(tmp_path, "a", 300), catalog_of(tmp_path, "b", 300)
+    assert a.uid() != b.uid() and a.uid() == Catalog(tmp_path / "a.sqlite").uid(), "one uid per catalog, kept"
+    local = np.arange(1, 301)  # the same ids in both catalogs
+    in_a = create_index(lite, DIM, name="shared", owner=a)
+    in_a.add(local, vectors[:300])
+    in_b = create_index(lite, DIM, name="shared", owner=b)
+    in_b.add(local, vectors[300:600])
+    assert isinstance(in_a, MilvusIndex) and isinstance(in_b, MilvusIndex)
+    assert in_a.collection == in_b.collection and in_a.namespace != in_b.namespace
+    assert len(in_a) == len(in_b) == 300, "nothing overwritten"
+    np.testing.assert_array_equal(np.sort(in_a.ids()), local)
+    # A search covers both catalogs: A's own rows under A's ids, B's under B's full keys.
+    _, found = in_a.search(vectors[[0, 300]], 1)
+    b_key = (in_b.namespace << milvus.NAMESPACE_SHIFT) + 1
+    assert found[:, 0].tolist() == [1, b_key]
+    record = in_a.foreign_records([b_key, 1])[b_key]
+    assert (record.catalog, record.id, record.path, record.label) == (b.uid(), 1, "/b/0.jpg", "b")
+    assert list(in_a.foreign_records([b_key, 1])) == [b_key], "own ids are not foreign"
+    # allowed_ids are the catalog's own ids
+    _, found = in_a.search(vectors[300:301], 5, allowed_ids=local[:10])
+    assert set(found[0]) <= set(local[:10])
+    # Removing and rebuilding touch only the catalog's own rows.
+    in_a.remove(local[:100])
+    assert (len(in_a), len(in_b)) == (200, 300)
+    rebuilt = create_index(lite, DIM, name="shared", owner=a)
+    assert rebuilt.namespace == in_a.namespace and len(rebuilt) == 0 and len(in_b) == 300
+    in_b.save(tmp_path / "b.faiss")
+    assert load_index(tmp_path / "b.faiss", owner=b).namespace == in_b.namespace
+    with pytest.raises(IndexError_, match="belongs to another catalog"):
+        load_index(tmp_path / "b.faiss", owner=a)
+    with pytest.raises(IndexError_, match="must lie in"):
+        in_b.add(np.array([2**32]), vectors[:1])
+
+
+def test_add_reports_progress_through_a_callback_and_prints_nothing(index, data, monkeypatch, capsys):
+    ids, vectors, _ = data
+    monkeypatch.setattr(milvus, "INSERT_BYTES", 4 * DIM * 300)  # 300 vectors per call
+    calls: list[tuple[str, int, int]] = []
+    index.add(ids, vectors, progress=lambda *args: calls.append(args))
+    assert calls == [("milvus", 300, N), ("milvus", 600, N), ("milvus", 900, N), ("milvus", N, N)]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_collection_describes_its_remote_index_in_stats(milvus_collection):
+    collection, db = milvus_collection
+    remote = collection.stats()["remote_index"]
+    assert (remote["engine"], remote["server"], remote["index_type"]) == ("Milvus Lite", str(db), "FLAT")
+    assert remote["rows"] == remote["this_catalog_rows"] == 24
+    assert remote["catalog"] == collection.catalog.uid()
+
+
+def test_collections_sharing_a_remote_collection_find_each_others_images(tmp_path, sample_folder, mean_colour, capsys):
+    """Through Collection (what the CLI, the server and the API call): one catalog's search finds the other's
+    images with the path and label stored beside them; query expansion folds their vectors in."""
+    db = tmp_path / "milvus" / "shared.db"
+    kind = f"milvus-lite:{db}"
+    a = Collection.open(tmp_path / "a", embedder=mean_colour, index=kind)
+    b = Collection.open(tmp_path / "b", embedder=mean_colour, index=kind)
+    try:
+        for collection, label in ((a, "cat"), (b, "dog")):  # two machines: one folder each
+            shutil.copytree(sample_folder / label, tmp_path / f"{label}s" / label)
+            collection.sync(tmp_path / f"{label}s")
+        assert a.catalog.count() == b.catalog.count() == 12
+        # every stored vector, by path: what an exact search over both catalogs ranks
+        paths, vectors = [], []
+        for collection in (a, b):
+            ids, stored = collection.catalog.vectors(mean_colour)
+            records = collection.images(ids.tolist())
+            paths += [records[int(i)].path for i in ids]
+            vectors.append(stored)
+        stored = np.concatenate(vectors)
+
+        def ranked(query: np.ndarray, k: int) -> list[str]:
+            return [paths[i] for i in np.argsort(-(stored @ query), kind="stable")[:k]]
+
+        dog = b.catalog.records()[0]
+        query = b.stored_vector(dog.id)
+        found = a.search_vector(query, k=24)
+        assert [r.path for r in found] == ranked(query, 24)
+        assert found[0].path == dog.path and found[0].score == pytest.approx(1.0, abs=1e-5)
+        theirs = [r for r in found if r.catalog is not None]
+        assert len(theirs) == 12 and {r.catalog for r in theirs} == {b.catalog.uid()}
+        assert all(r.id >= 2**32 and r.record is None and r.label == "dog" for r in theirs)
+        assert all(r.catalog is None and r.record is not None for r in found if r.label == "cat")
+        assert found[0].to_dict()["catalog"] == b.catalog.uid()
+        # A label filter keeps to the searching collection's own images.
+        assert {r.catalog for r in a.search_vector(query, k=5, label="cat")} == {None}
+
+        # REST: this server serves its own images; the other collection's are named under `elsewhere`.
+        with TestClient(create_app(a)) as client:
+            upload = {"file": ("q.jpg", Path(dog.path).read_bytes())}
+            answer = client.post("/api/search", params={"k": 24}, files=upload)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert [h["name"] for h in body["elsewhere"]] == [Path(r.path).name for r in theirs]
+        assert {h["catalog"] for h in body["elsewhere"]} == {b.catalog.uid()} and body["elsewhere"][0]["rank"] == 1
+        assert len(body["results"]) == 12 and {h["label"] for h in body["results"]} == {"cat"}
+        assert sorted(h["rank"] for h in body["results"] + body["elsewhere"]) == list(range(1, 25))
+        assert str(tmp_path) not in answer.text, "no server path in an HTTP answer"
+
+        # alpha query expansion (rerank.py: alpha 3) over both catalogs' top 3, by hand
+        top = np.argsort(-(stored @ query), kind="stable")[:3]
+        weights = np.maximum(stored[top] @ query, 0) ** 3
+        expanded = query + weights @ stored[top]
+        expanded /= np.linalg.norm(expanded)
+        assert [r.path for r in a.search_vector(query, k=10, expand=3)] == ranked(expanded, 10)
+        # The command line: the same, through the same Collection.
+        assert main(["search", dog.path, "--collection", str(a.path), "-k", "10", "--expand", "3", "--json"]) == 0
+        assert [h["path"] for h in json.loads(capsys.readouterr().out)] == ranked(expanded, 10)
+        assert main(["search", dog.path, "--collection", str(a.path), "-k", "2"]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert dog.path in first and first.endswith(f"(indexed by collection {b.catalog.uid()[:8]}, on its machine)")
+        # B's images vanish from A's results once B removes them.
+        assert b.remove([r.id for r in b.records()]) == 12
+        assert {r.catalog for r in a.search_vector(query, k=24)} == {None}
+    finally:
+        a.close()
+        b.close()
+        release_lite(db)

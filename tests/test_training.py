@@ -459,7 +459,7 @@ def test_each_method_offers_exactly_its_spec_fields_as_options(capsys: pytest.Ca
     whose value reaches the spec; a field of another method is refused, by the CLI and by the API."""
     from lookalike.training.methods import all_methods
 
-    assert [m.name for m in all_methods()] == ["autoencoder", "siamese", "triplet"]
+    assert [m.name for m in all_methods()] == ["autoencoder", "siamese", "triplet", "selfsup"]
     samples = {int: "7", float: "0.125", str: None}
     for method in all_methods():
         for f, opt in method.options():

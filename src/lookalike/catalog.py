@@ -9,6 +9,7 @@ batch or none of it.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -428,6 +429,17 @@ class Catalog:
 
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def uid(self) -> str:
+        """This catalog's own random id, made on first use and kept (it names the catalog's rows in a
+        store that several catalogs share, such as one Milvus collection)."""
+        value = self.get_meta("uid")
+        if value is None:
+            # INSERT OR IGNORE, then read back: two processes making it at once agree on one.
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('uid', ?)", (uuid.uuid4().hex,))
+            value = self.get_meta("uid")
+        assert value is not None
+        return value
 
     def bump_generation(self, embedder: str) -> int:
         """Count changes to an embedder's vectors, so a saved index can tell it is stale."""

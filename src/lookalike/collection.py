@@ -5,7 +5,8 @@ On disk a collection is a folder:
     catalog.sqlite          images, their content hash/label/status, and every embedder's vectors
     config.json             default embedder and index type
     indexes/NAME.faiss      one vector index per embedder (a cache, rebuilt from the catalog if stale)
-    indexes/NAME.json       the catalog generation that index reflects
+    indexes/NAME.json       the catalog generation (and whitening fit) that index reflects
+    whitening/NAME.npz      the PCA-whitening fit on NAME's stored vectors, when the collection whitens
     models/NAME/            embedders trained on this collection's images
 """
 
@@ -21,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -32,8 +34,11 @@ from .duplicates import DuplicateGroup, DuplicateReport, MoveReport, UndoReport
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
+from .index.base import FOREIGN_IDS_FROM
 from .index.exact import exact_search
+from .index.milvus import is_milvus_kind
 from .index.rerank import alpha_query_expansion, search_excluding
+from .index.whitening import Whitening, WhiteningSettings, fit_whitening
 from .storage import DEFAULT_COLLECTION_DIR, write_json
 
 #: progress(stage, done, total); the core library never prints, the CLI draws bars from this
@@ -57,11 +62,14 @@ class SearchResult:
     record: ImageRecord | None = field(default=None, repr=False, compare=False)
     #: its top concepts (ImageNet classes), when an embedder of the collection is a classifier
     tags: tuple[Tag, ...] = field(default=(), compare=False)
+    #: set for an image another catalog indexed into a shared remote index (that catalog's uid): its id is
+    #: the remote key (>= 2**32, never a local id), its path is on that catalog's machine, `record` is None
+    catalog: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
             "rank": self.rank, "score": self.score, "id": self.id, "label": self.label, "path": self.path,
-            "tags": [{"name": t.name, "score": t.score} for t in self.tags],
+            "tags": [{"name": t.name, "score": t.score} for t in self.tags], "catalog": self.catalog,
         }  # fmt: skip
 
 
@@ -98,10 +106,12 @@ class Neighbours:
 
     ids: np.ndarray  # (n_queries, k) int64
     scores: np.ndarray  # (n_queries, k) float32
+    #: the embedder searched (None: the collection's default); `results` describes other catalogs' hits from its index
+    embedder: str | None = None
 
     @classmethod
-    def empty(cls, n: int, k: int) -> Neighbours:
-        return cls(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32))
+    def empty(cls, n: int, k: int, embedder: str | None = None) -> Neighbours:
+        return cls(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32), embedder)
 
 
 @dataclass
@@ -167,6 +177,8 @@ class Collection:
         self.draft = True
         self._writes = 0  # changes committed through this object (SQLite's data_version counts the others)
         self._all_ids: tuple[tuple[int, int], np.ndarray, str] | None = None
+        # The whitening each in-memory index was built with (None: raw vectors); queries go through the same.
+        self._whitenings: dict[str, Whitening | None] = {}
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -267,27 +279,111 @@ class Collection:
             if name in self._indexes and self._generations.get(name) == generation:
                 return self._indexes[name]
             index_path, meta_path = self._index_paths(name)
+            whitening = self._current_whitening(name)
             index = None
             if index_path.is_file() and meta_path.is_file():
                 meta = json.loads(meta_path.read_text())
-                if meta.get("generation") == generation:
-                    index = load_index(index_path)
+                if meta.get("generation") == generation and meta.get("whitening") == _key(whitening):
+                    index = load_index(index_path, owner=self.catalog)
             if index is None:
                 ids, vectors = self.catalog.vectors(name)
-                dim = vectors.shape[1] if len(ids) else self.embedder(name).dim
-                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim, name=name)
+                if whitening is not None:
+                    vectors = whitening.apply(vectors)
+                dim = vectors.shape[1] if len(ids) else (whitening.dim if whitening else self.embedder(name).dim)
+                index = create_index(str(self.config.get("index", DEFAULT_INDEX)), dim, name=name, owner=self.catalog)
                 index.add(ids, vectors)
+                self._whitenings[name] = whitening
                 self._save_index(name, index, generation)
             self._indexes[name] = index
+            self._whitenings[name] = whitening
             self._generations[name] = generation
             return index
+
+    # --- PCA-whitening fit on the collection's own vectors (index/whitening.py) ------------------
+
+    @property
+    def whitening_settings(self) -> WhiteningSettings | None:
+        """How this collection whitens its vectors before indexing them (None: it does not)."""
+        data = self.config.get("whitening")
+        return WhiteningSettings.from_dict(data) if isinstance(data, dict) else None
+
+    def set_whitening(self, settings: WhiteningSettings | None) -> None:
+        """Whiten every embedder's vectors with `settings` from now on (None: search raw vectors again).
+
+        Saved in config.json. Nothing is re-embedded: each index is rebuilt from the stored raw vectors
+        the next time it is used, with a transform fit on them.
+        """
+        if settings is not None and is_milvus_kind(str(self.config.get("index", DEFAULT_INDEX))):
+            raise ValueError("whitening is not available with a Milvus index: its rows are shared, raw vectors")
+        with self._lock:
+            on_disk = json.loads((self.path / "config.json").read_text())
+            if settings is None:
+                self.config.pop("whitening", None)
+                on_disk.pop("whitening", None)
+            else:
+                self.config["whitening"] = settings.to_dict()
+                on_disk["whitening"] = settings.to_dict()
+            write_json(self.path / "config.json", on_disk)
+            for path in (self.path / "whitening").glob("*.npz"):
+                path.unlink()
+            self._indexes.clear()
+            self._whitenings.clear()
+
+    def whitening(self, embedder: str | None = None) -> Whitening | None:
+        """The whitening the searches of `embedder` use now (None: raw vectors)."""
+        name = embedder or self.default_embedder
+        with self._lock:
+            self.index(name)
+            return self._whitenings.get(name)
+
+    def _whitening_path(self, name: str) -> Path:
+        return self.path / "whitening" / f"{name}.npz"
+
+    def _current_whitening(self, name: str) -> Whitening | None:
+        """The saved fit of `name`, fit again first when there is none, its settings changed, or the number
+        of stored vectors has moved by the refit fraction since (None: no whitening, or too few vectors)."""
+        settings = self.whitening_settings
+        if settings is None:
+            return None
+        count = self.catalog.count_vectors(name)
+        path = self._whitening_path(name)
+        saved = None
+        if path.is_file():
+            try:
+                saved = Whitening.load(path)
+            except (OSError, ValueError, KeyError):
+                saved = None  # unreadable: fit again
+        if saved is not None and saved.settings == settings and not saved.stale(count):
+            return saved
+        if count < settings.min_vectors:
+            return None
+        _, vectors = self.catalog.vectors(name)
+        fitted = fit_whitening(vectors, settings)
+        fitted.save(path)
+        return fitted
+
+    def _refit_if_grown(self, name: str) -> None:
+        """After a change: when the collection has grown or shrunk enough, fit the whitening again and rebuild
+        the index from the stored raw vectors (cheap otherwise: one count)."""
+        settings = self.whitening_settings
+        if settings is None:
+            return
+        current = self._whitenings.get(name)
+        count = self.catalog.count_vectors(name)
+        if current is None and count < settings.min_vectors:
+            return
+        if current is not None and current.settings == settings and not current.stale(count):
+            return
+        self._indexes.pop(name, None)
+        self.index(name)  # fits again (see _current_whitening) and rebuilds
 
     def _save_index(self, name: str, index: VectorIndex, generation: int) -> None:
         index_path, meta_path = self._index_paths(name)
         # Index first, then its generation: a crash in between leaves a stale marker, which
         # only costs a rebuild, never a wrong answer.
         index.save(index_path)
-        write_json(meta_path, {"generation": generation, "kind": index.kind, "dim": index.dim, "count": len(index)})
+        meta = {"generation": generation, "kind": index.kind, "dim": index.dim, "count": len(index)}
+        write_json(meta_path, {**meta, "whitening": _key(self._whitenings.get(name))})
 
     @contextmanager
     def _change(self) -> Iterator[None]:
@@ -336,7 +432,8 @@ class Collection:
         self.catalog.put_vectors(name, ids, vectors)
         index = self._changing(name)
         if index is not None:
-            index.add(np.asarray(ids, dtype=np.int64), vectors)
+            whitening = self._whitenings.get(name)
+            index.add(np.asarray(ids, dtype=np.int64), whitening.apply(vectors) if whitening else vectors)
 
     def _changing(self, name: str) -> VectorIndex | None:
         """Inside `_change`: count a change to `name`'s vectors; returns the in-memory index to update
@@ -471,6 +568,7 @@ class Collection:
 
             self._ingest(todo, model, known, have_vectors, report, batch_size, workers, progress)
             if todo or gone:
+                self._refit_if_grown(name)
                 self._save_index(name, self.index(name), self.catalog.generation(name))
         report.seconds = time.perf_counter() - started
         return report
@@ -508,6 +606,7 @@ class Collection:
                 [Path(r.path) for r in todo], model, known, have_vectors, report, batch_size, workers, progress
             )
             if todo:
+                self._refit_if_grown(model.name)
                 self._save_index(model.name, self.index(model.name), self.catalog.generation(model.name))
         report.seconds = time.perf_counter() - started
         return report
@@ -655,6 +754,9 @@ class Collection:
                 self._store(n, [image_id], vector)
                 if classes and probabilities is not None:
                     self.catalog.put_concepts(n, classes, [image_id], *top_classes(probabilities))
+        with self._lock:
+            for n in outputs:
+                self._refit_if_grown(n)
         record = self.catalog.get(image_id)
         assert record is not None
         return record
@@ -669,6 +771,8 @@ class Collection:
             with self._change():
                 self._forget(present)
                 self.catalog.delete_images(present)
+            for name in list(self._whitenings):
+                self._refit_if_grown(name)
         return len(present)
 
     # --- search ----------------------------------------------------------------------------------
@@ -830,6 +934,10 @@ class Collection:
         neighbours (index/rerank.py); `exact` ranks by brute force over the stored vectors
         whatever the index (evaluation). A hit deleted by another thread or process between the
         index search and the catalog lookup is replaced by searching again.
+
+        With a remote index that several catalogs share (Milvus), hits include other catalogs' images
+        under their remote keys (>= FOREIGN_IDS_FROM); `label`, `tag`, `within` and `exact` keep to this
+        catalog's images, and query expansion folds in other catalogs' vectors read from the index.
         """
         name = embedder or self.default_embedder
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
@@ -842,58 +950,93 @@ class Collection:
             tagged = self.tagged_ids(tag)
             allowed = tagged if allowed is None else np.intersect1d(tagged, allowed)
         if allowed is not None and not len(allowed):
-            return Neighbours.empty(len(vectors), k)
+            return Neighbours.empty(len(vectors), k, name)
+        raw = vectors
         if exact:
+            with self._lock:
+                self.index(name)
+                whitening = self._whitenings.get(name)
             ids, stored = self.catalog.vectors(name, None if allowed is None else allowed.tolist())
+            if whitening is not None:
+                vectors, stored = whitening.apply(raw), whitening.apply(stored) if len(stored) else stored
             scores, found = exact_search(vectors, stored, ids, k, exclude=excluded)
-            return Neighbours(found, scores)
+            return Neighbours(found, scores, name)
         for _ in range(MAX_SEARCH_ATTEMPTS):
-            index = self.index(name)
+            with self._lock:  # the index and the whitening it was built with, as one pair
+                index = self.index(name)
+                whitening = self._whitenings.get(name)
+            vectors = whitening.apply(raw) if whitening is not None else raw
+
+            def transformed(wanted: np.ndarray, whitening: Whitening | None = whitening) -> np.ndarray:
+                stored = self._stored_vectors(name, wanted)
+                return whitening.apply(stored) if whitening is not None and len(stored) else stored
+
             if expand > 0:
                 scores, found = alpha_query_expansion(
                     vectors, index, k, n_expand=expand, allowed_ids=allowed, exclude_ids=excluded,
-                    vectors_of=lambda wanted: self._stored_vectors(name, wanted),
+                    vectors_of=transformed,
                 )  # fmt: skip
             else:
                 scores, found = search_excluding(index, vectors, k, allowed, excluded)
-            hits = np.unique(found[found >= 0])
+            # Other catalogs' images (a shared remote index) are not in this catalog: `results` reads them.
+            hits = np.unique(found[(found >= 0) & (found < FOREIGN_IDS_FROM)])
             if len(self.catalog.get_many(hits.tolist())) == len(hits):
-                return Neighbours(found, scores)
+                return Neighbours(found, scores, name)
             # A hit was deleted since the index answered: the next `index()` call sees the change.
         present = np.isin(found, np.fromiter(self.catalog.get_many(hits.tolist()), dtype=np.int64))
-        return Neighbours(np.where(present, found, -1), np.where(present, scores, -np.inf))
+        present |= found >= FOREIGN_IDS_FROM
+        return Neighbours(np.where(present, found, -1), np.where(present, scores, -np.inf), name)
 
     def results(self, found: Neighbours) -> list[list[SearchResult]]:
-        """Typed results of a batched search, with each image's catalog record and tags."""
+        """Typed results of a batched search, with each image's catalog record and tags.
+
+        Hits of other catalogs sharing the remote index (ids >= FOREIGN_IDS_FROM) come with the path and
+        label that catalog stored beside the vector, its uid in `catalog`, and no record or tags.
+        """
         hits = np.unique(found.ids[found.ids >= 0]).tolist()
         records = self.catalog.get_many(hits)
         tags = self.tags(hits)
+        foreign = self._foreign_records(found.embedder, [i for i in hits if i >= FOREIGN_IDS_FROM])
         out = []
         for row_ids, row_scores in zip(found.ids, found.scores, strict=True):
-            row = [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if int(i) in records]
+            row = [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if int(i) >= 0]
+            row = [(i, s) for i, s in row if i in records or i in foreign]
             out.append(
                 [
                     SearchResult(
-                        id=i,
-                        path=records[i].path,
-                        label=records[i].label,
-                        score=s,
-                        rank=rank,
-                        record=records[i],
-                        tags=tuple(tags.get(i, ())),
-                    )  # fmt: skip
+                        id=i, path=records[i].path, label=records[i].label, score=s, rank=rank,
+                        record=records[i], tags=tuple(tags.get(i, ())),
+                    )
+                    if i in records
+                    else SearchResult(
+                        id=i, path=foreign[i].path, label=foreign[i].label, score=s, rank=rank,
+                        catalog=foreign[i].catalog,
+                    )
                     for rank, (i, s) in enumerate(row, start=1)
                 ]
-            )
+            )  # fmt: skip
         return out
 
+    def _foreign_records(self, embedder: str | None, keys: list[int]) -> dict[int, Any]:
+        """What other catalogs stored beside their vectors in the shared remote index of `embedder`."""
+        if not keys:
+            return {}
+        reader = getattr(self.index(embedder), "foreign_records", None)
+        return {} if reader is None else reader(keys)
+
     def _stored_vectors(self, embedder: str, ids: np.ndarray) -> np.ndarray:
-        """Vectors of `ids` from the catalog, in the order asked."""
-        found, vectors = self.catalog.vectors(embedder, ids.tolist())
-        row = {int(i): r for r, i in enumerate(found)}
+        """Vectors of `ids` from the catalog (other catalogs' images: from the shared index), in the order asked."""
+        ids = np.asarray(ids, dtype=np.int64)
+        local = ids < FOREIGN_IDS_FROM
+        found, vectors = self.catalog.vectors(embedder, ids[local].tolist())
         if not len(ids):
             return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float32)
-        return vectors[[row[int(i)] for i in ids]]
+        row = {int(i): vector for i, vector in zip(found.tolist(), vectors, strict=True)}
+        if not local.all():
+            row.update(self.index(embedder).foreign_vectors(ids[~local]))  # type: ignore[attr-defined]
+        dim = vectors.shape[1] if len(found) else self.index(embedder).dim
+        gone = np.zeros(dim, dtype=np.float32)  # removed since found: adds nothing
+        return np.stack([row[int(i)] if i < FOREIGN_IDS_FROM else row.get(int(i), gone) for i in ids])
 
     # --- concepts: search by words, tags ---------------------------------------------------------
 
@@ -1150,7 +1293,18 @@ class Collection:
             "default_embedder": self.default_embedder,
             "indexed_embedders": {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()},
             "index_type": self.config.get("index", DEFAULT_INDEX),
+            **self._remote_index_stats(),
         }
+
+    def _remote_index_stats(self) -> dict[str, object]:
+        """The remote side of a remote index (Milvus: collection, rows, index, server version); {} for a local one."""
+        if not is_milvus_kind(str(self.config.get("index", DEFAULT_INDEX))):
+            return {}  # a local index is not loaded just to describe it
+        return {"remote_index": self.index().describe()}  # type: ignore[attr-defined]
+
+
+def _key(whitening: Whitening | None) -> str | None:
+    return whitening.key if whitening is not None else None
 
 
 def _as_query(query: ImageInput | np.ndarray) -> Query:

@@ -586,7 +586,9 @@ def move_files(collection: Collection, groups: Sequence[DuplicateGroup], dest: P
     """`Collection.move_duplicates`: see there."""
     dest = Path(dest).expanduser().resolve()
     root = collection.indexed_root()
-    if root and (dest == Path(root) or Path(root) in dest.parents):
+    own = collection.path.resolve()  # never indexed (sync skips it), even inside the indexed folder
+    inside_own = dest == own or own in dest.parents
+    if root and (dest == Path(root) or Path(root) in dest.parents) and not inside_own:
         raise DuplicatesError(
             f"{dest.name} is inside the indexed folder, where the moved files would be indexed again; "
             "choose a folder outside it"

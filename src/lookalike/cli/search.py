@@ -68,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
         print("no results (is the collection empty?)" if args.text is None else "no image shows that")
     for r in results:
         tags = ", ".join(f"{t.name} {t.score:.2f}" for t in r.tags)
-        print(f"{r.rank:>3}  {r.score:.4f}  {r.label or '-':<12} {r.path}" + (f"  [{tags}]" if tags else ""))
+        where = f"  (indexed by collection {r.catalog[:8]}, on its machine)" if r.catalog else ""
+        print(f"{r.rank:>3}  {r.score:.4f}  {r.label or '-':<12} {r.path}" + (f"  [{tags}]" if tags else "") + where)
     return 0

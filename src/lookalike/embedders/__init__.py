@@ -21,6 +21,10 @@ _BUILTIN: dict[str, Callable[..., Embedder]] = {
     "efficientnet-lite0": pretrained.efficientnet_lite0,
     "efficientnet-lite1": pretrained.efficientnet_lite1,
     "efficientnet-lite2": pretrained.efficientnet_lite2,
+    # label-free variants of the default (issue 14; figures in benchmarks/README.md)
+    "efficientnet-lite0-gem": pretrained.efficientnet_lite0_gem,
+    "efficientnet-lite0-ms": pretrained.efficientnet_lite0_ms,
+    "efficientnet-lite0-gem-ms": pretrained.efficientnet_lite0_gem_ms,
     "resnet50": pretrained.resnet50,
     "vgg16": pretrained.vgg16,
     # the copy-detection descriptor of the duplicates' near tier (embedders/copy.py)

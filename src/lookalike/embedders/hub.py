@@ -15,8 +15,9 @@ searched without PyTorch afterwards.
 
 The facts each needs at search time (vector size, preprocessing, where its weights live) are copied
 here from timm's and open_clip's configurations, so describing or searching with these embedders
-never imports them or PyTorch (tests check they still agree). Reading a text query with CLIP does:
-its tokenizer is open_clip's, which imports PyTorch; the text tower itself runs on ONNX Runtime.
+never imports them or PyTorch (tests check they still agree). Reading a text query with CLIP does not
+either: open_clip's tokenizer (which imports PyTorch) is rebuilt with `tokenizers` (clip_tokens.py), and
+the text tower runs on ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -166,7 +167,13 @@ class HubSource(NetworkSource):
         return self.onnx_path().with_name(self.onnx_path().stem + "-text.onnx")
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
-        """Token ids (n, context) int64, by open_clip's tokenizer for this model (imports PyTorch)."""
+        """Token ids (n, context) int64 of open_clip's tokenizer for this model: without PyTorch when it is
+        open_clip's default one (clip_tokens.py), else open_clip's own (which imports PyTorch)."""
+        from .clip_tokens import clip_tokenizer
+
+        tokenizer = clip_tokenizer(self.model.architecture)
+        if tokenizer is not None:
+            return tokenizer(texts)
         try:
             import open_clip
         except ImportError as exc:

@@ -90,23 +90,88 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 # --- pretrained -----------------------------------------------------------------------------------
 
 
-class EfficientNetLiteFeatures(nn.Module):
-    """An EfficientNet-Lite up to the 1280-channel head, then global average pooling."""
+class GeM(nn.Module):
+    """Generalised-mean pooling of a feature map (Radenović et al., 2018): (mean over positions of x^p)^(1/p).
 
-    def __init__(self, network: nn.Module):
+    (n, c, h, w) -> (n, c). p = 1 is average pooling, p -> infinity max pooling; in between, strong local
+    activations (an object's parts) weigh more than the background. `learnable` makes p a parameter (for
+    training); otherwise it is a constant of the exported graph. Activations are clamped to `eps` first
+    (x^p needs x > 0; the EfficientNet-Lites' ReLU6 outputs are >= 0 anyway).
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = False):
+        super().__init__()
+        if p <= 0:
+            raise ValueError(f"GeM needs p > 0, got {p}")
+        self.eps = eps
+        if learnable:
+            self.p: torch.Tensor | float = nn.Parameter(torch.tensor(float(p)))
+        else:
+            self.p = float(p)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.p, float) and self.p == 1.0:
+            return features.mean(dim=(2, 3))
+        return features.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={float(self.p):.3g}"
+
+
+def average_pool(features: torch.Tensor) -> torch.Tensor:
+    return features.mean(dim=(2, 3))
+
+
+class EfficientNetLiteFeatures(nn.Module):
+    """An EfficientNet-Lite up to the 1280-channel head, then pooled: global average pooling, or `pool`
+    (e.g. `GeM(p)`) over the last feature map."""
+
+    def __init__(self, network: nn.Module, pool: nn.Module | None = None):
         super().__init__()
         self.network = network
+        self.pool = pool
+
+    def pooled(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return average_pool(feature_map) if self.pool is None else self.pool(feature_map)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network.extract_features(images).mean(dim=(2, 3))
+        return self.pooled(self.network.extract_features(images))
 
 
 class EfficientNetLiteFeaturesAndClasses(EfficientNetLiteFeatures):
-    """The pooled features and the network's ImageNet logits (its dropout is off in eval mode)."""
+    """The pooled features and the network's ImageNet logits (its dropout is off in eval mode).
+
+    The classifier was trained on average-pooled features, so the logits come from those whatever `pool`
+    gives the embedding: a GeM embedder tags images exactly as the plain one does.
+    """
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        features = super().forward(images)
-        return features, self.network._fc(features)
+        feature_map = self.network.extract_features(images)
+        average = average_pool(feature_map)
+        features = average if self.pool is None else self.pool(feature_map)
+        return features, self.network._fc(average)
+
+
+class MultiView(nn.Module):
+    """Several views of each image (e.g. the centre crop and the whole photo) embedded as one vector.
+
+    (n, V, H, W, 3) uint8 -> `single` runs on all n*V views in one batch -> the V unit vectors of an image
+    are summed and L2-normalised. A classifier's probabilities are those of view 0 (the usual centre crop),
+    so tags do not change. `single` is a `NormalisedFeatures` (or `...AndClasses`) module.
+    """
+
+    def __init__(self, single: nn.Module):
+        super().__init__()
+        self.single = single
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        views, height, width, channels = pixels.shape[1:]
+        out = self.single(pixels.reshape(-1, height, width, channels))
+        vectors, probabilities = out if isinstance(out, tuple) else (out, None)
+        summed = nn.functional.normalize(vectors.reshape(-1, views, vectors.shape[1]).sum(dim=1), dim=1)
+        if probabilities is None:
+            return summed
+        return summed, probabilities.reshape(-1, views, probabilities.shape[1])[:, 0]
 
 
 def efficientnet_lite_network(name: str = "efficientnet-lite0", weights: str | Path | None = None) -> nn.Module:
@@ -265,6 +330,28 @@ def projection_head(in_dim: int, dim: int, hidden: int = 512) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
 
+class ResidualHead(nn.Module):
+    """Pretrained features plus a learned correction: x + MLP(x), x = the L2-normalised features (scaled to
+    unit variance per value), the MLP's last layer zero at initialisation.
+
+    At initialisation the output is the pretrained vector itself, so an untrained head ranks exactly as
+    the pretrained embedder; training adds to the general-purpose features instead of replacing them
+    (issue 14: a replaced head forgets similarity outside the classes it was trained on).
+    The output keeps the features' size.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 512):
+        super().__init__()
+        self.scale = math.sqrt(in_dim)
+        self.residual = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, in_dim))
+        nn.init.zeros_(self.residual[2].weight)
+        nn.init.zeros_(self.residual[2].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.normalize(features, dim=1) * self.scale
+        return x + self.residual(x)
+
+
 class EfficientNetBackbone(nn.Module):
     """EfficientNet-Lite features, split after block `cut` (cut = number of blocks: only the 1x1 head conv is left).
 
@@ -404,6 +491,8 @@ def build_module(arch: dict) -> Embedding:
     dim, head_kind = int(arch["dim"]), arch["head"]
     if head_kind == "mlp":
         head: nn.Module = projection_head(features, dim, int(arch["hidden"]))
+    elif head_kind == "residual":
+        head = ResidualHead(features, int(arch["hidden"]))
     elif head_kind == "feature-encoder":
         head = FeatureEncoder(features, int(arch["hidden"]), dim)
     elif head_kind == "identity":

@@ -108,10 +108,15 @@ class OnnxEmbedder(Embedder):
             log.info("preparing %s for fast inference, once", self.name)
             from .export import export_checked
 
-            size = self.preprocessing.crop
             outputs = ("embeddings", "probabilities") if self.classes else ("embeddings",)
-            export_checked(self.module, path, example_shape=(2, size, size, 3), name=self.name, output_names=outputs)
+            shape = (2, *self.input_shape())
+            export_checked(self.module, path, example_shape=shape, name=self.name, output_names=outputs)
         return path
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one `preprocess` output, the network's input without the batch axis."""
+        size = self.preprocessing.crop
+        return (size, size, 3)
 
     def run_torch(self, batch: np.ndarray) -> list[np.ndarray]:
         import torch

@@ -21,6 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+from PIL import Image
+
 from ..concepts import IMAGENET
 from .onnx import NetworkSource, OnnxEmbedder
 from .runtime import file_identity, short_hash
@@ -52,27 +55,47 @@ EXPORT_RECIPE = "2"
 
 
 class EfficientNetLiteSource(NetworkSource):
+    """An EfficientNet-Lite classifier's pooled features: average pooling (`gem_p` None) or GeM with
+    exponent `gem_p`; `views` > 1 takes (n, views, S, S, 3) input (see `networks.MultiView`)."""
+
     classes = IMAGENET
 
-    def __init__(self, name: str, weights: str | Path | None = None):
+    def __init__(
+        self,
+        name: str,
+        weights: str | Path | None = None,
+        *,
+        network: str | None = None,
+        gem_p: float | None = None,
+        views: int = 1,
+    ):
         self.name = name
+        self.network = network or name
+        self.gem_p = gem_p
+        self.views = views
         self.weights = Path(weights).expanduser() if weights is not None else None
 
     def key(self) -> str:
-        return short_hash(EXPORT_RECIPE, self.name, file_identity(self.weights_file()))
+        variant = [] if self.gem_p is None and self.views == 1 else [f"gem={self.gem_p}", f"views={self.views}"]
+        return short_hash(EXPORT_RECIPE, self.name, file_identity(self.weights_file()), *variant)
 
     def weights_file(self) -> Path:
-        return self.weights if self.weights is not None else pip_weights_file(self.name)
+        return self.weights if self.weights is not None else pip_weights_file(self.network)
 
     def build(self) -> nn.Module:
         from .networks import (
             EfficientNetLiteFeaturesAndClasses,
+            GeM,
+            MultiView,
             NormalisedFeaturesAndClasses,
             efficientnet_lite_network,
         )
 
-        features = EfficientNetLiteFeaturesAndClasses(efficientnet_lite_network(self.name, self.weights_file()))
-        return NormalisedFeaturesAndClasses(features, efficientnet_lite_preprocessing(self.name))
+        pool = GeM(self.gem_p) if self.gem_p is not None else None
+        network = efficientnet_lite_network(self.network, self.weights_file())
+        features = EfficientNetLiteFeaturesAndClasses(network, pool)
+        module = NormalisedFeaturesAndClasses(features, efficientnet_lite_preprocessing(self.network))
+        return MultiView(module) if self.views > 1 else module
 
 
 class TorchvisionSource(NetworkSource):
@@ -99,6 +122,58 @@ class TorchvisionSource(NetworkSource):
 def efficientnet_lite(name: str, weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:
     source = EfficientNetLiteSource(name, weights)
     return OnnxEmbedder(name, 1280, efficientnet_lite_preprocessing(name), source, runtime)
+
+
+#: the GeM exponent of the `-gem` embedders, chosen on caltech101-dev classes 1-50 only (p = 2 beat 1, 3, 4, 6, 8
+#: there; benchmarks/bench_descriptors.py reports classes 51-101 and the other sets too)
+GEM_P = 2.0
+
+
+def whole_image(image: Image.Image, size: int) -> np.ndarray:
+    """The whole photo resized to size x size (aspect ratio not kept, nothing cropped away), uint8."""
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+class TwoViewEmbedder(OnnxEmbedder):
+    """Each image seen twice, as the usual centre crop and as the whole photo squashed to the same square;
+    the network embeds both (one batch) and sums the two unit vectors (`networks.MultiView`). The crop
+    sees the middle at the trained scale, the whole view what the crop cuts off; twice the compute."""
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        size = self.preprocessing.crop
+        return np.stack([self.preprocessing.resize_and_crop(image), whole_image(image, size)])
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (2, *super().input_shape())
+
+
+def efficientnet_lite_variant(
+    name: str, network: str, *, gem_p: float | None, views: int, weights: str | Path | None, runtime: str
+) -> OnnxEmbedder:
+    """An EfficientNet-Lite embedder with GeM pooling and/or two views (the classes stay those of the plain one)."""
+    if views not in (1, 2):
+        raise ValueError("views must be 1 or 2")
+    source = EfficientNetLiteSource(name, weights, network=network, gem_p=gem_p, views=views)
+    kind = TwoViewEmbedder if views == 2 else OnnxEmbedder
+    return kind(name, 1280, efficientnet_lite_preprocessing(network), source, runtime)
+
+
+def efficientnet_lite0_gem(weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:
+    """Lite0, GeM pooling (p = `GEM_P`) of the last feature map instead of average pooling; same cost."""
+    name = "efficientnet-lite0-gem"
+    return efficientnet_lite_variant(name, "efficientnet-lite0", gem_p=GEM_P, views=1, weights=weights, runtime=runtime)
+
+
+def efficientnet_lite0_ms(weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:
+    """Lite0, average pooling, two views (centre crop + whole image, `TwoViewEmbedder`): twice the compute."""
+    name = "efficientnet-lite0-ms"
+    return efficientnet_lite_variant(name, "efficientnet-lite0", gem_p=None, views=2, weights=weights, runtime=runtime)
+
+
+def efficientnet_lite0_gem_ms(weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:
+    """Lite0, GeM pooling and two views: both of the above."""
+    name = "efficientnet-lite0-gem-ms"
+    return efficientnet_lite_variant(name, "efficientnet-lite0", gem_p=GEM_P, views=2, weights=weights, runtime=runtime)
 
 
 def efficientnet_lite0(weights: str | Path | None = None, runtime: str = "auto") -> OnnxEmbedder:

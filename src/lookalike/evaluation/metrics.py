@@ -47,12 +47,17 @@ def map_at_k(rel: np.ndarray, R: np.ndarray, k: int) -> float:
     return float(average_precision_at_k(rel, R, k).mean())
 
 
-def map_at_r(rel: np.ndarray, R: np.ndarray) -> float:
-    """Mean over queries of (1 / R) * sum_{i<=R} P(i) rel(i) (Musgrave et al., 2020)."""
+def average_precision_at_r(rel: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Per query: (1 / R) * sum_{i<=R} P(i) rel(i), the term MAP@R averages."""
     depth = int(R.max())
     precision = _precision_curve(rel, depth)
     within_r = np.arange(1, depth + 1)[None, :] <= R[:, None]
-    return float(((precision * rel[:, :depth] * within_r).sum(axis=1) / R).mean())
+    return (precision * rel[:, :depth] * within_r).sum(axis=1) / R
+
+
+def map_at_r(rel: np.ndarray, R: np.ndarray) -> float:
+    """Mean over queries of (1 / R) * sum_{i<=R} P(i) rel(i) (Musgrave et al., 2020)."""
+    return float(average_precision_at_r(rel, R).mean())
 
 
 def r_precision(rel: np.ndarray, R: np.ndarray) -> float:
@@ -104,6 +109,46 @@ def evaluate_rankings(
     figures["MAP@R"] = map_at_r(rel, R_kept)
     figures["R-precision"] = r_precision(rel, R_kept)
     return figures
+
+
+def per_query_figures(ranking: np.ndarray, labels: Sequence[object], k: int = 5) -> dict[str, np.ndarray]:
+    """Per query: "AP@R" (the MAP@R term) and "precision@k"; NaN for a query whose label has no other image."""
+    labels_arr = np.asarray(labels)
+    _, codes, counts = np.unique(labels_arr, return_inverse=True, return_counts=True)
+    R = counts[codes] - 1
+    keep = R > 0
+    ap = np.full(len(labels_arr), np.nan)
+    precision = np.full(len(labels_arr), np.nan)
+    if keep.any():
+        rel = codes[ranking[keep]] == codes[keep][:, None]
+        if int(R[keep].max()) > rel.shape[1]:
+            raise ValueError("ranking is shallower than the largest class; rank the whole gallery for MAP@R")
+        ap[keep] = average_precision_at_r(rel, R[keep])
+        precision[keep] = rel[:, :k].sum(axis=1) / k
+    return {"AP@R": ap, f"precision@{k}": precision}
+
+
+def per_class_figures(ranking: np.ndarray, labels: Sequence[object], k: int = 5) -> list[dict[str, object]]:
+    """Per label: its images, the mean AP@R of its queries (the class's MAP@R: how well its images find each
+    other) and their precision@k, worst class first. Classes of one image (nothing to find) are left out.
+
+    The query-weighted mean of the classes' MAP@R is the overall MAP@R."""
+    figures = per_query_figures(ranking, labels, k)
+    labels_arr = np.asarray(labels)
+    rows = []
+    for label in np.unique(labels_arr):
+        mask = (labels_arr == label) & ~np.isnan(figures["AP@R"])
+        if not mask.any():
+            continue
+        rows.append(
+            {
+                "label": str(label),
+                "images": int((labels_arr == label).sum()),
+                "MAP@R": float(figures["AP@R"][mask].mean()),
+                f"precision@{k}": float(figures[f"precision@{k}"][mask].mean()),
+            }
+        )
+    return sorted(rows, key=lambda row: (row["MAP@R"], row["label"]))
 
 
 def precision_curve(ranking: np.ndarray, labels: Sequence[object], max_k: int = 50) -> list[float]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..storage import atomic_path, write_json
+from .metrics import per_class_figures, per_query_figures
 from .runner import Evaluation, RetrievalSample
 
 if TYPE_CHECKING:
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
 
 MAP_POINTS = 1500  # t-SNE on more points adds minutes and no readability
 EXAMPLE_QUERIES = 6
+#: classes shown in "where retrieval fails", worst first, and wrong neighbours listed per example query
+WORST_CLASSES = 5
+WRONG_SHOWN = 5
 THUMB = 112
 
 TABLE_COLUMNS = [
@@ -130,13 +134,48 @@ def example_queries(sample: RetrievalSample, count: int = EXAMPLE_QUERIES) -> li
     return [int(order[i]) for i in picks]
 
 
-def example_grid(sample: RetrievalSample, path: Path, top: int = 5) -> Image.Image:
-    """Rows of query + top results as thumbnails, framed green (same label) or red; saved as a PNG and returned."""
+def worst_classes(sample: RetrievalSample, count: int = WORST_CLASSES, k: int = 5) -> list[dict[str, object]]:
+    """The `count` classes whose images find each other worst (lowest MAP@R), each with its worst query
+    (lowest AP@R; ties: first by path) and the wrong neighbours among that query's top k (positions into
+    `sample.paths`)."""
+    ap = per_query_figures(sample.ranking, sample.labels, k)["AP@R"]
+    labels = np.asarray(sample.labels)
+    paths = np.asarray(sample.paths)
+    out = []
+    for row in per_class_figures(sample.ranking, sample.labels, k)[:count]:
+        members = np.flatnonzero((labels == row["label"]) & ~np.isnan(ap))
+        members = members[np.lexsort((paths[members], ap[members]))]
+        query = int(members[0])
+        wrong = [int(i) for i in sample.ranking[query, :k] if labels[i] != labels[query]]
+        out.append({**row, "query": query, "query_AP@R": float(ap[query]), "wrong": wrong})
+    return out
+
+
+def failure_table(sample: RetrievalSample, count: int = WORST_CLASSES, k: int = 5) -> str:
+    """Markdown: the worst classes, an example query of each and its wrong neighbours in the top k."""
+    lines = [
+        f"| class | images | MAP@R | precision@{k} | worst query (AP@R) | its wrong neighbours in the top {k} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in worst_classes(sample, count, k):
+        query = int(row["query"])  # type: ignore[call-overload]
+        wrong = ", ".join(f"{Path(sample.paths[i]).name} ({sample.labels[i]})" for i in row["wrong"][:WRONG_SHOWN])  # type: ignore[attr-defined]
+        lines.append(
+            f"| {row['label']} | {row['images']} | {row['MAP@R']:.4f} | {row[f'precision@{k}']:.4f} | "
+            f"{Path(sample.paths[query]).name} ({row['query_AP@R']:.3f}) | {wrong or 'none'} |"
+        )
+    return "\n".join(lines)
+
+
+def example_grid(sample: RetrievalSample, path: Path, top: int = 5, queries: list[int] | None = None) -> Image.Image:
+    """Rows of query + top results as thumbnails, framed green (same label) or red; saved as a PNG and returned.
+
+    `queries`: positions of the query images (default: `example_queries`)."""
     from PIL import Image, ImageDraw, ImageOps
 
     from ..images import ImageError, open_image
 
-    queries = example_queries(sample)
+    queries = example_queries(sample) if queries is None else queries
     pad = 6
     grid = Image.new("RGB", ((top + 1) * (THUMB + pad) + pad, len(queries) * (THUMB + pad) + pad), "white")
     draw = ImageDraw.Draw(grid)
@@ -166,7 +205,11 @@ def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: boo
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path, plot_path = out_dir / "results.json", out_dir / "report.md", out_dir / "precision_at_k.png"
-    write_json(json_path, evaluation.to_dict())
+    data = evaluation.to_dict()
+    data["per_class"] = {
+        name: per_class_figures(sample.ranking, sample.labels, k) for name, sample in evaluation.samples.items()
+    }
+    write_json(json_path, data)
     if visuals is None:
         visuals = evaluation.held_out is not None
     if visuals:
@@ -206,6 +249,25 @@ def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: boo
             path = out_dir / f"examples-{result.embedder}.png"
             example_grid(evaluation.samples[result.embedder], path)
             lines += ["", f"### {result.embedder}", "", f"![{result.embedder}]({path.name})"]
+    if evaluation.samples:
+        lines += [
+            "",
+            "## Where retrieval fails",
+            "",
+            f"Per class: how well its images find each other (MAP@R of its queries, precision@{k}), the "
+            f"{WORST_CLASSES} worst classes first, each with its worst query and the other classes' images in that "
+            "query's top results. Every class's figures are in results.json (`per_class`).",
+        ]
+        for result in evaluation.results:
+            sample = evaluation.samples.get(result.embedder)
+            if sample is None:
+                continue
+            lines += ["", f"### {result.embedder}", "", failure_table(sample, k=k)]
+            if visuals:
+                path = out_dir / f"failures-{result.embedder}.png"
+                queries = [int(row["query"]) for row in worst_classes(sample, k=k)]  # type: ignore[call-overload]
+                example_grid(sample, path, top=k, queries=queries)
+                lines += ["", f"![worst classes, {result.embedder}]({path.name})"]
     if evaluation.duplicate_groups:
         lines += [
             "",

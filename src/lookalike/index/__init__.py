@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import IndexError_, VectorIndex
+from .base import IndexError_, IndexOwner, VectorIndex
 from .choose import choose_index_kind
 from .faiss_index import MAGIC, FaissIndex
 from .flat import FlatIndex, load_legacy
@@ -24,10 +24,11 @@ def check_index_kind(kind: str) -> None:
         raise IndexError_(f"unknown index type {kind!r}; available: {', '.join(INDEX_KINDS)}")
 
 
-def create_index(kind: str, dim: int, *, name: str = "vectors") -> VectorIndex:
+def create_index(kind: str, dim: int, *, name: str = "vectors", owner: IndexOwner | None = None) -> VectorIndex:
     """An empty index of `kind` (a name in INDEX_KINDS, or a Milvus kind: see milvus.py).
 
-    `name` (the embedder) names the remote collection of a Milvus kind; local kinds ignore it.
+    `name` (the embedder) names the remote collection of a Milvus kind, and `owner` (the catalog) the
+    part of it this index writes, since several catalogs may share it; local kinds ignore both.
 
     "auto" needs no expected size: the first `add` builds the structure `choose_index_kind` picks for
     that many vectors, and later growth moves it up (flat -> hnsw -> hnsw-sq8) by a rebuild.
@@ -35,18 +36,18 @@ def create_index(kind: str, dim: int, *, name: str = "vectors") -> VectorIndex:
     if kind.startswith("milvus"):  # imported only when used: faiss-only installs need no pymilvus
         from .milvus import MilvusIndex
 
-        return MilvusIndex.create(kind, dim, name)
+        return MilvusIndex.create(kind, dim, name, owner)
     check_index_kind(kind)
     return FaissIndex(dim, kind)
 
 
-def load_index(path: Path) -> VectorIndex:
+def load_index(path: Path, owner: IndexOwner | None = None) -> VectorIndex:
     with open(path, "rb") as f:
         head = f.read(len(MAGIC))
     if head.startswith(b"{"):  # a JSON marker naming a Milvus collection
         from .milvus import MilvusIndex
 
-        return MilvusIndex.load(path)
+        return MilvusIndex.load(path, owner)
     is_ours = head == MAGIC
     return FaissIndex.load(path) if is_ours else load_legacy(path)
 
@@ -57,6 +58,7 @@ __all__ = [
     "FaissIndex",
     "FlatIndex",
     "IndexError_",
+    "IndexOwner",
     "VectorIndex",
     "check_index_kind",
     "choose_index_kind",

@@ -6,10 +6,18 @@ Vectors are float32 and L2-normalised, so a higher inner product means more simi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+#: Ids at or above this that an index's search returns are images of other catalogs sharing a remote index
+#: (Milvus: their remote keys); a catalog's own image ids stay below it.
+FOREIGN_IDS_FROM = 1 << 32
+
+#: progress(stage, done, total): how a long index operation reports progress (the library never prints)
+Progress = Callable[[str, int, int], None]
 
 
 class IndexError_(RuntimeError):
@@ -40,3 +48,16 @@ class VectorIndex(Protocol):
 
     def save(self, path: Path) -> None:
         """Write to `path` atomically: readers see the old file or the new one, never half."""
+
+
+class IndexOwner(Protocol):
+    """The catalog whose images an index holds, for a backend that one store shares between catalogs (Milvus).
+
+    `uid` names the catalog for good (the same after a restart, different for every catalog); `get_many`
+    gives the records (with `.path` and `.label`) of image ids, which such a backend stores beside each
+    vector so that other catalogs can show what they find.
+    """
+
+    def uid(self) -> str: ...
+
+    def get_many(self, ids: Iterable[int]) -> Mapping[int, Any]: ...

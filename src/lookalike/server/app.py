@@ -17,9 +17,9 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -37,6 +37,7 @@ from ..catalog import ImageRecord
 from ..collection import MAX_SEARCH_ATTEMPTS, Box, Collection, Neighbours, SearchResult, sha256_of
 from ..concepts import ConceptError
 from ..confidence import calibrate_weak_match
+from ..duplicates import DEFAULT_TIER, EDGE_FLOOR, THRESHOLDS, TIERS, DuplicateGroup, DuplicateReport, DuplicatesError
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
 from .batching import BatchedSearch, SearchFunction
@@ -61,6 +62,7 @@ MAX_PAGE = 200
 MAX_LABEL_LENGTH = 100
 MAX_TEXT_LENGTH = 200
 UPLOADS_DIR = "uploads"
+MOVED_DIR = "moved-duplicates"  # where the duplicates page moves non-keepers: inside the collection's folder
 THUMBNAILS_DIR = "thumbnails"
 STATIC_DIR = Path(__file__).parent / "static"
 LOOPBACK_HOST_NAMES = ["127.0.0.1", "localhost"]
@@ -140,6 +142,18 @@ class QueryOut(BaseModel):
     box: list[float] | None = Field(description="the searched region, [x0, y0, x1, y1] in original pixels")
 
 
+class ElsewhereHit(BaseModel):
+    """An image another collection indexed into the same shared remote index (Milvus): its file is on that
+    collection's machine, so this server can only name it."""
+
+    id: int = Field(description="its key in the shared index (never an id of this collection)")
+    name: str = Field(description="file name only")
+    label: str | None
+    catalog: str = Field(description="the uid of the collection that indexed it")
+    rank: int = Field(description="its rank among all the hits, `results` included")
+    score: float
+
+
 class SearchOut(BaseModel):
     embedder: str
     k: int
@@ -147,6 +161,9 @@ class SearchOut(BaseModel):
     query: QueryOut
     results: list[SearchHit]
     took_ms: float
+    elsewhere: list[ElsewhereHit] = Field(
+        [], description="hits that are other collections' images sharing this collection's remote index"
+    )
     weak_below: float | None = Field(
         None,
         description="the similarity below which a result is a weak match, calibrated on this collection "
@@ -208,6 +225,73 @@ class StatsOut(BaseModel):
     default_embedder: str
     indexed_embedders: dict[str, int]
     index_type: str
+
+
+class DuplicateMemberOut(ImageOut):
+    path: str = Field(description="where the file is, relative to the folder the collection indexed")
+    file_size: int = Field(description="bytes")
+    score: float = Field(description="cosine similarity to the group's keeper (1.0 for the keeper)")
+    keeper: bool
+
+
+class DuplicateGroupOut(BaseModel):
+    key: str = Field(description="stable while the group's members do not change")
+    keeper: int = Field(description="id of the suggested image to keep")
+    reason: str = Field(description="why it is the keeper: most pixels, then largest file, then oldest")
+    members: list[DuplicateMemberOut] = Field(description="the keeper first, then by score")
+
+
+class FileProblemOut(BaseModel):
+    path: str = Field(description="relative to the indexed folder")
+    reason: str
+
+
+class DuplicatesOut(BaseModel):
+    tier: str
+    threshold: float
+    thresholds: dict[str, float] = Field(description="each tier's calibrated default threshold")
+    min_threshold: float = Field(description="the lowest threshold accepted")
+    groups: list[DuplicateGroupOut]
+    unreadable: list[FileProblemOut] = Field(description="files that could not be read: never grouped")
+    vanished: int = Field(description="indexed files no longer on disk, left out of every group")
+    compared: int = Field(description="images searched for neighbours in this request (only new ones)")
+    resolved: int = Field(description="groups left out because a decision resolved them")
+    took_ms: float
+
+
+class DecisionIn(BaseModel):
+    ids: list[int] = Field(min_length=2, max_length=1000, description="the images decided about")
+    decision: Literal["keep", "distinct"] = Field(
+        description="keep: the group is resolved as it is; distinct: these images are not duplicates"
+    )
+    keeper: int | None = Field(None, description="keep: the image kept (default: the first id)")
+
+
+class GroupChoiceIn(BaseModel):
+    key: str = Field(max_length=200, description="a group's key, as GET /api/duplicates gave it")
+    keeper: int | None = Field(None, description="the member to keep (default: the suggested keeper)")
+
+
+class MoveIn(BaseModel):
+    tier: Literal["exact", "near", "similar"] = DEFAULT_TIER
+    threshold: float | None = Field(None, ge=EDGE_FLOOR, le=1.0)
+    groups: list[GroupChoiceIn] = Field(min_length=1, max_length=10_000)
+    dry_run: bool = Field(False, description="only say what would be moved")
+
+
+class MoveOneOut(BaseModel):
+    id: int
+    name: str
+    source: str = Field(description="where it was, relative to the indexed folder")
+    target: str = Field(description=f"where it goes, relative to the collection's folder ({MOVED_DIR}/...)")
+    group: str
+
+
+class MoveOut(BaseModel):
+    dry_run: bool
+    moves: list[MoveOneOut]
+    failed: list[FileProblemOut]
+    manifest: str | None = Field(description=f"the file under {MOVED_DIR}/ recording the moves (to undo them)")
 
 
 # --- server state -------------------------------------------------------------------------------
@@ -334,13 +418,32 @@ router = APIRouter(prefix="/api")
 
 def relative_path(state: ServerState, record: ImageRecord) -> str:
     """Where an image's file is, never as a server path: relative to the indexed folder, or under uploads/."""
-    path = Path(record.path)
+    return shown_path(state, record.path)
+
+
+def shown_path(state: ServerState, file: str) -> str:
+    """A file's path as a client may see it: relative to the indexed folder, or under uploads/ or
+    moved-duplicates/ of the collection; else its name only."""
+    path = Path(file)
     if path.parent == state.uploads_dir:
         return f"{UPLOADS_DIR}/{path.name}"
+    moved = state.collection.path / MOVED_DIR
+    if moved in path.parents:
+        return f"{MOVED_DIR}/{path.relative_to(moved).as_posix()}"
     root = state.collection.indexed_root()
-    if root and record.path.startswith(root.rstrip(os.sep) + os.sep):
-        return Path(os.path.relpath(record.path, root)).as_posix()
+    if root and file.startswith(root.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(file, root)).as_posix()
     return path.name
+
+
+def without_paths(state: ServerState, text: str, *files: str) -> str:
+    """`text` (an error from a library) with these files' server paths, and the collection's, made relative."""
+    for file in files:
+        text = text.replace(file, shown_path(state, file))
+    for folder in (state.collection.indexed_root(), str(state.collection.path)):
+        if folder:
+            text = text.replace(folder.rstrip(os.sep) + os.sep, "").replace(folder, ".")
+    return text
 
 
 def image_details(state: ServerState, record: ImageRecord) -> ImageDetails:
@@ -469,7 +572,7 @@ def search_response(
     for _ in range(MAX_SEARCH_ATTEMPTS):
         if label is None and expand == 0 and tag is None:
             scores, ids = state.batched_search[embedder].search(vector, k, exclude)
-            found = Neighbours(ids[None, :], scores[None, :])
+            found = Neighbours(ids[None, :], scores[None, :], embedder)
         else:
             with state.index_lock.reading():
                 try:
@@ -483,8 +586,18 @@ def search_response(
             break
         # An image was deleted between the search and the lookup of its record: search again for a full k.
     hits = [hit_out(hit) for hit in results if hit.record is not None]
+    elsewhere = [
+        ElsewhereHit(
+            id=hit.id, name=os.path.basename(hit.path), label=hit.label, catalog=hit.catalog, rank=hit.rank,
+            score=round(hit.score, 6),
+        )
+        for hit in results
+        if hit.catalog is not None
+    ]  # fmt: skip
     took_ms = (time.perf_counter() - started) * 1000
-    out = SearchOut(embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2))
+    out = SearchOut(
+        embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2), elsewhere=elsewhere
+    )
     return mark_weak_matches(state, out)
 
 
@@ -761,6 +874,141 @@ def embedders(state: State) -> EmbeddersOut:
             )
             for name in names
         ],
+    )
+
+
+# --- duplicates: thin shells over Collection.duplicates and its decisions and moves ---------------
+
+
+def duplicate_groups(state: ServerState, tier: str, threshold: float | None) -> DuplicateReport:
+    """Collection.duplicates under the index's write lock (the `near` tier embeds images it has not seen)."""
+    try:
+        with state.index_lock.writing(), state.embed_slots:
+            report = state.collection.duplicates(tier, threshold=threshold, include_resolved=False)
+    except DuplicatesError as exc:
+        raise HTTPException(422, without_paths(state, str(exc))) from exc
+    return report
+
+
+def group_out(state: ServerState, group: DuplicateGroup) -> DuplicateGroupOut | None:
+    records = state.collection.images(group.ids)
+    members = [
+        DuplicateMemberOut(
+            **image_out(records[m.id]).model_dump(),
+            path=relative_path(state, records[m.id]),
+            file_size=m.size,
+            score=round(m.score, 4),
+            keeper=m.id == group.keeper.id,
+        )
+        for m in group.members
+        if m.id in records
+    ]
+    if len(members) < 2:
+        return None  # removed while the groups were being formed
+    return DuplicateGroupOut(key=group.key, keeper=group.keeper.id, reason=group.reason, members=members)
+
+
+@router.get(
+    "/duplicates",
+    response_model=DuplicatesOut,
+    responses=ERROR_RESPONSES,
+    summary="Groups of duplicate images, each with a suggested keeper",
+)
+def list_duplicates(
+    state: State,
+    tier: Annotated[
+        Literal["exact", "near", "similar"],
+        Query(description="exact: same bytes or pixels; near: the same photo after edits; similar: another shot"),
+    ] = DEFAULT_TIER,
+    threshold: Annotated[
+        float | None, Query(ge=EDGE_FLOOR, le=1.0, description="cosine similarity (default: the tier's calibrated one)")
+    ] = None,
+) -> DuplicatesOut:
+    started = time.perf_counter()
+    report = duplicate_groups(state, tier, threshold)
+    shown = [out for out in (group_out(state, g) for g in report.groups) if out is not None]
+    return DuplicatesOut(
+        tier=report.tier,
+        threshold=report.threshold,
+        thresholds={name: THRESHOLDS[name] for name in TIERS},
+        min_threshold=EDGE_FLOOR,
+        groups=shown,
+        unreadable=[
+            FileProblemOut(path=shown_path(state, path), reason=without_paths(state, reason, path))
+            for path, reason in report.unreadable
+        ],
+        vanished=len(report.vanished),
+        compared=report.compared,
+        resolved=report.resolved,
+        took_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+@router.post(
+    "/duplicates/decisions",
+    status_code=204,
+    responses={**ERROR_RESPONSES, 403: {"model": ErrorOut, "description": "the server is read-only"}},
+    summary="Remember that a group is resolved (keep) or is not duplicates (distinct): it does not come back",
+    dependencies=[Depends(require_writable)],
+)
+def decide_duplicates(state: State, decision: DecisionIn) -> Response:
+    try:
+        state.collection.decide_duplicates(decision.ids, decision.decision, keeper=decision.keeper)
+    except DuplicatesError as exc:
+        raise HTTPException(422, without_paths(state, str(exc))) from exc
+    return Response(status_code=204)
+
+
+@router.post(
+    "/duplicates/move",
+    response_model=MoveOut,
+    responses={
+        **ERROR_RESPONSES,
+        403: {"model": ErrorOut, "description": "the server is read-only"},
+        409: {"model": ErrorOut, "description": "a group changed since it was listed"},
+    },
+    summary=f"Move the non-keepers of groups into the collection's {MOVED_DIR}/ folder (nothing is deleted)",
+    dependencies=[Depends(require_writable)],
+)
+def move_duplicates(state: State, move: MoveIn) -> MoveOut:
+    by_key = {g.key: g for g in duplicate_groups(state, move.tier, move.threshold).groups}
+    chosen = []
+    for choice in move.groups:
+        group = by_key.get(choice.key)
+        if group is None:
+            raise HTTPException(409, f"group {choice.key} changed or is gone since it was listed: list them again")
+        if choice.keeper is not None and choice.keeper != group.keeper.id:
+            keeper = next((m for m in group.members if m.id == choice.keeper), None)
+            if keeper is None:
+                raise HTTPException(422, f"image {choice.keeper} is not a member of group {choice.key}")
+            others = tuple(m for m in group.members if m is not keeper)
+            group = replace(group, keeper=keeper, members=(keeper, *others), reason="chosen by you")
+        chosen.append(group)
+    dest = state.collection.path / MOVED_DIR
+    try:
+        with state.index_lock.writing():
+            report = state.collection.move_duplicates(chosen, dest, dry_run=move.dry_run)
+    except DuplicatesError as exc:
+        raise HTTPException(422, without_paths(state, str(exc))) from exc
+    for done in report.moves if not move.dry_run else []:
+        state.thumbnails.discard(done.id)
+    return MoveOut(
+        dry_run=report.dry_run,
+        moves=[
+            MoveOneOut(
+                id=m.id,
+                name=Path(m.source).name,
+                source=shown_path(state, m.source),
+                target=shown_path(state, m.target),
+                group=m.group,
+            )
+            for m in report.moves
+        ],
+        failed=[
+            FileProblemOut(path=shown_path(state, path), reason=without_paths(state, reason, path))
+            for path, reason in report.failed
+        ],
+        manifest=None if report.manifest is None else shown_path(state, str(report.manifest)),
     )
 
 

@@ -13,20 +13,34 @@ trains, on cached pooled features), `finetune` (the last k MBConv blocks and the
 too, on cached activations before them), `scratch` (a small CNN on 64x64 pixels, every weight trains).
 Lite2 is the default because it lifts held-out precision@5 above Lite0's ceiling (docs/training.md).
 
+Heads: `mlp` (a new 128-d embedding replaces the pretrained features) or `residual` (a learned
+correction added to them, zero at the start: `embedders.networks.ResidualHead`). `--distill W` adds
+W x `neighbourhood_distillation`: the trained vectors of a batch must keep the pretrained vectors'
+softmaxed cosine similarities, so training separates the labels without forgetting general similarity.
+
 The spec (the options of `lookalike train siamese|triplet`) and the two registry entries are in
 `training/methods/metric.py`, free of PyTorch; this module is the task, imported when training runs.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from pytorch_metric_learning import losses, miners, samplers
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+from torch import nn
 
-from ..embedders.networks import EFFICIENTNET_FEATURES, EfficientNetBackbone, Embedding, SmallConvNet, projection_head
+from ..embedders.networks import (
+    EFFICIENTNET_FEATURES,
+    EfficientNetBackbone,
+    Embedding,
+    ResidualHead,
+    SmallConvNet,
+    projection_head,
+)
 from ..embedders.weights import efficientnet_lite_preprocessing
 from .data import Augmentation, FeatureCache, PixelCache, pixel_batch
 from .loop import Task
@@ -34,19 +48,56 @@ from .methods.metric import MetricSpec
 from .prepared import Prepared, batched, validation_figures
 
 
+def build_head(spec: MetricSpec, features: int) -> nn.Module:
+    if spec.head == "residual":
+        return ResidualHead(features, spec.hidden)
+    return projection_head(features, spec.dim, spec.hidden)
+
+
 def build_network(spec: MetricSpec, pretrained: bool = True) -> Embedding:
     if spec.backbone == "scratch":
         return Embedding(
-            SmallConvNet(spec.scratch_features, spec.width),
-            projection_head(spec.scratch_features, spec.dim, spec.hidden),
-            spec.flip_average,
+            SmallConvNet(spec.scratch_features, spec.width), build_head(spec, spec.scratch_features), spec.flip_average
         )
     blocks = spec.trainable_blocks if spec.backbone == "finetune" else 0
     return Embedding(
         EfficientNetBackbone(blocks, pretrained, spec.backbone_model),
-        projection_head(EFFICIENTNET_FEATURES, spec.dim, spec.hidden),
+        build_head(spec, EFFICIENTNET_FEATURES),
         spec.flip_average,
     )
+
+
+def neighbourhood_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """KL(teacher || student) of each row's softmaxed cosine similarities to the other vectors of the batch.
+
+    Zero when the student ranks (and spaces) the batch as the teacher does; it keeps the pretrained
+    neighbourhoods while a metric loss moves the labelled classes apart.
+    """
+    eye = torch.eye(len(student), dtype=torch.bool, device=student.device)
+
+    def log_softmax(x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.normalize(x.float(), dim=1)
+        return (x @ x.T / temperature).masked_fill(eye, -1e9).log_softmax(dim=1)
+
+    return nn.functional.kl_div(log_softmax(student), log_softmax(teacher), reduction="batchmean", log_target=True)
+
+
+class PretrainedTeacher:
+    """The pretrained features of cached inputs: the cache itself (frozen backbone), or a frozen copy of the
+    blocks after the cut (fine-tuned backbone), taken before training moves them."""
+
+    def __init__(self, backbone: nn.Module):
+        self.blocks: EfficientNetBackbone | None = None
+        if isinstance(backbone, EfficientNetBackbone) and backbone.trainable_blocks:
+            self.blocks = copy.deepcopy(backbone).eval()
+            for p in self.blocks.parameters():
+                p.requires_grad = False
+
+    def __call__(self, cached: torch.Tensor) -> torch.Tensor:
+        if self.blocks is None:
+            return cached
+        with torch.no_grad():
+            return self.blocks.after_cut(cached)
 
 
 def m_per_class(batch_size: int, classes: int) -> int:
@@ -69,6 +120,7 @@ class MetricTask(Task):
         self.prepared = prepared
         self.pixels = spec.backbone == "scratch"
         self.train_inputs, self.val_inputs = self._inputs()
+        self.teacher = PretrainedTeacher(model.backbone) if spec.distill else None
         batch = min(spec.batch_size, len(prepared.train))
         self.batch_size = batch - batch % 2 if batch > 2 else batch
         if spec.method == "siamese":
@@ -141,8 +193,12 @@ class MetricTask(Task):
         inputs, labels = batch
         embeddings = self.model.from_cached(inputs)
         if self.miner is not None:
-            return self.loss_fn(embeddings, labels, self.miner(embeddings, labels))
-        return self.loss_fn(embeddings, labels, random_pairs(labels, len(labels)))
+            loss = self.loss_fn(embeddings, labels, self.miner(embeddings, labels))
+        else:
+            loss = self.loss_fn(embeddings, labels, random_pairs(labels, len(labels)))
+        if self.teacher is not None:
+            loss = loss + self.spec.distill * neighbourhood_distillation(embeddings, self.teacher(inputs))
+        return loss
 
     def validate(self) -> dict[str, float]:
         out = []

@@ -77,7 +77,7 @@ def train(
     info = {
         "method": run.method,
         "name": name,
-        "dim": spec.dim,
+        "dim": int(spec.architecture()["dim"]),
         "architecture": spec.architecture(),
         "spec": asdict(spec),
         "loop": asdict(config),

@@ -1,9 +1,10 @@
-// lookalike web page: query by a picked, dropped or pasted photo or by a result, search one region, browse,
-// open an image's details, add and remove images. Everything the page shows is in its URL:
-//   ?id=ID | ?upload=KEY   the query: an indexed image, or a photo from this browser (kept in IndexedDB)
+// lookalike web page: query by words, by a picked, dropped or pasted photo or by a result, search one region,
+// filter by a tag, browse, open an image's details, add and remove images. Everything the page shows is in its URL:
+//   ?q=WORDS | ?id=ID | ?upload=KEY   the query: words, an indexed image, or a photo from this browser (IndexedDB)
 //   &box=x0,y0,x1,y1       the searched region, in the query's original pixels
-//   &label=  &k=  &embedder=   search settings (absent = the server's defaults)
+//   &label=  &tag=  &k=  &embedder=   search settings and filters (absent = the server's defaults)
 //   &view=browse&page=N    the browse view and its page
+//   &view=duplicates&tier=&threshold=   the duplicates view: which kind of duplicates, at which similarity
 //   &detail=ID             an image's detail view, open over the page
 // so Back, Forward and reload bring every state back.
 "use strict";
@@ -12,6 +13,10 @@ const PAGE_SIZE = 48;
 const MIN_BOX_PIXELS = 8; // smaller drags (in screen pixels) are taps, not regions
 const KEY_STEP = 0.02; // an arrow key moves or resizes the region by this share of the image
 const KEPT_UPLOADS = 20; // uploaded queries kept in this browser for Back/Forward/reload
+const VIEWS = ["search", "browse", "duplicates"];
+const TIERS = ["exact", "near", "similar"];
+const DEFAULT_TIER = "near";
+const SLIDER_DELAY_MS = 300; // the threshold slider regroups once it rests this long
 
 const $ = (id) => document.getElementById(id);
 
@@ -29,8 +34,8 @@ const facts = {
 
 // What the page currently shows (the URL says what it should show).
 const shown = {
-  queryKey: null, // "id:5" or "upload:KEY"
-  query: null, // {kind: "id", id, name, src} or {kind: "upload", key, blob, name, src}
+  queryKey: null, // "id:5", "upload:KEY" or "text:WORDS"
+  query: null, // {kind: "id", id, name, src}, {kind: "upload", key, blob, name, src} or {kind: "text", text}
   querySerial: 0,
   searchKey: null,
   searchSerial: 0,
@@ -42,6 +47,7 @@ const shown = {
   focusResults: false, // move focus to the new results (a result was activated)
   scrollToQuery: false, // bring the new query into view (a result was tapped further down)
   hits: new Map(), // id -> search hit, for the detail view's similarity
+  scoreName: "Similarity", // what a hit's score is: a similarity, or a concept's probability (word queries)
   detailId: null,
   detail: null,
 };
@@ -117,17 +123,26 @@ function parseBox(text) {
   return x1 > x0 && y1 > y0 ? values : null;
 }
 
+function parseThreshold(text) {
+  const value = Number.parseFloat(text ?? "");
+  return Number.isFinite(value) && value > 0 && value <= 1 ? value : null;
+}
+
 function urlState() {
   const params = new URLSearchParams(location.search);
   return {
     id: positiveInt(params.get("id")),
     upload: params.get("upload"),
+    q: (params.get("q") ?? "").trim(),
     box: parseBox(params.get("box")),
     label: params.get("label") ?? "",
+    tag: params.get("tag") ?? "",
     k: clampK(positiveInt(params.get("k")) ?? facts.defaultK),
     embedder: params.get("embedder") ?? "",
-    view: params.get("view") === "browse" ? "browse" : "search",
+    view: VIEWS.includes(params.get("view")) ? params.get("view") : "search",
     page: positiveInt(params.get("page")) ?? 1,
+    tier: TIERS.includes(params.get("tier")) ? params.get("tier") : DEFAULT_TIER,
+    threshold: parseThreshold(params.get("threshold")),
     detail: positiveInt(params.get("detail")),
   };
 }
@@ -142,7 +157,8 @@ function urlWith(changes) {
   if (params.get("k") === String(facts.defaultK)) params.delete("k");
   if (params.get("embedder") === facts.defaultEmbedder) params.delete("embedder");
   if (params.get("page") === "1") params.delete("page");
-  if (params.get("view") !== "browse") params.delete("view");
+  if (!["browse", "duplicates"].includes(params.get("view"))) params.delete("view");
+  if (params.get("tier") === DEFAULT_TIER) params.delete("tier");
   const query = params.toString().replace(/%2C/g, ",");
   return query ? `?${query}` : location.pathname;
 }
@@ -158,7 +174,7 @@ function navigate(changes, { replace = false, entry = null } = {}) {
 }
 
 function queryChanges(changes) {
-  return { id: null, upload: null, box: null, view: null, detail: null, ...changes };
+  return { id: null, upload: null, q: null, box: null, tag: null, view: null, detail: null, ...changes };
 }
 
 // --- rendering the URL ------------------------------------------------------------------------------
@@ -168,6 +184,7 @@ function render() {
   syncControls(s);
   showView(s.view);
   if (s.view === "browse") renderBrowse(s);
+  else if (s.view === "duplicates") renderDuplicates(s);
   else renderSearch(s);
   renderDetail(s.detail);
 }
@@ -177,17 +194,24 @@ function syncControls(s) {
   const label = $("label");
   if (s.label && ![...label.options].some((o) => o.value === s.label)) label.append(new Option(s.label, s.label));
   label.value = s.label;
+  if (document.activeElement !== $("text-query")) $("text-query").value = s.q;
+  $("tag-filter").hidden = !s.tag;
+  $("tag-filter-name").textContent = s.tag;
   const embedder = $("embedder");
   embedder.value = s.embedder || facts.defaultEmbedder;
   $("tab-search").href = urlWith({ view: null, detail: null });
   $("tab-browse").href = urlWith({ view: "browse", detail: null });
+  $("tab-duplicates").href = urlWith({ view: "duplicates", detail: null });
 }
 
 function showView(name) {
-  const browsing = name === "browse";
-  $("search-view").hidden = browsing;
-  $("browse-view").hidden = !browsing;
-  for (const [id, active] of [["tab-search", !browsing], ["tab-browse", browsing]]) {
+  $("search-view").hidden = name !== "search";
+  $("browse-view").hidden = name !== "browse";
+  $("duplicates-view").hidden = name !== "duplicates";
+  $("controls").hidden = name === "duplicates"; // the search settings do not apply there
+  for (const view of VIEWS) {
+    const id = `tab-${view}`;
+    const active = name === view;
     $(id).classList.toggle("active", active);
     if (active) $(id).setAttribute("aria-current", "page");
     else $(id).removeAttribute("aria-current");
@@ -258,6 +282,7 @@ function newKey() {
 // --- the query ----------------------------------------------------------------------------------
 
 async function loadQuery(s) {
+  if (s.q && !s.id && !s.upload) return { kind: "text", text: s.q };
   if (s.id) {
     const image = await getJson(`/api/images/${s.id}`);
     return { kind: "id", id: image.id, name: image.name, src: image.image_url, image };
@@ -299,7 +324,7 @@ function showQuery(query) {
 }
 
 async function renderSearch(s) {
-  const queryKey = s.id ? `id:${s.id}` : s.upload ? `upload:${s.upload}` : null;
+  const queryKey = s.id ? `id:${s.id}` : s.upload ? `upload:${s.upload}` : s.q ? `text:${s.q}` : null;
   if (queryKey !== shown.queryKey) {
     shown.queryKey = queryKey;
     shown.draftBox = null;
@@ -320,7 +345,7 @@ async function renderSearch(s) {
     }
     if (serial !== shown.querySerial) return;
     shown.query = query;
-    showQuery(query);
+    if (query.kind !== "text") showQuery(query);
   }
   drawSelection();
   $("clear-box").hidden = !urlState().box;
@@ -328,7 +353,7 @@ async function renderSearch(s) {
 }
 
 function searchKey(s) {
-  return JSON.stringify([shown.queryKey, s.box, s.k, s.label, s.embedder]);
+  return JSON.stringify([shown.queryKey, s.box, s.k, s.label, s.tag, s.embedder]);
 }
 
 async function runSearchIfNeeded() {
@@ -338,15 +363,19 @@ async function runSearchIfNeeded() {
   if (key === shown.searchKey) return;
   shown.searchKey = key;
   const serial = ++shown.searchSerial;
+  const query = shown.query;
   const params = new URLSearchParams({ k: String(s.k) });
   if (s.embedder) params.set("embedder", s.embedder);
   if (s.label) params.set("label", s.label);
-  if (s.box) params.set("box", s.box.map((v) => Math.round(v)).join(","));
+  if (s.tag) params.set("tag", s.tag);
+  if (s.box && query.kind !== "text") params.set("box", s.box.map((v) => Math.round(v)).join(","));
   setStatus("Searching…");
-  const query = shown.query;
   try {
     let response;
-    if (query.kind === "upload") {
+    if (query.kind === "text") {
+      params.set("q", query.text);
+      response = await request(`/api/search/text?${params}`);
+    } else if (query.kind === "upload") {
       const form = new FormData();
       form.append("file", query.blob, query.name || "query");
       response = await request(`/api/search?${params}`, { method: "POST", body: form });
@@ -355,7 +384,8 @@ async function runSearchIfNeeded() {
     }
     const body = await response.json();
     if (serial !== shown.searchSerial) return; // a newer search is under way
-    showResults(body);
+    if (query.kind === "text") showTextResults(body);
+    else showResults(body);
   } catch (error) {
     if (serial !== shown.searchSerial) return;
     $("results").replaceChildren();
@@ -367,8 +397,43 @@ async function runSearchIfNeeded() {
   }
 }
 
+// Who the results are, in the status line: their count, then the filters that narrowed them.
+function filtersText(body) {
+  const label = body.label ? ` labelled “${body.label}”` : "";
+  const tag = urlState().tag ? ` tagged “${urlState().tag}”` : "";
+  return `${label}${tag}`;
+}
+
+function focusNewResults() {
+  if (!shown.focusResults) return;
+  shown.focusResults = false;
+  const first = $("results").querySelector(".card-main");
+  if (first) first.focus({ preventScroll: true });
+  else $("results-heading").focus({ preventScroll: true });
+}
+
+// Results of a word query: the same cards as an image search's, the score being how sure the network is.
+function showTextResults(body) {
+  shown.hits = new Map(body.results.map((hit) => [hit.id, hit]));
+  shown.scoreName = body.method === "text-encoder" ? "Similarity" : "Concept score";
+  $("results").replaceChildren(...body.results.map((hit) => card(hit, "text")));
+  $("weak-notice").hidden = true;
+  const classes = (count) => `${count.toLocaleString()} class${count === 1 ? "" : "es"}`;
+  const read = body.terms.map((t) => `“${t.words}” → ${t.concepts.join(", ")} (${classes(t.classes)})`);
+  const how = body.method === "text-encoder" ? `${body.embedder} text encoder` : `concepts of ${body.embedder}`;
+  const left = body.ignored.length ? ` — left out: ${body.ignored.join("; ")}` : "";
+  const count = body.results.length;
+  const none = count ? "" : " — no image shows it";
+  setStatus(
+    `${plural(count, "result")}${filtersText(body)} for ${read.join(" and ") || `“${body.text}”`} (${how})` +
+      `${left}${none}`,
+  );
+  focusNewResults();
+}
+
 function showResults(body) {
   shown.hits = new Map(body.results.map((hit) => [hit.id, hit]));
+  shown.scoreName = "Similarity";
   const items = [];
   let dividerShown = false;
   for (const hit of body.results) {
@@ -393,25 +458,24 @@ function showResults(body) {
       "with their nearest neighbour).";
   }
   const region = body.query.box ? " (region)" : "";
-  const label = body.label ? ` labelled “${body.label}”` : "";
   const count = body.results.length;
-  setStatus(`${plural(count, "result")}${region}${label} with ${body.embedder} in ${Math.round(body.took_ms)} ms`);
-  if (shown.focusResults) {
-    shown.focusResults = false;
-    const first = $("results").querySelector(".card-main");
-    if (first) first.focus({ preventScroll: true });
-    else $("results-heading").focus({ preventScroll: true });
-  }
+  setStatus(
+    `${plural(count, "result")}${region}${filtersText(body)} with ${body.embedder} in ${Math.round(body.took_ms)} ms`,
+  );
+  focusNewResults();
 }
 
-// A result or browse card: the picture searches with it, the (i) button opens its details.
+// A card of an image search's results ("result"), a word query's ("text") or a browse page ("browse"): the
+// picture searches with it, the (i) button opens its details, its tags (results only) filter the results.
 function card(item, kind) {
   const li = document.createElement("li");
   li.className = "card";
   li.dataset.id = String(item.id);
   li.dataset.label = item.label ?? "";
   const labelText = item.label ? `labelled ${item.label}` : "no label";
-  const score = kind === "result" ? `, similarity ${item.score.toFixed(2)}${item.weak ? " (weak match)" : ""}` : "";
+  const scoreWord = kind === "text" ? "score" : "similarity";
+  const scored = kind !== "browse";
+  const score = scored ? `, ${scoreWord} ${item.score.toFixed(2)}${item.weak ? " (weak match)" : ""}` : "";
   if (item.weak) li.classList.add("weak");
 
   const main = document.createElement("button");
@@ -429,7 +493,7 @@ function card(item, kind) {
   label.className = "label";
   label.textContent = item.label ?? "";
   meta.append(label);
-  if (kind === "result") {
+  if (scored) {
     const value = document.createElement("span");
     value.className = "score";
     value.textContent = item.weak ? `weak ${item.score.toFixed(3)}` : item.score.toFixed(3);
@@ -446,7 +510,27 @@ function card(item, kind) {
   info.setAttribute("aria-label", `Details of ${item.name}`);
   info.addEventListener("click", () => openDetail(item.id));
   li.append(main, info);
+  if (scored && item.tags?.length) li.append(tagList(item.tags));
   return li;
+}
+
+// An image's top concepts: each a button that keeps only the results tagged with it.
+function tagList(tags) {
+  const list = document.createElement("span");
+  list.className = "tags";
+  const active = urlState().tag;
+  for (const tag of tags) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "tag";
+    button.textContent = tag.name;
+    button.title = `${tag.name} (${Math.round(tag.score * 100)}%): show only images tagged with it`;
+    const current = tag.name === active;
+    button.setAttribute("aria-pressed", String(current));
+    button.addEventListener("click", () => navigate({ tag: current ? null : tag.name, detail: null }));
+    list.append(button);
+  }
+  return list;
 }
 
 function searchWith(item) {
@@ -521,6 +605,14 @@ function setupInputs() {
     drawSelection();
   });
 
+  $("text-search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("text-query").value.trim();
+    if (!text) return;
+    navigate(queryChanges({ q: text }));
+  });
+  $("tag-filter-clear").addEventListener("click", () => navigate({ tag: null, detail: null }));
+
   $("k").addEventListener("change", () => {
     const typed = Number.parseInt($("k").value, 10);
     const k = Number.isFinite(typed) ? clampK(typed) : urlState().k;
@@ -529,7 +621,7 @@ function setupInputs() {
   });
   $("label").addEventListener("change", () => navigate({ label: $("label").value, page: null, detail: null }));
   $("embedder").addEventListener("change", () => navigate({ embedder: $("embedder").value, detail: null }));
-  for (const [id, view] of [["tab-search", null], ["tab-browse", "browse"]]) {
+  for (const [id, view] of [["tab-search", null], ["tab-browse", "browse"], ["tab-duplicates", "duplicates"]]) {
     $(id).addEventListener("click", (event) => {
       if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return; // a new tab: let it
       event.preventDefault();
@@ -746,6 +838,307 @@ function setupBrowse() {
   });
 }
 
+// --- duplicates: groups of copies, the keeper marked, keep / move / not-a-duplicate --------------------
+
+const dups = {
+  key: null, // the [tier, threshold] shown or being fetched
+  serial: 0,
+  body: null, // the last GET /api/duplicates answer
+  keepers: new Map(), // group key -> the member chosen to keep, when not the suggested one
+  timer: null,
+};
+
+const TIER_WORDS = { exact: "exact copies", near: "edited copies", similar: "similar shots" };
+
+function showThreshold(value) {
+  $("dups-threshold").value = String(value);
+  $("dups-threshold-value").textContent = Number(value).toFixed(2);
+}
+
+async function renderDuplicates(s) {
+  $("dups-tier").value = s.tier;
+  if (s.threshold !== null) showThreshold(s.threshold);
+  else if (dups.body?.thresholds) showThreshold(dups.body.thresholds[s.tier]);
+  const key = JSON.stringify([s.tier, s.threshold]);
+  if (key === dups.key) return;
+  dups.key = key;
+  const serial = ++dups.serial;
+  const params = new URLSearchParams({ tier: s.tier });
+  if (s.threshold !== null) params.set("threshold", String(s.threshold));
+  const first = dups.body === null ? " (the first time, every photo is read once: this can take a while)" : "";
+  $("dups-status").classList.remove("error");
+  $("dups-status").textContent = `Looking for ${TIER_WORDS[s.tier]}…${first}`;
+  $("dups-groups").setAttribute("aria-busy", "true");
+  let body;
+  try {
+    body = await getJson(`/api/duplicates?${params}`);
+  } catch (error) {
+    if (serial !== dups.serial) return;
+    dups.key = null;
+    $("dups-groups").removeAttribute("aria-busy");
+    $("dups-status").textContent = `Cannot list the duplicates: ${error.message}`;
+    $("dups-status").classList.add("error");
+    return;
+  }
+  if (serial !== dups.serial) return; // the slider moved on
+  dups.body = body;
+  $("dups-threshold").min = String(body.min_threshold);
+  if (urlState().threshold === null) showThreshold(body.threshold);
+  $("dups-groups").removeAttribute("aria-busy");
+  $("dups-groups").replaceChildren(...body.groups.map(groupSection));
+  describeDuplicates();
+}
+
+function describeDuplicates() {
+  const body = dups.body;
+  const images = body.groups.reduce((sum, group) => sum + group.members.length, 0);
+  const parts = [
+    `${plural(body.groups.length, "group")} of ${TIER_WORDS[body.tier]} (${plural(images, "image")}) ` +
+      `at similarity ${body.threshold.toFixed(2)} or more`,
+  ];
+  if (body.resolved) parts.push(`${plural(body.resolved, "group")} resolved earlier not shown`);
+  if (body.unreadable.length) {
+    const names = body.unreadable.slice(0, 3).map((u) => u.path).join(", ");
+    parts.push(`${plural(body.unreadable.length, "unreadable file")} left out (${names})`);
+  }
+  if (body.vanished) parts.push(`${plural(body.vanished, "indexed file")} no longer on disk left out`);
+  $("dups-status").textContent = `${parts.join("; ")}.`;
+}
+
+function keeperOf(group) {
+  return dups.keepers.get(group.key) ?? group.keeper;
+}
+
+function memberItem(group, member) {
+  const keep = member.id === keeperOf(group);
+  const li = document.createElement("li");
+  li.className = `dup-member${keep ? " keeper" : ""}`;
+  li.dataset.id = String(member.id);
+  const img = document.createElement("img");
+  img.src = member.thumbnail_url;
+  img.loading = "lazy";
+  const pixels = member.width && member.height ? `${member.width} × ${member.height} pixels` : "size unknown";
+  img.alt = `${member.name}, ${pixels}${keep ? ", the one kept" : ""}`;
+  const name = document.createElement("div");
+  name.className = "name";
+  name.textContent = member.name;
+  const about = document.createElement("div");
+  about.className = "facts";
+  about.textContent = `${pixels} · ${fileSize(member.file_size)} · ${member.path}`;
+  const score = document.createElement("div");
+  score.className = "score";
+  score.textContent =
+    member.id === group.keeper ? "suggested keeper" : `similarity ${member.score.toFixed(3)} to the suggested keeper`;
+  li.append(img, name, about, score);
+  if (keep) {
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = "Keeper";
+    li.prepend(badge);
+  } else if (!facts.readOnly) {
+    const make = document.createElement("button");
+    make.type = "button";
+    make.className = "make-keeper secondary";
+    make.textContent = "Keep this one instead";
+    make.addEventListener("click", () => {
+      if (member.id === group.keeper) dups.keepers.delete(group.key);
+      else dups.keepers.set(group.key, member.id);
+      const section = groupSection(group);
+      $("dups-groups").querySelector(`[data-key="${CSS.escape(group.key)}"]`).replaceWith(section);
+      section.querySelector(".keeper .badge").scrollIntoView({ block: "nearest" });
+    });
+    li.append(make);
+  }
+  const open = document.createElement("button");
+  open.type = "button";
+  open.className = "open secondary";
+  open.textContent = "Details";
+  open.setAttribute("aria-label", `Details of ${member.name}`);
+  open.addEventListener("click", () => openDetail(member.id));
+  li.append(open);
+  return li;
+}
+
+function groupSection(group) {
+  const section = document.createElement("section");
+  section.className = "dup-group";
+  section.dataset.key = group.key;
+  const keeper = group.members.find((m) => m.id === keeperOf(group));
+  const heading = document.createElement("h3");
+  const why = keeper.id === group.keeper ? group.reason : "chosen by you";
+  heading.textContent = `${plural(group.members.length, "image")}: keep ${keeper.name} (${why})`;
+  section.setAttribute("aria-label", heading.textContent);
+  const list = document.createElement("ol");
+  list.className = "dup-members";
+  list.append(...group.members.map((member) => memberItem(group, member)));
+  const status = document.createElement("p");
+  status.className = "group-status";
+  status.setAttribute("role", "status");
+  section.append(heading, list);
+  if (!facts.readOnly) section.append(groupActions(group, section, status));
+  section.append(status);
+  return section;
+}
+
+function groupActions(group, section, status) {
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  const button = (text, className, onClick) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = className;
+    b.textContent = text;
+    b.addEventListener("click", onClick);
+    actions.append(b);
+    return b;
+  };
+  const others = group.members.length - 1;
+  button("Keep as marked", "keep primary", () => decide(group, "keep", section, status));
+  const move = button(`Move the ${others === 1 ? "other" : `other ${others}`}…`, "move secondary", () =>
+    planMove(group, section, status, move),
+  );
+  button("Not duplicates", "distinct secondary", () => decide(group, "distinct", section, status));
+  return actions;
+}
+
+async function postJson(url, data) {
+  return request(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(data) });
+}
+
+function setBusy(section, busy) {
+  for (const b of section.querySelectorAll("button")) b.disabled = busy;
+}
+
+// The group is handled: it leaves the page (and, being decided or moved, does not come back).
+function groupDone(group, section, message) {
+  dups.body.groups = dups.body.groups.filter((g) => g.key !== group.key);
+  dups.keepers.delete(group.key);
+  const next = section.nextElementSibling ?? section.previousElementSibling;
+  section.remove();
+  describeDuplicates();
+  tell(message);
+  (next?.querySelector("button.keep") ?? $("dups-status")).focus?.();
+}
+
+async function decide(group, decision, section, status) {
+  const keeper = keeperOf(group);
+  const ids = [keeper, ...group.members.map((m) => m.id).filter((id) => id !== keeper)];
+  setBusy(section, true);
+  try {
+    await postJson("/api/duplicates/decisions", { ids, decision, keeper: decision === "keep" ? keeper : null });
+  } catch (error) {
+    setBusy(section, false);
+    status.textContent = `Not saved: ${error.message}`;
+    status.classList.add("error");
+    return;
+  }
+  const name = group.members.find((m) => m.id === keeper).name;
+  groupDone(
+    group,
+    section,
+    decision === "keep"
+      ? `Resolved: ${name} and its ${ids.length - 1 === 1 ? "copy" : `${ids.length - 1} copies`} stay as they are.`
+      : `Marked as not duplicates: ${group.members.map((m) => m.name).join(", ")}.`,
+  );
+}
+
+function moveRequest(group, dryRun) {
+  const s = urlState();
+  const choice = { key: group.key, keeper: keeperOf(group) };
+  return postJson("/api/duplicates/move", { tier: s.tier, threshold: s.threshold, groups: [choice], dry_run: dryRun });
+}
+
+// Moving is shown first (a dry run: what goes where), then done on confirmation.
+async function planMove(group, section, status, moveButton) {
+  section.querySelector(".plan-box")?.remove();
+  setBusy(section, true);
+  let plan;
+  try {
+    plan = await (await moveRequest(group, true)).json();
+  } catch (error) {
+    setBusy(section, false);
+    status.textContent = `Cannot move: ${error.message}`;
+    status.classList.add("error");
+    return;
+  }
+  setBusy(section, false);
+  status.textContent = "";
+  status.classList.remove("error");
+  const box = document.createElement("div");
+  box.className = "plan-box confirm";
+  const title = document.createElement("p");
+  title.textContent = plan.moves.length
+    ? `Move ${plural(plan.moves.length, "file")} out of the collection (nothing is deleted; a record lets you undo it):`
+    : "Nothing can be moved:";
+  const list = document.createElement("ul");
+  list.className = "plan";
+  for (const move of plan.moves) {
+    const li = document.createElement("li");
+    li.textContent = `${move.source} → ${move.target}`;
+    list.append(li);
+  }
+  for (const failed of plan.failed) {
+    const li = document.createElement("li");
+    li.className = "error";
+    li.textContent = `${failed.path}: ${failed.reason}`;
+    list.append(li);
+  }
+  const yes = document.createElement("button");
+  yes.type = "button";
+  yes.className = "danger confirm-move";
+  yes.textContent = `Move ${plural(plan.moves.length, "file")}`;
+  yes.disabled = !plan.moves.length;
+  const no = document.createElement("button");
+  no.type = "button";
+  no.className = "secondary";
+  no.textContent = "Cancel";
+  no.addEventListener("click", () => {
+    box.remove();
+    moveButton.focus();
+  });
+  yes.addEventListener("click", async () => {
+    setBusy(section, true);
+    let done;
+    try {
+      done = await (await moveRequest(group, false)).json();
+    } catch (error) {
+      setBusy(section, false);
+      status.textContent = `Not moved: ${error.message}`;
+      status.classList.add("error");
+      return;
+    }
+    if (!done.moves.length) {
+      setBusy(section, false);
+      status.textContent = `Not moved: ${done.failed[0]?.reason ?? "nothing to move"}`;
+      status.classList.add("error");
+      return;
+    }
+    const first = done.failed[0];
+    const failed = first ? `; ${plural(done.failed.length, "file")} not moved: ${first.path}: ${first.reason}` : "";
+    const record = done.manifest ? ` (record of the move: ${done.manifest})` : "";
+    const where = ` to ${done.moves[0].target.split("/")[0]}/`;
+    shown.browseKey = null; // the moved files left the collection
+    shown.searchKey = null;
+    refreshCollection();
+    groupDone(group, section, `Moved ${plural(done.moves.length, "file")}${where}${record}${failed}.`);
+  });
+  box.append(title, list, yes, no);
+  section.querySelector(".actions").after(box);
+  yes.focus();
+}
+
+function setupDuplicates() {
+  $("dups-tier").addEventListener("change", () => navigate({ tier: $("dups-tier").value, threshold: null }));
+  $("dups-threshold").addEventListener("input", () => {
+    const value = Number.parseFloat($("dups-threshold").value);
+    $("dups-threshold-value").textContent = value.toFixed(2);
+    clearTimeout(dups.timer);
+    dups.timer = setTimeout(() => navigate({ threshold: value.toFixed(2) }, { replace: true }), SLIDER_DELAY_MS);
+  });
+  $("dups-default").addEventListener("click", () => navigate({ threshold: null }));
+  $("dups-settings").addEventListener("submit", (event) => event.preventDefault());
+}
+
 // --- an image's details ---------------------------------------------------------------------------
 
 function openDetail(id) {
@@ -798,6 +1191,7 @@ async function renderDetail(id) {
   const hit = shown.hits.get(id);
   for (const row of document.querySelectorAll(".score-row")) row.hidden = !hit || urlState().view !== "search";
   if (hit) $("detail-score").textContent = `${hit.score.toFixed(3)}${hit.weak ? " (a weak match)" : ""}`;
+  $("detail-score-name").textContent = shown.scoreName;
   $("detail-remove").hidden = facts.readOnly;
 }
 
@@ -984,5 +1378,9 @@ setupRegion();
 setupBrowse();
 setupDetail();
 setupAdding();
-window.addEventListener("popstate", render);
+setupDuplicates();
+window.addEventListener("popstate", () => {
+  $("text-query").value = urlState().q; // Back and Forward bring the words back even while the box has focus
+  render();
+});
 loadCollection().then(render, (error) => setStatus(`Cannot load the collection: ${error.message}`, true));

