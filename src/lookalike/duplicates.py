@@ -56,7 +56,8 @@ COPY_EMBEDDER = "copy-lite0"
 #: checked on seed 1; see README "Duplicates". `exact` is the cosine a pair needs before its pixels are compared.
 THRESHOLDS = {"exact": 0.99, "near": 0.82, "similar": 0.85}
 #: near tier: a stored pair below the threshold (but at least EDGE_FLOOR) still counts when the two images'
-#: perceptual hashes (DCT, 64 bits, as imagededup's pHash) differ in at most this many bits; None: no hash check
+#: perceptual hashes (DCT, 64 bits, as imagededup's pHash) differ in at most this many bits; None: no hash check.
+#: Only at the calibrated threshold or a looser one: a stricter threshold is a plain cosine cut.
 HASH_DISTANCE: int | None = 10
 #: a centre's neighbour joins its group only when linked to at least this share of the members before it
 MIN_SHARE = 0.0
@@ -240,7 +241,9 @@ def find_duplicates(
         scores = np.ones(len(a), dtype=np.float32)
         clusters = components(a, b)
     else:
-        if tier == "near" and HASH_DISTANCE is not None and threshold > EDGE_FLOOR:
+        # the hash matches belong to the calibrated threshold and anything looser; a stricter threshold (a slider
+        # moved up) is a plain cosine cut, so raising it always splits a pair whose score it passes
+        if tier == "near" and HASH_DISTANCE is not None and EDGE_FLOOR < threshold <= THRESHOLDS["near"]:
             a, b, scores = _with_hash_matches(collection, embedder, by_id, (a, b, scores), threshold, progress)
         apart = {(min(x, y), max(x, y)) for x, y in collection.catalog.decisions("distinct")}
         clusters = star_clusters(a, b, scores, apart=apart, min_share=MIN_SHARE)
