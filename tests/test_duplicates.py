@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import pytest
 from lookalike import Collection
 from lookalike.catalog import ImageRecord
 from lookalike.cli.main import main
-from lookalike.duplicates import THRESHOLDS, DuplicatesError, choose_keeper, star_clusters
+from lookalike.duplicates import THRESHOLDS, DuplicatesError, choose_keeper, perceptual_hash, star_clusters
+from lookalike.images import open_image
 
 REPO = Path(__file__).resolve().parents[1]
 MILD = ["half", "jpeg30", "flip", "crop90"]
@@ -301,3 +303,36 @@ def test_cli_json_and_csv(collection: Collection, tmp_path: Path, capsys: pytest
     assert "would move" in capsys.readouterr().out and not (tmp_path / "m").exists()
     assert main(["duplicates", "--collection", col, "--threshold", "0.1"]) == 2
     assert "between" in capsys.readouterr().err
+
+
+def test_finding_duplicates_never_imports_torch_once_models_are_exported(
+    collection: Collection, photos: tuple[Path, dict]
+):
+    root, manifest = photos
+    original = next(iter(manifest["originals"]))
+    shutil.copyfile(root / original, root / "again.jpg")
+    os.utime(root / "again.jpg", (1, 1))  # same bytes as the original, another file: embedded anew
+    collection.close()
+    code = (
+        "import sys, json\nfrom lookalike import Collection\n"
+        f"with Collection.open({str(collection.path)!r}, create=False) as c:\n"
+        f"    c.sync({str(root)!r})\n"
+        "    report = c.duplicates('near')\n"
+        "heavy = [m for m in ('torch', 'torchvision') if m in sys.modules]\n"
+        "print(json.dumps({'compared': report.compared, 'heavy': heavy}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"compared": 1, "heavy": []}
+
+
+def test_perceptual_hash_is_near_for_copies_and_far_for_other_photos(photos: tuple[Path, dict]):
+    root, manifest = photos
+    originals = list(manifest["originals"])
+    hashes = {}
+    for name in [originals[0], originals[1]]:
+        hashes[name] = perceptual_hash(open_image(root / name))
+    for transform in ("half", "jpeg30"):
+        copy = perceptual_hash(open_image(copy_path(manifest, root, originals[0], transform)))
+        assert (copy ^ hashes[originals[0]]).bit_count() <= 10, transform
+    assert (hashes[originals[0]] ^ hashes[originals[1]]).bit_count() > 10

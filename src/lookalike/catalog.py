@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS duplicate_searched (
     sha256 TEXT,
     PRIMARY KEY (embedder, image_id)
 ) WITHOUT ROWID;
+-- a 64-bit perceptual hash (DCT) of images in the near tier's band, and the content it was computed from
+CREATE TABLE IF NOT EXISTS duplicate_hashes (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    sha256 TEXT,
+    phash INTEGER NOT NULL
+);
 -- the user's decisions: "keep" (a = the keeper, b = a member of its resolved group), "distinct" (a < b: not duplicates)
 CREATE TABLE IF NOT EXISTS duplicate_decisions (
     a INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
@@ -380,6 +386,25 @@ class Catalog:
         self._db.executemany("DELETE FROM duplicate_pairs WHERE embedder = ? AND a = ?", rows)
         self._db.executemany("DELETE FROM duplicate_pairs WHERE embedder = ? AND b = ?", rows)
         self._db.executemany("DELETE FROM duplicate_searched WHERE embedder = ? AND image_id = ?", rows)
+
+    def perceptual_hashes(self, ids: Iterable[int]) -> dict[int, tuple[str | None, int]]:
+        """Stored perceptual hashes of `ids` -> (SHA-256 they were computed from, 64-bit hash as signed int)."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, tuple[str | None, int]] = {}
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for i, h, v in self._db.execute(
+                f"SELECT image_id, sha256, phash FROM duplicate_hashes WHERE image_id IN ({marks})", chunk
+            ):
+                found[int(i)] = (h, int(v))
+        return found
+
+    def put_perceptual_hashes(self, items: Iterable[tuple[int, str | None, int]]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO duplicate_hashes (image_id, sha256, phash) VALUES (?, ?, ?)",
+            [(int(i), h, int(v)) for i, h, v in items],
+        )
 
     def put_decisions(self, decision: str, pairs: Iterable[tuple[int, int]]) -> None:
         self._db.executemany(

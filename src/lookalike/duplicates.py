@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from PIL import Image
 
 from .catalog import ImageRecord
 from .images import ImageError, open_image
@@ -56,6 +55,10 @@ COPY_EMBEDDER = "copy-lite0"
 #: default thresholds per tier (cosine similarity), calibrated on benchmarks/copydetect.py's set (seed 0),
 #: checked on seed 1; see README "Duplicates". `exact` is the cosine a pair needs before its pixels are compared.
 THRESHOLDS = {"exact": 0.99, "near": 0.82, "similar": 0.85}
+#: near tier: a stored pair below the threshold (but at least EDGE_FLOOR) still counts when the two images'
+#: perceptual hashes (DCT, 64 bits, as imagededup's pHash) differ in at most this many bits; None: no hash check.
+#: Only at the calibrated threshold or a looser one: a stricter threshold is a plain cosine cut.
+HASH_DISTANCE: int | None = 10
 #: a centre's neighbour joins its group only when linked to at least this share of the members before it
 MIN_SHARE = 0.0
 #: neighbours searched per image for candidate pairs
@@ -223,9 +226,9 @@ def find_duplicates(
     by_id = {r.id: r for r in readable}
 
     embedder = COPY_EMBEDDER if tier == "near" else collection.default_embedder
-    with collection._lock:
-        report.compared = update_pairs(collection, embedder, readable, progress)
-        a, b, scores = collection.catalog.pairs(embedder, threshold)
+    # not under the collection's lock: embedding and searching take it only briefly, so searches go on meanwhile
+    report.compared = update_pairs(collection, embedder, readable, progress)
+    a, b, scores = collection.catalog.pairs(embedder, threshold)
     report.embedder = embedder
     inside = np.isin(a, list(by_id)) & np.isin(b, list(by_id))
     a, b, scores = a[inside], b[inside], scores[inside]
@@ -238,6 +241,10 @@ def find_duplicates(
         scores = np.ones(len(a), dtype=np.float32)
         clusters = components(a, b)
     else:
+        # the hash matches belong to the calibrated threshold and anything looser; a stricter threshold (a slider
+        # moved up) is a plain cosine cut, so raising it always splits a pair whose score it passes
+        if tier == "near" and HASH_DISTANCE is not None and EDGE_FLOOR < threshold <= THRESHOLDS["near"]:
+            a, b, scores = _with_hash_matches(collection, embedder, by_id, (a, b, scores), threshold, progress)
         apart = {(min(x, y), max(x, y)) for x, y in collection.catalog.decisions("distinct")}
         clusters = star_clusters(a, b, scores, apart=apart, min_share=MIN_SHARE)
 
@@ -273,7 +280,7 @@ def update_pairs(
     todo = [r for r in records if r.id in have and (r.id not in searched or searched[r.id] != r.sha256)]
     changed = [r.id for r in todo if r.id in searched]
     if changed:
-        with collection._change():
+        with collection._lock, collection._change():
             catalog.forget_pairs(embedder, changed)
     stage = f"comparing ({embedder})"
     if progress:
@@ -285,12 +292,71 @@ def update_pairs(
             collection.vectors_of(ids, embedder), NEIGHBOURS, embedder=embedder, exclude=ids
         )
         a, b, scores = neighbour_pairs(ids, found.ids, found.scores, EDGE_FLOOR)
-        with collection._change():
+        with collection._lock, collection._change():
             catalog.put_pairs(embedder, a, b, scores)
             catalog.mark_searched(embedder, [(r.id, r.sha256) for r in chunk])
         if progress:
             progress(stage, start + len(chunk), len(todo))
     return len(todo)
+
+
+def _with_hash_matches(
+    collection: Collection,
+    embedder: str,
+    by_id: dict[int, ImageRecord],
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    threshold: float,
+    progress: Progress | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`pairs` plus the stored pairs scoring in [EDGE_FLOOR, threshold) whose perceptual hashes are within
+    HASH_DISTANCE bits: the hash keeps greyscale, blurred and text-covered copies that the descriptor scores
+    a little low, and the descriptor's floor keeps the hash's chance matches out."""
+    a, b, scores = collection.catalog.pairs(embedder, EDGE_FLOOR)
+    band = (scores < threshold) & np.isin(a, list(by_id)) & np.isin(b, list(by_id))
+    a, b, scores = a[band], b[band], scores[band]
+    hashes = perceptual_hashes(collection, [by_id[i] for i in np.unique(np.concatenate([a, b])).tolist()], progress)
+    keep = np.array(
+        [
+            x in hashes and y in hashes and (hashes[x] ^ hashes[y]).bit_count() <= HASH_DISTANCE
+            for x, y in zip(a.tolist(), b.tolist(), strict=True)
+        ],
+        dtype=bool,
+    )
+    return tuple(np.concatenate([p, q[keep]]) for p, q in zip(pairs, (a, b, scores), strict=True))  # type: ignore[return-value]
+
+
+def perceptual_hashes(
+    collection: Collection, records: Sequence[ImageRecord], progress: Progress | None = None
+) -> dict[int, int]:
+    """Each readable image's 64-bit perceptual hash (as an unsigned int), computed once and kept in the catalog."""
+    stored = collection.catalog.perceptual_hashes(r.id for r in records)
+    sha_of = {r.id: r.sha256 for r in records}
+    out = {i: v & (2**64 - 1) for i, (h, v) in stored.items() if sha_of.get(i) == h}
+    todo = [r for r in records if r.id not in out]
+    new = []
+    for n, record in enumerate(todo):
+        try:
+            image = open_image(Path(record.path), draft_size=(256, 256))
+        except (ImageError, OSError):
+            continue
+        out[record.id] = perceptual_hash(image)
+        new.append((record.id, record.sha256, out[record.id] - (2**64 if out[record.id] >= 2**63 else 0)))
+        if progress:
+            progress("hashing", n + 1, len(todo))
+    if new:
+        with collection._lock, collection._change():
+            collection.catalog.put_perceptual_hashes(new)
+    return out
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """pHash: the signs of the 8 x 8 lowest frequencies of the DCT of the 32 x 32 grey image against their median."""
+    from scipy.fft import dct
+
+    pixels = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    coefficients = dct(dct(pixels, axis=0), axis=1)[:8, :8].ravel()
+    bits = coefficients >= np.median(coefficients[1:])
+    return int(np.packbits(bits).view(">u8")[0])
 
 
 def neighbour_pairs(
@@ -313,6 +379,9 @@ def neighbour_pairs(
 
 def components(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
     """Connected components (of two or more ids) of the pairs (a[i], b[i])."""
+    from scipy.sparse import coo_matrix  # imported here: `import lookalike` stays light
+    from scipy.sparse.csgraph import connected_components
+
     if not len(a):
         return []
     nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
