@@ -88,6 +88,10 @@ def test_public_read_lets_searches_through_but_not_writes(collection: Collection
     assert client.post("/api/search", files={"file": ("q.jpg", photo, "image/jpeg")}).status_code == 200
     assert client.post("/api/images", files={"file": ("q.jpg", photo, "image/jpeg")}).status_code == 401
     assert client.delete(f"/api/images/{image_id}").status_code == 401
+    # Listing duplicates can embed every image under the write lock: not for anonymous readers.
+    assert client.get("/api/duplicates", params={"tier": "exact"}).status_code == 401
+    authorised = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/api/duplicates", params={"tier": "exact"}, headers=authorised).status_code == 200
     assert collection.catalog.count() == 6
 
 
