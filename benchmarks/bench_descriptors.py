@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import copydetect  # noqa: E402
-from benchmarks.common import finish_record, median_seconds, run_record  # noqa: E402
+from benchmarks.common import finish_record, link_file, median_seconds, run_record  # noqa: E402
 from lookalike import Collection  # noqa: E402
 from lookalike.evaluation.runner import evaluate_folder  # noqa: E402
 from lookalike.images import iter_image_files  # noqa: E402
@@ -49,12 +49,11 @@ WHITENINGS = {"raw": None, "pca": WhiteningSettings()}  # the defaults: chosen o
 
 
 def linked_subset(out: Path, files: list[tuple[Path, Path]]) -> Path:
-    """A folder of symbolic links (relative path -> source file), so a subset is a folder like any other."""
+    """A folder of hard links (relative path -> source file), so a subset is a folder like any other."""
     for relative, source in files:
         link = out / relative
         if not link.exists():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(source.resolve())
+            link_file(source, link)
     return out
 
 

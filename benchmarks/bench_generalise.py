@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import finish_record, run_record  # noqa: E402
+from common import finish_record, link_file, run_record  # noqa: E402
 
 from lookalike import Collection  # noqa: E402
 from lookalike.evaluation.runner import evaluate_folder  # noqa: E402
@@ -59,14 +59,14 @@ def class_split(root: Path, seen: int = SEEN_CLASSES) -> tuple[list[str], list[s
 
 
 def link_classes(root: Path, classes: list[str], out: Path, per_class: int | None = None) -> Path:
-    """out/<class>/<photo> symbolic links to the photos of `classes` (the first `per_class` of each)."""
+    """out/<class>/<photo> hard links to the photos of `classes` (the first `per_class` of each)."""
     for name in classes:
         photos = sorted(iter_image_files(root / name))[:per_class]
         (out / name).mkdir(parents=True, exist_ok=True)
         for photo in photos:
             link = out / name / photo.name
             if not link.exists():
-                link.symlink_to(photo)
+                link_file(photo, link)
     return out
 
 

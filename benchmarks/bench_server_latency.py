@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import finish_record, run_record  # noqa: E402
+from common import finish_record, link_file, run_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LOOKALIKE_DATA", REPO.parent / "shared" / "data" / "catsdogs"))
@@ -66,8 +66,7 @@ def build_synthetic_collection(folder: Path, size: int = COLLECTION_SIZE, seed: 
             files.append(source)
             continue
         link = links / source.parent.name / f"copy{i // len(real)}-{source.name}"
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(source)
+        link_file(source, link)
         files.append(link)
 
     rng = np.random.default_rng(seed)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -107,3 +109,16 @@ def finish_record(record: dict[str, object]) -> dict[str, object]:
     record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     record["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return record
+
+
+def link_file(source: Path, target: Path) -> None:
+    """`target` as another name of the photo `source` (a hard link, or a copy across file systems).
+
+    Not a symbolic link: lookalike reads only regular files and skips file links unless told to
+    follow them (an indexed folder is untrusted), so a subset made of links would index nothing.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
