@@ -259,3 +259,20 @@ def test_stored_vectors_equal_an_independent_pytorch_computation(shared_collecti
     expected = torch.nn.functional.normalize(features, dim=1).numpy()
     stored = shared_collection.vectors_of([r.id for r in records])
     np.testing.assert_allclose(stored, expected, atol=1e-4)
+
+
+def test_a_looping_exception_chain_is_read_to_its_end_once() -> None:
+    """A library that re-raises its own cause leaves a chain that loops (a -> b -> a): reading it for a
+    disk-full or read-only cause must end (it once spun forever when Milvus Lite went away mid-write)."""
+    import errno
+
+    from lookalike.collection import _write_error_in
+    from lookalike.storage import DiskFullError
+
+    first, second = RuntimeError("gone"), RuntimeError("gone again")
+    first.__context__, second.__context__ = second, first
+    assert _write_error_in(first, "cannot write") is None
+    full = OSError(errno.ENOSPC, "No space left on device")
+    second.__context__ = full
+    full.__context__ = first
+    assert isinstance(_write_error_in(first, "cannot write"), DiskFullError)

@@ -1585,7 +1585,9 @@ def _clear(exc: BaseException, what: str) -> BaseException:
 def _write_error_in(exc: BaseException, what: str) -> CollectionWriteError | None:
     """A clear error for a write that failed because the disk is full or read-only (the cause may be wrapped)."""
     seen: BaseException | None = exc
-    while seen is not None:
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:  # a chain can loop (a library re-raising its cause)
+        visited.add(id(seen))
         if isinstance(seen, CollectionWriteError):
             return seen
         error = write_error(seen, what)
