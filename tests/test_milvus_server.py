@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,8 +56,9 @@ def copy_label(data_dir: Path, root: Path, label: str, numbers: range) -> Path:
     return root
 
 
-def remote_rows(server, name: str) -> list[int]:
-    """Every primary key in the remote collection of embedder DEFAULT_EMBEDDER under NAME (one Strong read)."""
+def remote_rows(server, name: str, wait: bool = True) -> list[int]:
+    """Every primary key in the remote collection of embedder DEFAULT_EMBEDDER under NAME (one Strong read);
+    without `wait`, none while the collection is not loaded yet."""
     from pymilvus import MilvusClient
 
     target = parse_kind(server.kind(name))
@@ -73,6 +75,8 @@ def remote_rows(server, name: str) -> list[int]:
                 # being created (no index yet), or restarted: the server loads it in its own time
                 if "not loaded" not in str(exc) and "index not found" not in str(exc):
                     raise
+                if not wait:
+                    return []
                 time.sleep(1)
         raise AssertionError(f"{remote} never loaded")
     finally:
@@ -186,9 +190,20 @@ def test_a_server_restart_during_indexing_is_waited_out(server, tmp_path, sample
         "index", str(folder), "--collection", str(col), "--index", server.kind("restart"), "--batch-size", "2",
         env={"LOOKALIKE_MILVUS_RETRY": "300"}, wait=False,
     )  # fmt: skip
-    wait_for_rows(server, "restart", indexing)
+    # Let the run go in short slices, stopped while the server is asked, so the restart is sure to come in
+    # its middle (on a quiet machine the 24 images can all be written between two polls).
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while True:
+        os.kill(indexing.pid, signal.SIGSTOP)
+        if remote_rows(server, "restart", wait=False):
+            break
+        assert indexing.poll() is None, f"indexing ended before any row arrived: {indexing.communicate()}"
+        assert time.monotonic() < deadline, "no row reached the server"
+        os.kill(indexing.pid, signal.SIGCONT)
+        time.sleep(0.05)
     assert len(remote_rows(server, "restart")) < 24, "the restart comes in the middle of the run"
-    server.restart()  # the run is between batches: its next write finds the server gone, then back
+    server.restart()  # the run is stopped between or inside a write: its next one finds the server gone, then back
+    os.kill(indexing.pid, signal.SIGCONT)
     code, out, err = finish(indexing)
     assert code == 0, err
     assert "24 added" in out
