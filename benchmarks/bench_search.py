@@ -152,7 +152,8 @@ def markdown_table(report: dict) -> str:
     """The README table of one results file: every kind and search setting."""
     lines = [
         f"n = {report['n']:,}, d = {report['dim']}, {report['queries']} queries "
-        f"(single-threaded: {report['single_queries']}), load average at end {report['load_average_at_end'][0]:.1f}; "
+        f"(single-threaded: {report['single_queries']}), load average at start / end "
+        f"{report.get('load_average_start', ['?'])[0]} / {report.get('load_average_end', ['?'])[0]}; "
         f"read bandwidth {report['bandwidth']['read_bytes_per_s'] / 1e9:.1f} GB per CPU-s -> exact-search bound "
         f"{report['flat_qps_bound_single']:.1f} q/s single-threaded",
         "",
