@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -35,7 +35,6 @@ from PIL import Image
 from . import embedders as embedder_registry
 from .catalog import Catalog, ImageRecord
 from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocabulary
-from .duplicates import DuplicateGroup, DuplicateReport, MoveReport, UndoReport
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
@@ -67,6 +66,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the logic is in duplicates.py, imported when first used
+    from .duplicates import DuplicateGroup, DuplicateReport, MoveReport, UndoReport
 
 #: progress(stage, done, total); the core library never prints, the CLI draws bars from this
 Progress = Callable[[str, int, int], None]
