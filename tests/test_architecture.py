@@ -20,23 +20,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """Every lookalike module `path` imports, at the top or inside a function (typing-only imports aside)."""
+    """Every lookalike module `path` imports: at the top, inside a function, or for type annotations only
+    (under TYPE_CHECKING): a cycle through any of them is still a cycle in the design."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
-                continue
             if isinstance(child, ast.Import):
                 found.update(a.name for a in child.names if a.name in modules)
             elif isinstance(child, ast.ImportFrom):

@@ -13,18 +13,19 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Collection": "collection",
-    "Neighbours": "collection",
-    "Query": "collection",
-    "SearchResult": "collection",
-    "SyncReport": "collection",
-    "TextSearch": "collection",
+    "Neighbours": "results",
+    "Query": "results",
+    "SearchResult": "results",
+    "SyncReport": "results",
+    "TextSearch": "results",
     "ImageError": "images",
     "open_image": "images",
 }
 
 if TYPE_CHECKING:
-    from .collection import Collection, Neighbours, Query, SearchResult, SyncReport, TextSearch
+    from .collection import Collection
     from .images import ImageError, open_image
+    from .results import Neighbours, Query, SearchResult, SyncReport, TextSearch
 
 
 def __getattr__(name: str) -> Any:

@@ -33,20 +33,19 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from .catalog import ImageRecord
+from .catalog import Catalog, ImageRecord
 from .images import ImageError, open_image
-
-if TYPE_CHECKING:
-    from .collection import Collection
+from .results import Neighbours, Progress, SyncReport
 
 TIERS = ("exact", "near", "similar")
 DEFAULT_TIER = "near"
@@ -197,7 +196,42 @@ class DuplicatesError(ValueError):
     """A duplicates request that cannot be done (unknown tier, a manifest whose files changed, ...)."""
 
 
-Progress = Callable[[str, int, int], None]
+class Collection(Protocol):
+    """What this module uses of a `lookalike.Collection`, which passes itself in. Named here rather than
+    imported, so collection.py can import this module and this module never imports collection.py."""
+
+    path: Path
+    catalog: Catalog
+
+    @property
+    def default_embedder(self) -> str: ...
+
+    def writing(self) -> AbstractContextManager[None]: ...
+
+    def records(
+        self, *, under: str | os.PathLike[str] | None = None, status: str | None = "ok"
+    ) -> list[ImageRecord]: ...
+
+    def indexed_root(self) -> str: ...
+
+    def vector_ids(self, embedder: str | None = None) -> set[int]: ...
+
+    def vectors_of(self, ids: np.ndarray | Sequence[int], embedder: str | None = None) -> np.ndarray: ...
+
+    def embed_missing(
+        self, records: Sequence[ImageRecord], *, embedder: str | None = None, progress: Progress | None = None
+    ) -> SyncReport: ...
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 5,
+        *,
+        embedder: str | None = None,
+        exclude: np.ndarray | Sequence[int] | None = None,
+    ) -> Neighbours: ...
+
+    def remove(self, ids: Iterable[int], *, delete_uploads: bool = False) -> int: ...
 
 
 # --- finding groups ---------------------------------------------------------------------------------
@@ -280,7 +314,7 @@ def update_pairs(
     todo = [r for r in records if r.id in have and (r.id not in searched or searched[r.id] != r.sha256)]
     changed = [r.id for r in todo if r.id in searched]
     if changed:
-        with collection._lock, collection._change():
+        with collection.writing():
             catalog.forget_pairs(embedder, changed)
     stage = f"comparing ({embedder})"
     if progress:
@@ -292,7 +326,7 @@ def update_pairs(
             collection.vectors_of(ids, embedder), NEIGHBOURS, embedder=embedder, exclude=ids
         )
         a, b, scores = neighbour_pairs(ids, found.ids, found.scores, EDGE_FLOOR)
-        with collection._lock, collection._change():
+        with collection.writing():
             catalog.put_pairs(embedder, a, b, scores)
             catalog.mark_searched(embedder, [(r.id, r.sha256) for r in chunk])
         if progress:
@@ -344,7 +378,7 @@ def perceptual_hashes(
         if progress:
             progress("hashing", n + 1, len(todo))
     if new:
-        with collection._lock, collection._change():
+        with collection.writing():
             collection.catalog.put_perceptual_hashes(new)
     return out
 
@@ -570,13 +604,13 @@ def decide(collection: Collection, ids: Sequence[int], decision: str, *, keeper:
         pairs = [(keeper, i) for i in ids if i != keeper]
     else:
         pairs = [(x, y) for n, x in enumerate(sorted(ids)) for y in sorted(ids)[n + 1 :]]
-    with collection._lock, collection._change():
+    with collection.writing():
         collection.catalog.put_decisions(decision, pairs)
 
 
 def clear_decisions(collection: Collection, ids: Sequence[int] | None = None) -> int:
     """`Collection.clear_duplicate_decisions`: see there."""
-    with collection._lock, collection._change():
+    with collection.writing():
         return collection.catalog.delete_decisions(ids)
 
 
