@@ -83,13 +83,20 @@ def remote_rows(server, name: str, wait: bool = True) -> list[int]:
         client.close()
 
 
-def wait_for_rows(server, name: str, process: subprocess.Popen[str]) -> None:
-    """Until the first batch of a running `lookalike index` is on the server."""
+def stop_at_first_rows(server, name: str, process: subprocess.Popen[str]) -> None:
+    """Let a running `lookalike index` go in short slices until its first batch is on the server, and leave it
+    stopped (SIGSTOP) there, so whatever happens to the server next is sure to come in the middle of the run
+    (on a quiet machine the 24 images can all be written between two polls). SIGCONT resumes it."""
     deadline = time.monotonic() + PROCESS_TIMEOUT
-    while not remote_rows(server, name):
+    while True:
+        os.kill(process.pid, signal.SIGSTOP)
+        if remote_rows(server, name, wait=False):
+            break
         assert process.poll() is None, f"indexing ended before any row arrived: {process.communicate()}"
         assert time.monotonic() < deadline, "no row reached the server"
-        time.sleep(0.2)
+        os.kill(process.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    assert len(remote_rows(server, name)) < 24, "the run is stopped in its middle"
 
 
 def catalog_ids(path: Path) -> list[int]:
@@ -190,18 +197,7 @@ def test_a_server_restart_during_indexing_is_waited_out(server, tmp_path, sample
         "index", str(folder), "--collection", str(col), "--index", server.kind("restart"), "--batch-size", "2",
         env={"LOOKALIKE_MILVUS_RETRY": "300"}, wait=False,
     )  # fmt: skip
-    # Let the run go in short slices, stopped while the server is asked, so the restart is sure to come in
-    # its middle (on a quiet machine the 24 images can all be written between two polls).
-    deadline = time.monotonic() + PROCESS_TIMEOUT
-    while True:
-        os.kill(indexing.pid, signal.SIGSTOP)
-        if remote_rows(server, "restart", wait=False):
-            break
-        assert indexing.poll() is None, f"indexing ended before any row arrived: {indexing.communicate()}"
-        assert time.monotonic() < deadline, "no row reached the server"
-        os.kill(indexing.pid, signal.SIGCONT)
-        time.sleep(0.05)
-    assert len(remote_rows(server, "restart")) < 24, "the restart comes in the middle of the run"
+    stop_at_first_rows(server, "restart", indexing)
     server.restart()  # the run is stopped between or inside a write: its next one finds the server gone, then back
     os.kill(indexing.pid, signal.SIGCONT)
     code, out, err = finish(indexing)
@@ -221,8 +217,9 @@ def test_a_server_gone_fails_clearly_and_a_rerun_indexes_every_image_once(server
         "index", str(folder), "--collection", str(col), "--index", server.kind("gone"), "--batch-size", "2",
         env={"LOOKALIKE_MILVUS_RETRY": "2"}, wait=False,
     )  # fmt: skip
-    wait_for_rows(server, "gone", indexing)
-    server.stop()
+    stop_at_first_rows(server, "gone", indexing)
+    server.stop()  # the run's next write finds the server gone
+    os.kill(indexing.pid, signal.SIGCONT)
     code, _, err = finish(indexing)
     assert code == 2
     assert f"lookalike: error: cannot reach the Milvus server at {address}: could not write" in err
