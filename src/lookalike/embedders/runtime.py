@@ -69,6 +69,11 @@ def open_session(path: Path, threads: int, *, keep_optimised: bool = True) -> An
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # Idle worker threads sleep instead of spinning. Spinning threads keep a core busy between operators,
+        # which on a shared CPU takes it from the decoding threads, from other requests and from other
+        # processes: measured on 2 busy cores (load 12), EfficientNet-Lite0 took 39 ms of CPU per image with
+        # spinning and 19 ms without, and a served search's CPU fell from 45 to 33 ms.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = level
         opts.log_severity_level = 3  # errors only: the optimiser's notes are not for the user
         return opts
