@@ -38,7 +38,7 @@ from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocab
 from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
-from .index.base import FOREIGN_IDS_FROM
+from .index.base import FOREIGN_IDS_FROM, distinct
 from .index.exact import exact_search
 from .index.milvus import is_milvus_kind
 from .index.rerank import alpha_query_expansion, search_excluding
@@ -1060,10 +1060,10 @@ class Collection:
         allowed = within
         if label is not None:
             with_label = self.catalog.ids_with_label(label)
-            allowed = with_label if allowed is None else np.intersect1d(with_label, allowed)
+            allowed = with_label if allowed is None else with_label[np.isin(with_label, allowed)]
         if tag is not None:
             tagged = self.tagged_ids(tag)
-            allowed = tagged if allowed is None else np.intersect1d(tagged, allowed)
+            allowed = tagged if allowed is None else tagged[np.isin(tagged, allowed)]
         if allowed is not None and not len(allowed):
             return Neighbours.empty(len(vectors), k, name)
         raw = vectors
@@ -1094,7 +1094,7 @@ class Collection:
             else:
                 scores, found = search_excluding(index, vectors, k, allowed, excluded)
             # Other catalogs' images (a shared remote index) are not in this catalog: `results` reads them.
-            hits = np.unique(found[(found >= 0) & (found < FOREIGN_IDS_FROM)])
+            hits = distinct(found[(found >= 0) & (found < FOREIGN_IDS_FROM)])
             if len(self.catalog.get_many(hits.tolist())) == len(hits):
                 return Neighbours(found, scores, name)
             # A hit was deleted since the index answered: the next `index()` call sees the change.
@@ -1108,7 +1108,7 @@ class Collection:
         Hits of other catalogs sharing the remote index (ids >= FOREIGN_IDS_FROM) come with the path and
         label that catalog stored beside the vector, its uid in `catalog`, and no record or tags.
         """
-        hits = np.unique(found.ids[found.ids >= 0]).tolist()
+        hits = distinct(found.ids[found.ids >= 0]).tolist()
         records = self.catalog.get_many(hits)
         tags = self.tags(hits)
         foreign = self._foreign_records(found.embedder, [i for i in hits if i >= FOREIGN_IDS_FROM])

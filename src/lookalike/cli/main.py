@@ -25,10 +25,15 @@ def show_notices() -> None:
         log.setLevel(logging.INFO)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command; given the command line, only of the sub-command it names (each
+    module registers its own commands, and `train`'s are generated from the training registry: a search
+    need not import it)."""
     parser = argparse.ArgumentParser(prog="lookalike", description="Find images that look alike.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
+    named = next((a for a in argv if not a.startswith("-")), None) if argv else None
+    modules = [named] if named in COMMAND_MODULES else COMMAND_MODULES
+    for name in modules:
         try:
             module = importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:
@@ -40,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     show_notices()
     try:
         return int(args.run(args) or 0)

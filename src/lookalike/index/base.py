@@ -61,3 +61,12 @@ class IndexOwner(Protocol):
     def uid(self) -> str: ...
 
     def get_many(self, ids: Iterable[int]) -> Mapping[int, Any]: ...
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a 1-d array: `np.unique` without its import of numpy.ma, which costs
+    a cold process about 0.1 s (searches call this on every query)."""
+    ordered = np.sort(np.asarray(values).ravel())
+    if len(ordered) < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]

@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 
 from ..storage import atomic_path
-from .base import IndexError_
+from .base import IndexError_, distinct
 from .choose import AUTO_LADDER, choose_index_kind
 from .specs import HNSW_EF_CONSTRUCTION, get_spec
 
@@ -263,7 +263,7 @@ class FaissIndex:
         if allowed_ids is not None:
             allowed = np.asarray(allowed_ids, dtype=np.int64).ravel()
             slots = np.fromiter((self._slot_of.get(int(i), -1) for i in allowed), np.int64, len(allowed))
-            slots = np.unique(slots[slots >= 0])
+            slots = distinct(slots[slots >= 0])
             if len(slots) == 0:
                 return _empty_result(len(queries), k)
             if len(slots) <= self.exact_filter_limit and self._active != "flat":
