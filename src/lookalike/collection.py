@@ -411,7 +411,11 @@ class Collection:
                 index.remove(np.asarray(ids, dtype=np.int64))
 
     def forget_embedder(self, name: str) -> None:
-        """Drop every stored vector of embedder `name` (its model was replaced); they are re-embedded when needed."""
+        """Drop every stored vector of embedder `name` (its model was replaced); they are re-embedded when needed.
+
+        The duplicate pairs `name` scored, and the marks of the images searched for them, go in the same
+        transaction: the next `duplicates` with this embedder searches every image again, with the new vectors.
+        """
         with self._lock, self._change():
             self.catalog.delete_embedder(name)
             self.catalog.bump_generation(name)  # a saved index of `name` is now stale
