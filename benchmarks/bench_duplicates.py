@@ -209,8 +209,9 @@ def lookalike_vectors(context: Context) -> tuple[np.ndarray, np.ndarray]:
         index_of = {path.resolve(): i for i, path in enumerate(context.paths())}
         with Collection.open(context.workdir / "collection", embedder=EMBEDDER) as collection:
             collection.sync(context.copyset.root)
-            ids, vectors = collection.catalog.vectors(EMBEDDER)
-            records = collection.catalog.get_many(int(i) for i in ids)
+            ids = np.array(sorted(collection.vector_ids(EMBEDDER)), dtype=np.int64)
+            vectors = collection.vectors_of(ids, EMBEDDER)
+            records = collection.images(ids.tolist())
         rows = np.array([index_of[Path(records[int(i)].path).resolve()] for i in ids])
         return rows, vectors
 

@@ -1,11 +1,11 @@
 """End-to-end query latency of the web API on a 10,000-image collection.
 
 The collection is built cheaply: 10,000 catalog rows whose files are the 8,000 real
-cats-and-dogs photos plus 2,000 symbolic links to them (so every row is a servable
-image), each given a random unit vector instead of a real embedding. Exact (flat)
-search costs the same whatever the vectors are, and every query *is* real: a photo
-uploaded over HTTP, decoded, embedded by EfficientNet-Lite0 and searched against
-all 10,000 vectors.
+cats-and-dogs photos plus 2,000 hard links to them (so every row is a servable image),
+each given a random unit vector instead of a real embedding (`Collection.import_vectors`:
+files hashed, not decoded). Exact (flat) search costs the same whatever the vectors are,
+and every query *is* real: a photo uploaded over HTTP, decoded, embedded by
+EfficientNet-Lite0 and searched against all 10,000 vectors.
 
 The server runs as `lookalike.server.app.serve` in a subprocess on 127.0.0.1; one
 client sends queries one after another and times each request end to end.
@@ -17,7 +17,6 @@ client sends queries one after another and times each request end to end.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finish_record, link_file, run_record  # noqa: E402
@@ -73,29 +71,9 @@ def build_synthetic_collection(folder: Path, size: int = COLLECTION_SIZE, seed: 
     vectors = rng.standard_normal((size, EMBEDDER_DIM), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
-    collection = Collection.open(folder / "collection", embedder=EMBEDDER)
-    with collection.catalog.transaction():
-        ids = []
-        for path in files:
-            stat = path.stat()
-            with Image.open(path) as image:  # reads the header only
-                width, height = image.size
-            ids.append(
-                collection.catalog.upsert_image(
-                    path=str(path),
-                    sha256=hashlib.sha256(str(path).encode()).hexdigest(),  # unique per row; content is not read
-                    size=stat.st_size,
-                    mtime_ns=stat.st_mtime_ns,
-                    label=path.parent.name,
-                    width=width,
-                    height=height,
-                    status="ok",
-                )
-            )
-        collection.catalog.put_vectors(EMBEDDER, ids, vectors)
-        collection.catalog.bump_generation(EMBEDDER)
-    collection.index(EMBEDDER)  # build and save the index now, not in the server's startup
-    collection.close()
+    with Collection.open(folder / "collection", embedder=EMBEDDER) as collection:
+        collection.import_vectors(files, vectors, embedder=EMBEDDER)  # files read for their hash, not decoded
+        collection.index(EMBEDDER)  # build and save the index now, not in the server's startup
     return folder / "collection"
 
 

@@ -77,7 +77,7 @@ def labelled_threshold(scores: np.ndarray, same: np.ndarray) -> float:
 
 
 def region_vectors(collection: Collection, embedder: str, ids: list[int]) -> np.ndarray:
-    records = collection.catalog.get_many(ids)
+    records = collection.images(ids)
     vectors = []
     for i in ids:
         w, h = records[i].width or 1, records[i].height or 1
@@ -87,9 +87,9 @@ def region_vectors(collection: Collection, embedder: str, ids: list[int]) -> np.
 
 
 def measure(name: str, collection: Collection, foreign: dict[str, Collection], embedder: str) -> dict[str, object]:
-    ids, vectors = collection.catalog.vectors(embedder)
-    ids = np.asarray(ids)
-    records = collection.catalog.get_many(ids.tolist())
+    ids = np.array(sorted(collection.vector_ids(embedder)), dtype=np.int64)
+    vectors = collection.vectors_of(ids, embedder)
+    records = collection.images(ids.tolist())
     labels = np.asarray([records[int(i)].label or "" for i in ids])
     started = time.perf_counter()
     assert calibrate_weak_match(collection, embedder, sample=SAMPLE[0]) is not None  # what the server runs, timed
@@ -152,11 +152,12 @@ def measure(name: str, collection: Collection, foreign: dict[str, Collection], e
             "results_below_share": round(float(np.mean(hit_scores < t)), 4),
         }
         for other_name, other in foreign.items():
-            other_ids, other_vectors = other.catalog.vectors(embedder)
+            other_ids = np.array(sorted(other.vector_ids(embedder)), dtype=np.int64)
+            other_vectors = other.vectors_of(other_ids, embedder)
             best = top_matches(other_vectors, vectors, 1, exclude_self=False)[0][:, 0]
             row[f"foreign_{other_name}_caught"] = round(float(np.mean(best < t)), 4)
             if q == WEAK_MATCH_QUANTILE:
-                other_records = other.catalog.get_many(list(other_ids))
+                other_records = other.images(other_ids.tolist())
                 other_labels = np.asarray([other_records[int(i)].label or "" for i in other_ids])
                 by_label = {
                     label: round(float(np.mean(best[other_labels == label] < t)), 2)

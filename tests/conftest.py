@@ -53,9 +53,9 @@ def sample_files(data_dir: Path, per_label: int = SAMPLE_PER_LABEL) -> list[Path
     return [data_dir / label / f"{label}.{i}.jpg" for label in ("cat", "dog") for i in range(1, per_label + 1)]
 
 
-def copy_samples(data_dir: Path, root: Path) -> Path:
-    """Copy the fixed sample photos to root/{cat,dog}/ and return root."""
-    for src in sample_files(data_dir):
+def copy_samples(data_dir: Path, root: Path, per_label: int = SAMPLE_PER_LABEL) -> Path:
+    """Copy the fixed sample photos (the first `per_label` of each label) to root/{cat,dog}/ and return root."""
+    for src in sample_files(data_dir, per_label):
         dst = root / src.parent.name / src.name
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
@@ -68,6 +68,15 @@ def sample_folder(tmp_path: Path, data_dir: Path) -> Path:
     root = tmp_path / "photos"
     copy_samples(data_dir, root)
     return root
+
+
+@pytest.fixture()
+def small_collection(tmp_path: Path, data_dir: Path):
+    """A writable collection of 3 cats and 3 dogs, for tests that add and delete: <tmp>/collection."""
+    from servers import indexed
+
+    with indexed(copy_samples(data_dir, tmp_path / "photos", per_label=3), tmp_path / "collection") as collection:
+        yield collection
 
 
 @pytest.fixture(scope="session")

@@ -204,6 +204,65 @@ def test_added_images_stored_inside_the_collection_survive_a_sync_of_its_parent(
         assert collection.search_id(upload.id, k=3)
 
 
+def test_imported_vectors_are_searched_as_if_synced(shared_collection: Collection, tmp_path: Path) -> None:
+    """Vectors made elsewhere (here: another collection's) imported with their files: the same rows, the same
+    rankings, nothing decoded; the next sync of the folder adds the tags and keeps the vectors."""
+    ids = np.array(sorted(shared_collection.vector_ids()), dtype=np.int64)
+    vectors = shared_collection.vectors_of(ids)
+    records = shared_collection.images(ids.tolist())
+    files = [records[int(i)].path for i in ids]
+    with Collection.open(tmp_path / "imported") as collection:
+        new_ids = collection.import_vectors(files, vectors)
+        assert len(new_ids) == len(files) == 24
+        for old, new in zip(ids.tolist(), new_ids, strict=True):
+            mine, theirs = collection.image(new), records[old]
+            assert (mine.path, mine.sha256, mine.size, mine.label) == (
+                theirs.path,
+                theirs.sha256,
+                theirs.size,
+                theirs.label,
+            )
+            assert (mine.width, mine.height) == (theirs.width, theirs.height)
+        assert np.array_equal(collection.vectors_of(new_ids), vectors)
+        path_of = {i: collection.image(i).path for i in new_ids}
+        for old, new in zip(ids[:4].tolist(), new_ids[:4], strict=True):
+            theirs = shared_collection.search_id(old, k=5)
+            mine = collection.search_id(new, k=5)
+            assert [path_of[r.id] for r in mine] == [r.path for r in theirs]
+            assert [r.score for r in mine] == pytest.approx([r.score for r in theirs], abs=1e-5)
+        assert collection.tags([new_ids[0]]) == {}  # no concepts yet
+        report = collection.sync(Path(files[0]).parent.parent)
+        assert report.described == 24 and not (report.added or report.updated or report.removed)
+        assert np.allclose(collection.vectors_of(new_ids), vectors, atol=1e-5)
+        assert collection.tags([new_ids[0]])[new_ids[0]]
+
+
+def test_imports_that_do_not_fit_are_refused_and_write_nothing(sample_folder: Path, tmp_path: Path) -> None:
+    files = sorted((sample_folder / "cat").glob("*.jpg"))[:3]
+    unit = np.eye(3, 1280, dtype=np.float32)
+    (sample_folder / "notes.jpg").write_text("not an image")
+    (sample_folder / "link.jpg").symlink_to(files[0])
+    with Collection.open(tmp_path / "col") as collection:
+        for bad_files, bad_vectors, match in [
+            (files, unit[:2], "expected 3 finite vectors"),
+            (files, unit * 2, "unit length"),
+            (files, np.full((3, 1280), np.nan, dtype=np.float32), "finite"),
+            ([*files[:2], files[0]], unit, "more than once"),
+            ([*files[:2], sample_folder / "notes.jpg"], unit, "not a recognised image format"),
+            ([*files[:2], sample_folder / "link.jpg"], unit, "symbolic link"),
+            ([*files[:2], sample_folder / "missing.jpg"], unit, "file not found"),
+        ]:
+            with pytest.raises(ValueError, match=match):
+                collection.import_vectors(bad_files, bad_vectors)
+            assert collection.records(status=None) == [] and collection.vector_ids() == set()
+        with pytest.raises(ValueError, match="unknown embedder"):
+            collection.import_vectors(files, unit, embedder="no-such-model")
+        assert collection.import_vectors([sample_folder / "link.jpg"], unit[:1], follow_symlinks=True)
+        with pytest.raises(ValueError, match="1280 dimensions here, not 3"):
+            collection.import_vectors(files, np.eye(3, dtype=np.float32))
+        assert len(collection.records()) == 1 and len(collection.vector_ids()) == 1
+
+
 def test_query_expansion_re_ranks_and_still_excludes_the_query(shared_collection: Collection) -> None:
     query = shared_collection.catalog.records(status="ok")[5]
     plain = shared_collection.search(query.path, k=10)

@@ -188,6 +188,38 @@ def test_only_new_images_are_compared(collection: Collection, photos: tuple[Path
     assert str(root / "new_smaller.jpg") in {m.path for m in group.members}
 
 
+def test_forgetting_an_embedder_forgets_its_pairs_and_searches_again(collection: Collection):
+    """A replaced model's pairs must not outlive its vectors: after `forget_embedder` and re-embedding, every
+    image is searched again from scratch, the same groups are found, and a pair only the old model scored is
+    gone (here planted between two unrelated photos, as a worse model might have scored them)."""
+    catalog = collection.catalog
+    before = collection.duplicates()
+    assert before.compared == 0 and len(before.groups) == 2
+    grouped = {m.id for g in before.groups for m in g.members}
+    strangers = sorted(r.id for r in collection.records() if r.id not in grouped)[:2]
+    with collection.writing():
+        catalog.put_pairs("copy-lite0", np.array(strangers[:1]), np.array(strangers[1:]), np.array([0.99]))
+    assert len(collection.duplicates().groups) == 3  # the planted pair is reported while it is stored
+    similar = catalog.pairs(collection.default_embedder, 0.0)
+
+    collection.forget_embedder("copy-lite0")
+    assert len(catalog.pairs("copy-lite0", 0.0)[0]) == 0 and catalog.searched("copy-lite0") == {}
+    assert collection.vector_ids("copy-lite0") == set()
+    kept = catalog.pairs(collection.default_embedder, 0.0)  # another embedder's pairs stay
+    assert all(np.array_equal(x, y) for x, y in zip(kept, similar, strict=True)) and len(kept[0]) > 0
+
+    after = collection.duplicates()  # re-embeds with copy-lite0, then searches every image
+    readable = len(collection.records())
+    assert after.compared == readable == len(collection.vector_ids("copy-lite0"))
+    assert len(catalog.searched("copy-lite0")) == readable
+    assert sorted(sorted(m.path for m in g.members) for g in after.groups) == sorted(
+        sorted(m.path for m in g.members) for g in before.groups
+    )
+    assert not any(set(strangers) <= {m.id for m in g.members} for g in after.groups)
+    a, b, _ = catalog.pairs("copy-lite0", 0.0)
+    assert (min(strangers), max(strangers)) not in set(zip(a.tolist(), b.tolist(), strict=True))
+
+
 def test_decisions_persist(collection: Collection, tmp_path: Path):
     groups = collection.duplicates().groups
     kept, split = groups[0], groups[1]

@@ -92,6 +92,22 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert top[0] > 200 and top[2] < 60, "the red half should now be on top"
 
 
+def test_upright_size_reads_the_header_as_open_image_sizes_the_photo(cat_jpeg: Path) -> None:
+    data = cat_jpeg.read_bytes()
+    assert images.upright_size(data) == open_image(data).info["original_size"] == (300, 280)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to show: the upright size is the stored one turned
+    buffer = io.BytesIO()
+    with Image.open(cat_jpeg) as photo:
+        photo.save(buffer, format="JPEG", exif=exif)
+    rotated = buffer.getvalue()
+    assert images.upright_size(rotated) == open_image(rotated).info["original_size"] == (280, 300)
+    with pytest.raises(ImageError, match="not a recognised image format"):
+        images.upright_size(b"not an image")
+    with pytest.raises(ImageError):
+        images.upright_size(data[:20])
+
+
 @pytest.mark.parametrize(
     "make",
     [

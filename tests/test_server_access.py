@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import copy_samples
 from fastapi.testclient import TestClient
+from servers import free_port, indexed, start_serve, stop_serve, wait_until_answering
 
 from lookalike import Collection
 from lookalike.cli.main import main
@@ -26,15 +23,9 @@ NEW_CAT = "cat/cat.100.jpg"
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Collection]:
-    root = tmp_path_factory.mktemp("access") / "photos"
-    for label in ("cat", "dog"):
-        (root / label).mkdir(parents=True)
-        for i in range(1, 4):
-            shutil.copy2(data_dir / label / f"{label}.{i}.jpg", root / label)
-    collection = Collection.open(root.parent / "collection")
-    collection.sync(root)
-    yield collection
-    collection.close()
+    root = tmp_path_factory.mktemp("access")
+    with indexed(copy_samples(data_dir, root / "photos", per_label=3), root / "collection") as collection:
+        yield collection
 
 
 def bearer(token: str = TOKEN) -> dict[str, str]:
@@ -124,42 +115,6 @@ def test_serving_beyond_loopback_without_a_good_token_is_refused(
         serve(collection.path, host="::", port=9, public_read=True)  # reads public, writes still need one
 
 
-def free_port(family: socket.AddressFamily = socket.AF_INET, address: str = "127.0.0.1") -> int:
-    with socket.socket(family) as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
-
-
-def start(collection: Path, *options: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
-    log = collection.parent / f"serve-{time.monotonic_ns()}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "lookalike.cli.main", "serve", "--collection", str(collection), *options],
-            stdout=out,
-            stderr=out,
-            env=env,
-        )
-    return process, log
-
-
-def wait_until_answering(process: subprocess.Popen, log: Path, url: str, headers: dict[str, str]) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(url, headers=headers, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not answer within 120 s"
-        time.sleep(0.2)
-
-
-def stop(process: subprocess.Popen, log: Path) -> None:
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0, log.read_text()
-
-
 def test_lookalike_serve_on_all_interfaces(collection: Collection, data_dir: Path) -> None:
     """The finding, as reproduced: Host and Origin of a rebinding page, on 0.0.0.0. Now refused; the
     token opens the API; a warning says what is exposed."""
@@ -167,7 +122,7 @@ def test_lookalike_serve_on_all_interfaces(collection: Collection, data_dir: Pat
 
     port = free_port()
     env = {**os.environ, "LOOKALIKE_TOKEN": TOKEN}
-    process, log = start(collection.path, "--host", "0.0.0.0", "--port", str(port), env=env)
+    process, log = start_serve(collection.path, "--host", "0.0.0.0", "--port", str(port), env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(process, log, f"{base}/api/stats", bearer())
@@ -182,7 +137,7 @@ def test_lookalike_serve_on_all_interfaces(collection: Collection, data_dir: Pat
         named = httpx.get(f"http://127.0.0.1:{port}/api/stats", headers={**bearer(), "Host": socket.gethostname()})
         assert named.status_code == 200
     finally:
-        stop(process, log)
+        stop_serve(process, log)
     output = log.read_text()
     assert "reachable from other machines" in output and "needs the access token" in output
     assert TOKEN not in output
@@ -194,12 +149,12 @@ def test_lookalike_serve_on_ipv6_loopback_checks_host(collection: Collection) ->
         port = free_port(socket.AF_INET6, "::1")
     except OSError:
         pytest.skip("no IPv6 loopback here")
-    process, log = start(collection.path, "--host", "::1", "--port", str(port))
+    process, log = start_serve(collection.path, "--host", "::1", "--port", str(port))
     base = f"http://[::1]:{port}"
     try:
         wait_until_answering(process, log, f"{base}/api/stats", {})  # loopback: no token, as before
         assert httpx.get(f"{base}/api/images", headers={"Host": f"evil.example:{port}"}).status_code == 400
         assert httpx.get(f"{base}/api/images", headers={"Host": f"localhost:{port}"}).status_code == 200
     finally:
-        stop(process, log)
+        stop_serve(process, log)
     assert "reachable from other machines" not in log.read_text()

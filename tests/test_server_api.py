@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +17,7 @@ import pytest
 from conftest import copy_samples
 from fastapi.testclient import TestClient
 from PIL import Image
+from servers import free_port, indexed, start_process, stop_serve, wait_until_answering
 
 from lookalike import Collection
 from lookalike import embedders as embedder_registry
@@ -47,31 +46,14 @@ def png_bytes(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Collection]:
     """Its own collection of the 24 sample photos: the API writes thumbnails into it."""
-    root = tmp_path_factory.mktemp("api") / "photos"
-    copy_samples(data_dir, root)
-    collection = Collection.open(root.parent / "collection")
-    collection.sync(root)
-    yield collection
-    collection.close()
+    root = tmp_path_factory.mktemp("api")
+    with indexed(copy_samples(data_dir, root / "photos"), root / "collection") as collection:
+        yield collection
 
 
 @pytest.fixture(scope="module")
 def client(collection: Collection) -> TestClient:
     return TestClient(create_app(collection))
-
-
-@pytest.fixture()
-def small_collection(tmp_path: Path, data_dir: Path) -> Iterator[Collection]:
-    """A writable collection of 3 cats and 3 dogs, for tests that add and delete."""
-    root = tmp_path / "photos"
-    for label in ("cat", "dog"):
-        (root / label).mkdir(parents=True)
-        for i in range(1, 4):
-            shutil.copy2(data_dir / label / f"{label}.{i}.jpg", root / label)
-    collection = Collection.open(tmp_path / "collection")
-    collection.sync(root)
-    yield collection
-    collection.close()
 
 
 # --- search -------------------------------------------------------------------------------------
@@ -723,36 +705,23 @@ def listening_addresses(port: int) -> set[str]:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux's /proc/net/tcp")
 def test_serve_listens_on_loopback_only_and_stops_cleanly(small_collection: Collection, tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     code = (
         "import sys; from pathlib import Path; from lookalike.server import serve; "
         "serve(Path(sys.argv[1]), port=int(sys.argv[2]))"
     )
     log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", code, str(small_collection.path), str(port)], stdout=out, stderr=out
-        )
+    process = start_process([sys.executable, "-c", code, str(small_collection.path), str(port)], log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/stats", timeout=2).json()["images"] == 6:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve() did not answer within 60 s"
-            time.sleep(0.2)
+        wait_until_answering(
+            process, log, f"http://127.0.0.1:{port}/api/stats", ready=lambda r: r.json()["images"] == 6, timeout=60
+        )
         assert listening_addresses(port) == {"127.0.0.1"}
         # Bound to loopback, it only answers to loopback host names (no DNS rebinding).
         assert httpx.get(f"http://127.0.0.1:{port}/", headers={"Host": "rebound.example"}).status_code == 400
         assert httpx.get(f"http://localhost:{port}/api/stats").status_code == 200
     finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0, log.read_text()
+        stop_serve(process, log)
 
 
 # --- writing ------------------------------------------------------------------------------------

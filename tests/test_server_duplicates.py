@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import duplicate_photos
 from fastapi.testclient import TestClient
+from servers import indexed
 
 from lookalike import Collection
 from lookalike.duplicates import THRESHOLDS
@@ -23,10 +24,8 @@ def photos(tmp_path: Path, data_dir: Path) -> Path:
 
 @pytest.fixture()
 def collection(tmp_path: Path, photos: Path) -> Iterator[Collection]:
-    collection = Collection.open(tmp_path / "collection")
-    collection.sync(photos)
-    yield collection
-    collection.close()
+    with indexed(photos, tmp_path / "collection") as collection:
+        yield collection
 
 
 @pytest.fixture()

@@ -1,4 +1,6 @@
-"""The server against an attacker and an unlucky user: swapped files, races, huge ids, memory, paths."""
+"""The server against an attacker and an unlucky user: swapped files, races, huge ids, memory, paths.
+
+`small_collection` (3 cats, 3 dogs, writable) is conftest's."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +21,6 @@ from lookalike.server import create_app
 
 NEW_CAT = "cat/cat.100.jpg"
 HUGE = "9223372036854775808"  # 2**63: one more than SQLite's largest integer
-
-
-@pytest.fixture()
-def small_collection(tmp_path: Path, data_dir: Path) -> Iterator[Collection]:
-    """A writable collection of 3 cats and 3 dogs."""
-    root = tmp_path / "photos"
-    for label in ("cat", "dog"):
-        (root / label).mkdir(parents=True)
-        for i in range(1, 4):
-            shutil.copy2(data_dir / label / f"{label}.{i}.jpg", root / label)
-    collection = Collection.open(tmp_path / "collection")
-    collection.sync(root)
-    yield collection
-    collection.close()
 
 
 def upload(data: bytes, name: str = "query.jpg") -> dict[str, tuple[str, bytes, str]]:

@@ -4,8 +4,6 @@ groups side by side, a live threshold slider, keep / not-a-duplicate / move, and
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -13,50 +11,34 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from conftest import duplicate_photos
 from PIL import Image
-from test_web_e2e import free_loopback_port, launch, pytestmark, save_screenshot  # noqa: F401  (the browser marks)
+from servers import BROWSER_MARKS, chromium_page, indexed, save_screenshot, serving
 
-from lookalike import Collection
 from lookalike.duplicates import THRESHOLDS
 from lookalike.server.app import MOVED_DIR
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
+pytestmark = BROWSER_MARKS
+
 
 @pytest.fixture()
 def dups_server(request: pytest.FixtureRequest, tmp_path: Path, data_dir: Path) -> Iterator[str]:
     """The app over 5 cats, 5 dogs and 3 edited copies of them, on 127.0.0.1 ({"read_only": True} to refuse)."""
-    import uvicorn
-
     from lookalike.server import create_app
 
     duplicate_photos(data_dir, tmp_path / "photos")
-    collection = Collection.open(tmp_path / "collection")
-    collection.sync(tmp_path / "photos")
-    app = create_app(collection, allowed_hosts=["127.0.0.1"], **getattr(request, "param", {}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_loopback_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    app.state.lookalike.weak_match.stop()
-    collection.close()
+    with indexed(tmp_path / "photos", tmp_path / "collection") as collection:
+        app = create_app(collection, allowed_hosts=["127.0.0.1"], **getattr(request, "param", {}))
+        with serving(app) as url:
+            yield url
+        app.state.lookalike.weak_match.stop()
 
 
 @pytest.fixture()
 def page(dups_server: str):
-    with playwright_api.sync_playwright() as playwright:
-        browser, page = launch(playwright, viewport={"width": 1280, "height": 900})
-        try:
-            yield page
-        finally:
-            browser.close()
+    with chromium_page(viewport={"width": 1280, "height": 900}) as page:
+        yield page
 
 
 def group_of(page, name: str):

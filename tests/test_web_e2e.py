@@ -2,57 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_PER_LABEL, sample_files
+from conftest import SAMPLE_PER_LABEL, copy_samples
 from PIL import Image
-
-from lookalike import Collection
+from servers import BROWSER_MARKS, chromium_page, images_loaded, indexed, save_screenshot, serving, wait_until
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the package only)")
 expect = playwright_api.expect
 expect.set_options(timeout=15_000)  # the machine may be shared: waits are generous, they end as soon as met
-sync_playwright = playwright_api.sync_playwright
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 QUERY_CAT = "cat/cat.100.jpg"  # not among the 12 + 12 sample photos
 UPLOAD_LIMIT = 2 * 2**20
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (run .ci/install-browser.sh)"),
-]
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("timed out waiting for the page")
-        time.sleep(0.1)
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture()
@@ -62,78 +28,34 @@ def server_url(request: pytest.FixtureRequest, tmp_path: Path, data_dir: Path) -
     Parametrize indirectly with {"per_label": N} for N cats and N dogs (default 12), and
     {"read_only": True} for a server that refuses changes.
     """
-    import uvicorn
-
     from lookalike.server import create_app
 
     options = getattr(request, "param", {})
-    photos = tmp_path / "photos"
-    for source in sample_files(data_dir, options.get("per_label", SAMPLE_PER_LABEL)):
-        target = photos / source.parent.name / source.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-    collection = Collection.open(tmp_path / "collection")
-    collection.sync(photos)
-    port = free_loopback_port()
-    app = create_app(
-        collection,
-        max_upload_bytes=UPLOAD_LIMIT,
-        allowed_hosts=["127.0.0.1", "localhost"],
-        read_only=options.get("read_only", False),
-    )
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    collection.close()
-
-
-def launch(playwright, **context_options):
-    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-    context = browser.new_context(**context_options)
-    page = context.new_page()
-    page.set_default_timeout(60_000)  # a shared machine can be slow; waits end as soon as met
-    return browser, page
+    photos = copy_samples(data_dir, tmp_path / "photos", options.get("per_label", SAMPLE_PER_LABEL))
+    with indexed(photos, tmp_path / "collection") as collection:
+        app = create_app(
+            collection,
+            max_upload_bytes=UPLOAD_LIMIT,
+            allowed_hosts=["127.0.0.1", "localhost"],
+            read_only=options.get("read_only", False),
+        )
+        with serving(app) as url:
+            yield url
 
 
 @pytest.fixture()
 def page(server_url: str):
-    with sync_playwright() as playwright:
-        browser, page = launch(playwright, viewport={"width": 1280, "height": 900})
-        try:
-            yield page
-        finally:
-            browser.close()
+    with chromium_page(viewport={"width": 1280, "height": 900}) as page:
+        yield page
 
 
 @pytest.fixture()
 def phone(server_url: str):
     """A phone-sized touch screen (390x844, as an iPhone 13/14)."""
-    with sync_playwright() as playwright:
-        browser, page = launch(
-            playwright, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=2
-        )
-        try:
-            yield page
-        finally:
-            browser.close()
-
-
-def save_screenshot(page, name: str, tmp_path: Path, **options: object) -> Path:
-    """A screenshot in tmp_path, and in $LOOKALIKE_SCREENSHOTS too when set (how docs/ screenshots are made)."""
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), **options)
-    folder = os.environ.get("LOOKALIKE_SCREENSHOTS")
-    if folder:
-        shutil.copy2(path, Path(folder) / f"{name}.png")
-    return path
+    with chromium_page(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=2
+    ) as page:
+        yield page
 
 
 def wait_for_collection(page, count: int = 24) -> None:
@@ -142,10 +64,6 @@ def wait_for_collection(page, count: int = 24) -> None:
 
 def status_says(page, text: str | re.Pattern[str]) -> None:
     expect(page.locator("#status")).to_contain_text(text)
-
-
-def images_loaded(locator) -> bool:
-    return locator.evaluate_all("imgs => imgs.every(img => img.complete && img.naturalWidth > 0)")
 
 
 def test_upload_a_cat_and_see_cats(page, server_url: str, data_dir: Path, tmp_path: Path) -> None:

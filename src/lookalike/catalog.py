@@ -243,9 +243,12 @@ class Catalog:
                 )
 
     def delete_embedder(self, embedder: str) -> None:
-        """Every vector and concept of one embedder, and what was measured of it."""
+        """Every vector and concept of one embedder, what was measured of it, and the duplicate pairs it scored
+        with the marks of the images searched for them (so they are searched again with the new vectors)."""
         self._db.execute("DELETE FROM vectors WHERE embedder = ?", (embedder,))
         self._db.execute("DELETE FROM concepts WHERE embedder = ?", (embedder,))
+        self._db.execute("DELETE FROM duplicate_pairs WHERE embedder = ?", (embedder,))
+        self._db.execute("DELETE FROM duplicate_searched WHERE embedder = ?", (embedder,))
         self._db.execute("DELETE FROM meta WHERE key IN (?, ?)", (f"throughput:{embedder}", f"concepts:{embedder}"))
 
     def has_vector(self, embedder: str, image_id: int) -> bool:

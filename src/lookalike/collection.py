@@ -36,7 +36,7 @@ from . import embedders as embedder_registry
 from .catalog import Catalog, ImageRecord
 from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocabulary
 from .embedders import DEFAULT_EMBEDDER, Embedder
-from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, open_image
+from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, open_image, upright_size
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
 from .index.base import FOREIGN_IDS_FROM, distinct
 from .index.exact import exact_search
@@ -411,7 +411,11 @@ class Collection:
                 index.remove(np.asarray(ids, dtype=np.int64))
 
     def forget_embedder(self, name: str) -> None:
-        """Drop every stored vector of embedder `name` (its model was replaced); they are re-embedded when needed."""
+        """Drop every stored vector of embedder `name` (its model was replaced); they are re-embedded when needed.
+
+        The duplicate pairs `name` scored, and the marks of the images searched for them, go in the same
+        transaction: the next `duplicates` with this embedder searches every image again, with the new vectors.
+        """
         with self._lock, self._change():
             self.catalog.delete_embedder(name)
             self.catalog.bump_generation(name)  # a saved index of `name` is now stale
@@ -826,6 +830,62 @@ class Collection:
                 os.unlink(tmp)
         assert record is not None
         return record
+
+    def import_vectors(
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        vectors: np.ndarray,
+        *,
+        embedder: str | None = None,
+        follow_symlinks: bool = False,
+    ) -> list[int]:
+        """Index `files` with vectors made elsewhere, row i of `vectors` being file i's, without decoding or
+        embedding them: vectors another program computed with the same model, or a large collection built
+        quickly for a benchmark. Returns the files' ids, in order.
+
+        Each file is read once, with `sync`'s rules (regular files only, symbolic links only if
+        `follow_symlinks`), for its SHA-256; its pixel size comes from its header and its label is its
+        folder's name, as `sync` gives it. A file known before is replaced: its vectors of other embedders
+        go. No concepts are stored (a classifier's tags come with the next `sync` of the folder). Raises
+        ValueError, and writes nothing, when a file cannot be read or `vectors` is not one finite unit-length
+        row per file of the dimension the embedder's other vectors have.
+        """
+        self._check_writable("cannot import vectors")
+        name = embedder or self.default_embedder
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(files) or not np.isfinite(vectors).all():
+            raise ValueError(f"expected {len(files)} finite vectors (one row per file), got shape {vectors.shape}")
+        if len(files) and not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3):
+            raise ValueError("the vectors must have unit length (searches score by inner product)")
+        if name not in embedder_registry.available(self.models_dir):
+            raise ValueError(f"unknown embedder {name!r}")
+        paths = [Path(os.path.abspath(Path(f).expanduser())) for f in files]  # a link is its own row, as in `sync`
+        if len(set(paths)) != len(paths):
+            raise ValueError("a file is named more than once")
+        rows = []
+        for path in paths:
+            try:
+                data, stat = read_regular_file(path, follow_symlinks=follow_symlinks, max_bytes=DEFAULT_MAX_FILE_BYTES)
+                width, height = upright_size(data)
+            except (_NotReadable, ImageError) as exc:
+                reason = exc.short if isinstance(exc, _NotReadable) else exc.reason
+                raise ValueError(f"cannot import {path}: {reason}") from None
+            rows.append(dict(path=str(path), sha256=sha256_of(data), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                             label=path.parent.name, width=width, height=height, status="ok"))  # fmt: skip
+        with self._lock:
+            have = self.vector_ids(name)
+            if have and len(files):
+                dim = len(self.vectors_of([min(have)], name)[0])
+                if vectors.shape[1] != dim:
+                    raise ValueError(f"{name} vectors have {dim} dimensions here, not {vectors.shape[1]}")
+            with self._change():
+                replaced = [r.id for r in map(self.catalog.get_by_path, (row["path"] for row in rows)) if r]
+                ids = [self.catalog.upsert_image(**row) for row in rows]
+                self._forget(replaced)
+                self._store(name, ids, vectors)
+            if ids:
+                self._refit_if_grown(name)
+        return ids
 
     def remove(self, ids: Iterable[int], *, delete_uploads: bool = False) -> int:
         """Forget images by id; returns how many were known.
@@ -1266,6 +1326,7 @@ class Collection:
         return self.catalog.get(int(image_id))
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        """The catalog records of `ids` by id (ids the catalog does not know are left out)."""
         return self.catalog.get_many(ids)
 
     def records(self, *, under: str | os.PathLike[str] | None = None, status: str | None = "ok") -> list[ImageRecord]:

@@ -247,6 +247,21 @@ def open_image(
         raise ImageError(name, f"corrupt or truncated image: {_without_path(exc, name)}") from exc
 
 
+def upright_size(data: bytes) -> tuple[int, int]:
+    """The upright (width, height) of an image from its header alone, nothing decoded; `ImageError` if it
+    is not a readable image. The size `open_image` gives in `info["original_size"]`, for a fraction of the work."""
+    try:
+        with _open_unchecked(io.BytesIO(data)) as image:
+            width, height = image.size
+            if image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):
+                width, height = height, width
+            return width, height
+    except UnidentifiedImageError as exc:
+        raise ImageError("<bytes>", "not a recognised image format") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError("<bytes>", f"corrupt or truncated image: {exc}") from exc
+
+
 def _without_path(exc: BaseException, name: str) -> str:
     """An exception's message with the file's path cut down to its name (reasons may reach HTTP clients)."""
     return str(exc).replace(name, os.path.basename(name)) if name != "<upload>" else str(exc)
