@@ -52,8 +52,9 @@ def collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iter
 
 
 @pytest.fixture(scope="module")
-def client(collection: Collection) -> TestClient:
-    return TestClient(create_app(collection))
+def client(collection: Collection) -> Iterator[TestClient]:
+    with TestClient(create_app(collection)) as client:  # runs the app's start and shutdown
+        yield client
 
 
 # --- search -------------------------------------------------------------------------------------

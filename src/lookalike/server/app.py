@@ -22,6 +22,8 @@ import math
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
@@ -1153,7 +1155,14 @@ def create_app(
     reads when `public_read`. `read_only` refuses adding and removing images (403); so does a
     collection opened read-only (its folder cannot be written).
     """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.lookalike.weak_match.stop()  # a calibration thread must not outlive the app
+
     app = make_fastapi(
+        lifespan=lifespan,
         title="lookalike",
         version="0.1.0",
         description="Find the images in a collection that look like a given image.",
