@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,14 +38,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ClusteredVectors, finish_record, run_record  # noqa: E402
 
-from lookalike.duplicates import NEIGHBOURS, neighbour_pairs, star_clusters  # noqa: E402
+from lookalike.duplicates import NEIGHBOURS, SEARCH_BATCH, neighbour_pairs, search_pairs, star_clusters  # noqa: E402
 from lookalike.index import create_index  # noqa: E402
+from lookalike.index.compact import COMPACT_DIM, FIT_SAMPLE, CompactIndex, fit_projection  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 50_000
 #: noise of a planted copy: cosine to its original ~0.9
 COPY_NOISE = 0.48
 THRESHOLD = 0.85
+#: neighbours per vector of the full variant (what `duplicates.NEIGHBOURS` was before the compact index)
+FULL_NEIGHBOURS = 10
 
 
 class PlantedSet:
@@ -78,6 +83,29 @@ class PlantedSet:
         return np.arange(self.planted), np.arange(self.n - self.planted, self.n)
 
 
+class StoredVectors:
+    """The set's vectors in a float32 file on disk, standing for the catalog that stores them: rows are read
+    by id (a memory map opened for each read and closed after it, so peak memory counts one read's pages,
+    not the file; the page cache is not the process's memory)."""
+
+    def __init__(self, path: Path, data: PlantedSet):
+        self.path, self.n, self.dim = path, data.n, data.data.dim
+        with open(path, "wb") as f:
+            for _, vectors in data.chunks():
+                f.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        rows = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.n, self.dim))
+        out = np.array(rows[np.asarray(ids, dtype=np.int64)])
+        del rows
+        return out
+
+    def chunks(self, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, self.n, chunk):
+            ids = np.arange(start, min(self.n, start + chunk), dtype=np.int64)
+            yield ids, self(ids)
+
+
 def peak_memory() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -88,35 +116,111 @@ def timed(fn, *args):  # noqa: ANN001, ANN201
     return out, round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2)
 
 
-def run(n: int, planted: int, dim: int, kind: str, threshold: float, sample: int) -> dict:
-    data = PlantedSet(n, planted, dim)
+def full_variant(stored: StoredVectors, kind: str, threshold: float) -> tuple[dict, tuple]:
+    """Today's search before the compact index: every vector's FULL_NEIGHBOURS nearest through the collection's
+    own index kind over the full vectors (scores as that index gives them)."""
 
     def build():  # noqa: ANN202
-        index = create_index(kind, dim)
-        for ids, vectors in data.chunks():
+        index = create_index(kind, stored.dim)
+        for ids, vectors in stored.chunks():
             index.add(ids, vectors)
         return index
 
     def graph(index):  # noqa: ANN001, ANN202
         found = []
-        for ids, vectors in data.chunks():
-            scores, hits = index.search(vectors, NEIGHBOURS + 1)
+        for ids, vectors in stored.chunks():
+            scores, hits = index.search(vectors, FULL_NEIGHBOURS + 1)
             found.append(neighbour_pairs(ids, hits, scores, threshold))
         return tuple(np.concatenate(parts) for parts in zip(*found, strict=True))
 
     index, build_s, build_cpu = timed(build)
     (a, b, scores), graph_s, graph_cpu = timed(graph, index)
+    steps = {
+        "build_index": {"seconds": build_s, "cpu_seconds": build_cpu, "kind": index.kind},
+        "neighbour_graph": {"seconds": graph_s, "cpu_seconds": graph_cpu, "pairs": int(len(a))},
+    }
+    return {"index": kind, "neighbours": FULL_NEIGHBOURS, "steps": steps}, (a, b, scores)
+
+
+def compact_variant(stored: StoredVectors, threshold: float, dim: int) -> tuple[dict, tuple]:
+    """The compact index (index/compact.py) as `duplicates.update_pairs` builds and searches it: PCA fit on a
+    sample, projected vectors in an IVF-SQ8 index, NEIGHBOURS candidates each, every pair scored exactly from
+    the stored vectors (`duplicates.search_pairs`)."""
+    every = np.arange(stored.n, dtype=np.int64)
+
+    def fit():  # noqa: ANN202
+        sample = every
+        if stored.n > FIT_SAMPLE:
+            sample = np.sort(np.random.default_rng(0).choice(every, FIT_SAMPLE, replace=False))
+        return fit_projection(stored(sample), stored.n, dim)
+
+    def build(projection):  # noqa: ANN001, ANN202
+        return CompactIndex.build(projection, every, (vectors for _, vectors in stored.chunks()))
+
+    def graph(index):  # noqa: ANN001, ANN202
+        found = []
+        for ids, vectors in stored.chunks(SEARCH_BATCH):
+            found.append(search_pairs(index, ids, vectors, stored, threshold))
+        return tuple(np.concatenate(parts) for parts in zip(*found, strict=True))
+
+    projection, fit_s, fit_cpu = timed(fit)
+    index, build_s, build_cpu = timed(build, projection)
+    (a, b, scores), graph_s, graph_cpu = timed(graph, index)
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(Path(tmp), "bench")
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+    steps = {
+        "fit_projection": {"seconds": fit_s, "cpu_seconds": fit_cpu, "sample": min(stored.n, FIT_SAMPLE)},
+        "build_index": {"seconds": build_s, "cpu_seconds": build_cpu, "kind": index.index.kind},
+        "neighbour_graph": {"seconds": graph_s, "cpu_seconds": graph_cpu, "pairs": int(len(a))},
+    }
+    info = {"index": f"compact {dim}-d {index.index.kind}", "neighbours": NEIGHBOURS, "nprobe": index.index.nprobe,
+            "index_file_bytes": size, "steps": steps}  # fmt: skip
+    return info, (a, b, scores)
+
+
+def run_variant(
+    name: str, stored: StoredVectors, truth: tuple[np.ndarray, np.ndarray], args: argparse.Namespace
+) -> dict:
+    """One variant from the stored vectors to groups, scored against the planted pairs (in a child process)."""
+    if name == "full":
+        info, (a, b, scores) = full_variant(stored, args.index, args.threshold)
+    else:
+        info, (a, b, scores) = compact_variant(stored, args.threshold, args.compact_dim)
     groups, cluster_s, cluster_cpu = timed(lambda: star_clusters(a, b, scores))
-    del index
-    group_of = np.full(n, -1, dtype=np.int64)
+    info["steps"]["star_clusters"] = {"seconds": cluster_s, "cpu_seconds": cluster_cpu, "groups": len(groups)}
+    group_of = np.full(stored.n, -1, dtype=np.int64)
     for g, members in enumerate(groups):
         group_of[members] = g
-    originals, copies = data.truth()
+    originals, copies = truth
     found = (group_of[originals] >= 0) & (group_of[originals] == group_of[copies])
     planted_members = set(originals.tolist()) | set(copies.tolist())
-    mixed = sum(1 for g in groups if any(m not in planted_members for m in g))
+    steps = info["steps"]
+    # from stored vectors to groups: for `full` the collection's index exists already (built while indexing);
+    # the compact index is built by the first duplicates run, so its fit and build count
+    counted = ["neighbour_graph", "star_clusters"] + (["fit_projection", "build_index"] if name == "compact" else [])
+    return {
+        **info,
+        "groups_seconds": round(sum(steps[s]["seconds"] for s in counted), 2),
+        "groups_cpu_seconds": round(sum(steps[s]["cpu_seconds"] for s in counted), 2),
+        "total_seconds": round(sum(s["seconds"] for s in steps.values()), 2),
+        "total_cpu_seconds": round(sum(s["cpu_seconds"] for s in steps.values()), 2),
+        "peak_memory_bytes": peak_memory(),
+        "planted_recall": round(float(found.mean()), 4),
+        "groups": len(groups),
+        "groups_with_unplanted_vectors": sum(1 for g in groups if any(m not in planted_members for m in g)),
+    }
 
-    # all pairs: `sample` rows against a block of columns, exact dot products, extrapolated to n (n - 1) / 2
+
+def in_child(fn, *args):  # noqa: ANN001, ANN201
+    """fn(*args) in a forked process, so each variant's peak memory is its own."""
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def all_pairs(data: PlantedSet, n: int, sample: int) -> dict:
+    """`sample` rows against a block of columns, exact dot products, extrapolated to n (n - 1) / 2 pairs."""
     rows = data.data.rows(0, sample)
     columns = data.data.rows(sample, sample + min(n, 20_000))
     started = time.process_time()
@@ -125,24 +229,21 @@ def run(n: int, planted: int, dim: int, kind: str, threshold: float, sample: int
         np.dot(rows, columns.T).max(axis=1)
     pair_cpu = (time.process_time() - started) / 3 / (len(rows) * len(columns))
     pair_wall = (time.perf_counter() - wall) / 3 / (len(rows) * len(columns))
-    all_pairs = n * (n - 1) / 2
+    pairs = n * (n - 1) / 2
     return {
-        "n": n, "dim": dim, "planted": planted, "index": kind, "neighbours": NEIGHBOURS, "threshold": threshold,
-        "steps": {
-            "build_index": {"seconds": build_s, "cpu_seconds": build_cpu},
-            "neighbour_graph": {"seconds": graph_s, "cpu_seconds": graph_cpu, "pairs": int(len(a))},
-            "star_clusters": {"seconds": cluster_s, "cpu_seconds": cluster_cpu, "groups": len(groups)},
-        },
-        "groups_seconds": round(graph_s + cluster_s, 2),
-        "total_seconds": round(build_s + graph_s + cluster_s, 2),
-        "peak_memory_bytes": peak_memory(),
-        "planted_recall": round(float(found.mean()), 4),
-        "groups_with_unplanted_vectors": mixed,
-        "all_pairs": {
-            "pairs": all_pairs, "sample_pairs": len(rows) * len(columns),
-            "cpu_seconds_extrapolated": round(all_pairs * pair_cpu, 1),
-            "seconds_extrapolated": round(all_pairs * pair_wall, 1),
-        },
+        "pairs": pairs, "sample_pairs": len(rows) * len(columns),
+        "cpu_seconds_extrapolated": round(pairs * pair_cpu, 1), "seconds_extrapolated": round(pairs * pair_wall, 1),
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict:
+    data = PlantedSet(args.n, args.planted, args.dim)
+    with tempfile.TemporaryDirectory(dir=args.store) as tmp:
+        stored = StoredVectors(Path(tmp) / "vectors.f32", data)
+        variants = {name: in_child(run_variant, name, stored, data.truth(), args) for name in args.variants}
+    return {
+        "n": args.n, "dim": args.dim, "planted": args.planted, "threshold": args.threshold,
+        "variants": variants, "all_pairs": all_pairs(data, args.n, args.sample),
     }  # fmt: skip
 
 
@@ -151,7 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--planted", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=1280)
-    parser.add_argument("--index", default="hnsw-sq8", help="index kind (default hnsw-sq8, auto's choice above 400k)")
+    parser.add_argument("--index", default="hnsw-sq8", help="the full variant's index kind (auto's choice at 1M)")
+    parser.add_argument("--variants", nargs="+", default=["compact", "full"], choices=["compact", "full"])
+    parser.add_argument("--compact-dim", type=int, default=COMPACT_DIM, help="dimensions of the compact index")
+    parser.add_argument("--store", type=Path, help="folder for the stored vectors' file (4 x n x dim bytes)")
     parser.add_argument("--threshold", type=float, default=THRESHOLD)
     parser.add_argument("--sample", type=int, default=2000, help="rows of the all-pairs sample")
     parser.add_argument("--smoke", action="store_true", help="2,000 vectors, 100 planted; writes no results")
@@ -160,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.n, args.planted, args.sample, args.index = 2_000, 100, 100, "hnsw"
     record = run_record()
-    result = run(args.n, args.planted, args.dim, args.index, args.threshold, args.sample)
+    result = run(args)
     report = {**finish_record(record), **result}
     print(json.dumps(report, indent=2))
     if args.smoke:
