@@ -1,23 +1,30 @@
 """Duplicates at scale: from N stored vectors with planted near-copies to groups, without comparing all pairs.
 
-    .venv/bin/python benchmarks/bench_duplicates_scale.py --n 1000000       # the issue's scale (long)
-    .venv/bin/python benchmarks/bench_duplicates_scale.py --n 200000
+    .venv/bin/python benchmarks/bench_duplicates_scale.py --n 100000                  # both variants
+    .venv/bin/python benchmarks/bench_duplicates_scale.py --n 1000000 --variants compact   # the issue's scale
     .venv/bin/python benchmarks/bench_duplicates_scale.py --smoke           # 2,000 vectors, seconds; no results
 
 The vectors are benchmarks/common.py's ClusteredVectors (shaped like EfficientNet-Lite0 embeddings: nearest
 neighbour cosine ~0.7-0.77), with `--planted` of them replaced by near-copies of others (the original plus
-noise, cosine ~0.9, as an edited copy scores with the copy descriptor). The steps are the ones
-`Collection.duplicates` runs after its vectors are stored, with the same functions: the vectors go into the
-index kind a collection of that size uses (`--index`, hnsw-sq8 by default), every vector is searched for
-its 10 nearest neighbours through it (`duplicates.NEIGHBOURS`), pairs at or above the threshold are kept
-(`duplicates.neighbour_pairs`), and grouped by `duplicates.star_clusters`. The catalog (SQLite) is not part
-of it: at 1M images of 1280 floats it would hold 5 GB of vectors, which this benchmark never holds in memory
-(vectors are generated chunk by chunk, twice: to build the index and to search it).
+noise, cosine ~0.9, as an edited copy scores with the copy descriptor). They are written once to a float32
+file (`--store`), which stands for the catalog: each variant reads them from it (a memory map per read,
+closed after it, so peak memory counts one read's pages, not the file), as duplicates read the catalog.
 
-Reported: seconds and CPU seconds per step, peak memory (max RSS), the recall of the planted pairs (copy in
-the same group as its original), how many groups and how many of them mix unrelated vectors, and the time
-all pairs would take: exact dot products measured on a sample block of rows against a block of columns,
-extrapolated to N (N - 1) / 2 pairs. Timings are on a shared machine: see the load averages in the results.
+Two variants, each in its own process (its own peak memory), same vectors:
+- `compact` (what `Collection.duplicates` runs): a PCA projection to 128 dimensions fit on 20,000 stored
+  vectors, the projected vectors in an IVF-SQ8 index (index/compact.py), every vector's 20 nearest candidates
+  through it scored with the exact cosine of the stored vectors and the best 10 kept (`duplicates.search_pairs`).
+  The first duplicates run builds this index, so fitting and building count in its time to groups.
+- `full` (before the compact index): the collection's own index kind (`--index`, hnsw-sq8 at 1M) over the full
+  vectors, every vector's 10 nearest through it (scores as that index gives them). That index exists already
+  (indexing built it), so its build is reported but not counted in the time to groups.
+Pairs at or above the threshold are grouped by `duplicates.star_clusters`.
+
+Reported per variant: seconds and CPU seconds per step, peak memory (max RSS of its process), the recall of
+the planted pairs (copy in the same group as its original), how many groups and how many of them hold a
+vector that is not a planted original or copy; and the time all pairs would take: exact dot products measured
+on a sample block of rows against a block of columns, extrapolated to N (N - 1) / 2 pairs. Timings are on a
+shared machine: see the load averages in the results; CPU seconds are what the load distorts least.
 Results: benchmarks/results/duplicates_scale_<n>.json.
 """
 

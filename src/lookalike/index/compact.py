@@ -126,7 +126,8 @@ class CompactIndex:
         """Write the three files, each atomically, the one tying them together last."""
         index_path, projection_path, meta_path = self.paths(folder, name)
         folder.mkdir(parents=True, exist_ok=True)
-        self.projection.save(projection_path)
+        if _saved_key(meta_path) != self.projection.key or not projection_path.exists():
+            self.projection.save(projection_path)  # an update in place keeps its projection: not written again
         self.index.save(index_path)
         write_json(meta_path, {"projection": self.projection.key, "count": len(self), "kind": self.index.kind})
 
@@ -134,12 +135,20 @@ class CompactIndex:
     def load(cls, folder: Path, name: str) -> CompactIndex | None:
         """The saved index, or None when there is none or its files do not belong together."""
         index_path, projection_path, meta_path = cls.paths(folder, name)
-        if not all(p.exists() for p in (index_path, projection_path, meta_path)):
+        if not index_path.exists() or not projection_path.exists():
             return None
         projection = Whitening.load(projection_path)
-        if json.loads(meta_path.read_text()).get("projection") != projection.key:
+        if _saved_key(meta_path) != projection.key:
             return None
         index = FaissIndex.load(index_path)
         if index.dim != projection.dim:
             return None
         return cls(projection, index)
+
+
+def _saved_key(meta_path: Path) -> str | None:
+    """The projection key a saved index records (None: no readable record)."""
+    try:
+        return json.loads(meta_path.read_text()).get("projection")
+    except (OSError, ValueError, AttributeError):
+        return None
