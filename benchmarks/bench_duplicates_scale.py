@@ -7,8 +7,8 @@
 The vectors are benchmarks/common.py's ClusteredVectors (shaped like EfficientNet-Lite0 embeddings: nearest
 neighbour cosine ~0.7-0.77), with `--planted` of them replaced by near-copies of others (the original plus
 noise, cosine ~0.9, as an edited copy scores with the copy descriptor). They are written once to a float32
-file (`--store`), which stands for the catalog: each variant reads them from it (a memory map per read,
-closed after it, so peak memory counts one read's pages, not the file), as duplicates read the catalog.
+file (`--store` keeps it for the next run), which stands for the catalog: each variant reads the rows it
+needs from it by id (positioned reads, no memory map), as duplicates read the catalog.
 
 Two variants, each in its own process (its own peak memory), same vectors:
 - `compact` (what `Collection.duplicates` runs): a PCA projection to 128 dimensions fit on 20,000 stored
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -91,20 +92,30 @@ class PlantedSet:
 
 
 class StoredVectors:
-    """The set's vectors in a float32 file on disk, standing for the catalog that stores them: rows are read
-    by id (a memory map opened for each read and closed after it, so peak memory counts one read's pages,
-    not the file; the page cache is not the process's memory)."""
+    """The set's vectors in a float32 file on disk, standing for the catalog that stores them: rows are read by
+    id with positioned reads into the caller's array (no memory map, whose pages would count as the process's
+    memory), as duplicates read them from the catalog. Written once; a file of the right size is reused."""
 
     def __init__(self, path: Path, data: PlantedSet):
         self.path, self.n, self.dim = path, data.n, data.data.dim
-        with open(path, "wb") as f:
-            for _, vectors in data.chunks():
-                f.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+        self.row = 4 * self.dim
+        if not path.exists() or path.stat().st_size != self.n * self.row:
+            with open(path, "wb") as f:
+                for _, vectors in data.chunks():
+                    f.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        rows = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.n, self.dim))
-        out = np.array(rows[np.asarray(ids, dtype=np.int64)])
-        del rows
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        buffer = memoryview(out).cast("B")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            # runs of consecutive ids in one read each
+            breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+            for first, last in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(ids)].tolist(), strict=True):
+                os.preadv(fd, [buffer[first * self.row : last * self.row]], int(ids[first]) * self.row)
+        finally:
+            os.close(fd)
         return out
 
     def chunks(self, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -220,8 +231,9 @@ def run_variant(
 
 
 def in_child(fn, *args):  # noqa: ANN001, ANN201
-    """fn(*args) in a forked process, so each variant's peak memory is its own."""
-    context = multiprocessing.get_context("fork")
+    """fn(*args) in a new process (spawned, not forked: a forked child starts with its parent's peak memory),
+    so each variant's peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
         return pool.apply(fn, args)
 
@@ -245,8 +257,9 @@ def all_pairs(data: PlantedSet, n: int, sample: int) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     data = PlantedSet(args.n, args.planted, args.dim)
-    with tempfile.TemporaryDirectory(dir=args.store) as tmp:
-        stored = StoredVectors(Path(tmp) / "vectors.f32", data)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) if args.store is None else args.store
+        stored = StoredVectors(folder / f"vectors-{args.n}-{args.planted}-{args.dim}.f32", data)
         variants = {name: in_child(run_variant, name, stored, data.truth(), args) for name in args.variants}
     return {
         "n": args.n, "dim": args.dim, "planted": args.planted, "threshold": args.threshold,
@@ -262,7 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", default="hnsw-sq8", help="the full variant's index kind (auto's choice at 1M)")
     parser.add_argument("--variants", nargs="+", default=["compact", "full"], choices=["compact", "full"])
     parser.add_argument("--compact-dim", type=int, default=COMPACT_DIM, help="dimensions of the compact index")
-    parser.add_argument("--store", type=Path, help="folder for the stored vectors' file (4 x n x dim bytes)")
+    parser.add_argument(
+        "--store", type=Path, help="keep the stored vectors' file (4 x n x dim bytes) in this folder and reuse it"
+    )
     parser.add_argument("--threshold", type=float, default=THRESHOLD)
     parser.add_argument("--sample", type=int, default=2000, help="rows of the all-pairs sample")
     parser.add_argument("--smoke", action="store_true", help="2,000 vectors, 100 planted; writes no results")
