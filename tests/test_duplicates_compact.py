@@ -137,3 +137,22 @@ def test_compact_index_survives_reopening(collection: Collection):
         assert reopened.duplicates("similar").compared == len(reopened.records())
         assert CompactIndex.load(folder, embedder) is not None
         assert [g.ids for g in reopened.duplicates("similar").groups] == [g.ids for g in groups]
+
+
+def test_one_image_then_its_copy(tmp_path: Path, data_dir: Path):
+    """Too few vectors for a projection: one image has no pair; with its copy the two are one group."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    shutil.copy2(data_dir / "cat" / "cat.1.jpg", root / "cat.1.jpg")
+    with Collection.open(tmp_path / "collection") as col:
+        col.sync(root)
+        alone = col.duplicates("similar")
+        assert alone.compared == 1 and alone.groups == []
+        with Image.open(root / "cat.1.jpg") as image:
+            image.resize((image.width // 2, image.height // 2)).save(root / "cat.1-half.jpg")
+        col.sync(root)
+        pair = col.duplicates("similar", threshold=0.8)  # a half-size copy scores ~0.83 with this embedder
+        assert pair.compared == 1
+        assert [sorted(Path(m.path).name for m in g.members) for g in pair.groups] == [["cat.1-half.jpg", "cat.1.jpg"]]

@@ -319,6 +319,10 @@ def update_pairs(
             catalog.forget_pairs(embedder, changed)
     if not todo:
         return 0
+    if len(have) < 2:  # one image: no pair to find
+        with collection.writing():
+            catalog.mark_searched(embedder, [(r.id, r.sha256) for r in todo])
+        return len(todo)
     # the images to search get their vectors (re-)added: one whose file changed has a new vector
     index = compact_index(collection, embedder, have, [r.id for r in todo], progress)
 
