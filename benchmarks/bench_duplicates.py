@@ -20,7 +20,7 @@ Methods (`METHODS`, registered with `@method`):
   efficientnet-lite0; the vectors read back through the collection; pairs at cosine >= 0.90 / 0.80;
   groups = connected components.
 - `lookalike-near`: lookalike's own duplicate finder, `Collection.duplicates()` (the near tier: the copy-lite0
-  descriptor, nearest neighbours through the collection's index, its calibrated threshold, star clustering).
+  descriptor, nearest neighbours through the compact index, its calibrated threshold, star clustering).
 A method is a function `(Context) -> groups` (lists of file indices); a new one, such as the
 collection's own duplicate finder, is one more registered function. Timings are wall and CPU seconds
 on the shared 2-core machine (see the load averages in the results).
@@ -245,7 +245,7 @@ def near_tier(context: Context, threshold: float | None = None) -> Found:
 
 method(
     "lookalike-near",
-    "lookalike's near tier: Collection.duplicates() (copy-lite0 descriptor, 10 neighbours through the index, "
+    "lookalike's near tier: Collection.duplicates() (copy-lite0 descriptor, 10 neighbours through the compact index, "
     "its calibrated threshold, star clustering)",
 )(near_tier)
 

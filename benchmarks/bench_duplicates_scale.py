@@ -1,23 +1,30 @@
 """Duplicates at scale: from N stored vectors with planted near-copies to groups, without comparing all pairs.
 
-    .venv/bin/python benchmarks/bench_duplicates_scale.py --n 1000000       # the issue's scale (long)
-    .venv/bin/python benchmarks/bench_duplicates_scale.py --n 200000
+    .venv/bin/python benchmarks/bench_duplicates_scale.py --n 100000                  # both variants
+    .venv/bin/python benchmarks/bench_duplicates_scale.py --n 1000000 --variants compact   # the issue's scale
     .venv/bin/python benchmarks/bench_duplicates_scale.py --smoke           # 2,000 vectors, seconds; no results
 
 The vectors are benchmarks/common.py's ClusteredVectors (shaped like EfficientNet-Lite0 embeddings: nearest
 neighbour cosine ~0.7-0.77), with `--planted` of them replaced by near-copies of others (the original plus
-noise, cosine ~0.9, as an edited copy scores with the copy descriptor). The steps are the ones
-`Collection.duplicates` runs after its vectors are stored, with the same functions: the vectors go into the
-index kind a collection of that size uses (`--index`, hnsw-sq8 by default), every vector is searched for
-its 10 nearest neighbours through it (`duplicates.NEIGHBOURS`), pairs at or above the threshold are kept
-(`duplicates.neighbour_pairs`), and grouped by `duplicates.star_clusters`. The catalog (SQLite) is not part
-of it: at 1M images of 1280 floats it would hold 5 GB of vectors, which this benchmark never holds in memory
-(vectors are generated chunk by chunk, twice: to build the index and to search it).
+noise, cosine ~0.9, as an edited copy scores with the copy descriptor). They are written once to a float32
+file (`--store` keeps it for the next run), which stands for the catalog: each variant reads the rows it
+needs from it by id (positioned reads, no memory map), as duplicates read the catalog.
 
-Reported: seconds and CPU seconds per step, peak memory (max RSS), the recall of the planted pairs (copy in
-the same group as its original), how many groups and how many of them mix unrelated vectors, and the time
-all pairs would take: exact dot products measured on a sample block of rows against a block of columns,
-extrapolated to N (N - 1) / 2 pairs. Timings are on a shared machine: see the load averages in the results.
+Two variants, each in its own process (its own peak memory), same vectors:
+- `compact` (what `Collection.duplicates` runs): a PCA projection to 128 dimensions fit on 20,000 stored
+  vectors, the projected vectors in an IVF-SQ8 index (index/compact.py), every vector's 20 nearest candidates
+  through it scored with the exact cosine of the stored vectors and the best 10 kept (`duplicates.search_pairs`).
+  The first duplicates run builds this index, so fitting and building count in its time to groups.
+- `full` (before the compact index): the collection's own index kind (`--index`, hnsw-sq8 at 1M) over the full
+  vectors, every vector's 10 nearest through it (scores as that index gives them). That index exists already
+  (indexing built it), so its build is reported but not counted in the time to groups.
+Pairs at or above the threshold are grouped by `duplicates.star_clusters`.
+
+Reported per variant: seconds and CPU seconds per step, peak memory (max RSS of its process), the recall of
+the planted pairs (copy in the same group as its original), how many groups and how many of them hold a
+vector that is not a planted original or copy; and the time all pairs would take: exact dot products measured
+on a sample block of rows against a block of columns, extrapolated to N (N - 1) / 2 pairs. Timings are on a
+shared machine: see the load averages in the results; CPU seconds are what the load distorts least.
 Results: benchmarks/results/duplicates_scale_<n>.json.
 """
 
@@ -25,8 +32,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,14 +46,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ClusteredVectors, finish_record, run_record  # noqa: E402
 
-from lookalike.duplicates import NEIGHBOURS, neighbour_pairs, star_clusters  # noqa: E402
+from lookalike.duplicates import NEIGHBOURS, SEARCH_BATCH, neighbour_pairs, search_pairs, star_clusters  # noqa: E402
 from lookalike.index import create_index  # noqa: E402
+from lookalike.index.compact import COMPACT_DIM, FIT_SAMPLE, CompactIndex, fit_projection  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 50_000
 #: noise of a planted copy: cosine to its original ~0.9
 COPY_NOISE = 0.48
 THRESHOLD = 0.85
+#: neighbours per vector of the full variant (what `duplicates.NEIGHBOURS` was before the compact index)
+FULL_NEIGHBOURS = 10
 
 
 class PlantedSet:
@@ -78,6 +91,39 @@ class PlantedSet:
         return np.arange(self.planted), np.arange(self.n - self.planted, self.n)
 
 
+class StoredVectors:
+    """The set's vectors in a float32 file on disk, standing for the catalog that stores them: rows are read by
+    id with positioned reads into the caller's array (no memory map, whose pages would count as the process's
+    memory), as duplicates read them from the catalog. Written once; a file of the right size is reused."""
+
+    def __init__(self, path: Path, data: PlantedSet):
+        self.path, self.n, self.dim = path, data.n, data.data.dim
+        self.row = 4 * self.dim
+        if not path.exists() or path.stat().st_size != self.n * self.row:
+            with open(path, "wb") as f:
+                for _, vectors in data.chunks():
+                    f.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        buffer = memoryview(out).cast("B")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            # runs of consecutive ids in one read each
+            breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+            for first, last in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(ids)].tolist(), strict=True):
+                os.preadv(fd, [buffer[first * self.row : last * self.row]], int(ids[first]) * self.row)
+        finally:
+            os.close(fd)
+        return out
+
+    def chunks(self, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, self.n, chunk):
+            ids = np.arange(start, min(self.n, start + chunk), dtype=np.int64)
+            yield ids, self(ids)
+
+
 def peak_memory() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -88,35 +134,112 @@ def timed(fn, *args):  # noqa: ANN001, ANN201
     return out, round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2)
 
 
-def run(n: int, planted: int, dim: int, kind: str, threshold: float, sample: int) -> dict:
-    data = PlantedSet(n, planted, dim)
+def full_variant(stored: StoredVectors, kind: str, threshold: float) -> tuple[dict, tuple]:
+    """Today's search before the compact index: every vector's FULL_NEIGHBOURS nearest through the collection's
+    own index kind over the full vectors (scores as that index gives them)."""
 
     def build():  # noqa: ANN202
-        index = create_index(kind, dim)
-        for ids, vectors in data.chunks():
+        index = create_index(kind, stored.dim)
+        for ids, vectors in stored.chunks():
             index.add(ids, vectors)
         return index
 
     def graph(index):  # noqa: ANN001, ANN202
         found = []
-        for ids, vectors in data.chunks():
-            scores, hits = index.search(vectors, NEIGHBOURS + 1)
+        for ids, vectors in stored.chunks():
+            scores, hits = index.search(vectors, FULL_NEIGHBOURS + 1)
             found.append(neighbour_pairs(ids, hits, scores, threshold))
         return tuple(np.concatenate(parts) for parts in zip(*found, strict=True))
 
     index, build_s, build_cpu = timed(build)
     (a, b, scores), graph_s, graph_cpu = timed(graph, index)
+    steps = {
+        "build_index": {"seconds": build_s, "cpu_seconds": build_cpu, "kind": index.kind},
+        "neighbour_graph": {"seconds": graph_s, "cpu_seconds": graph_cpu, "pairs": int(len(a))},
+    }
+    return {"index": kind, "neighbours": FULL_NEIGHBOURS, "steps": steps}, (a, b, scores)
+
+
+def compact_variant(stored: StoredVectors, threshold: float, dim: int) -> tuple[dict, tuple]:
+    """The compact index (index/compact.py) as `duplicates.update_pairs` builds and searches it: PCA fit on a
+    sample, projected vectors in an IVF-SQ8 index, NEIGHBOURS candidates each, every pair scored exactly from
+    the stored vectors (`duplicates.search_pairs`)."""
+    every = np.arange(stored.n, dtype=np.int64)
+
+    def fit():  # noqa: ANN202
+        sample = every
+        if stored.n > FIT_SAMPLE:
+            sample = np.sort(np.random.default_rng(0).choice(every, FIT_SAMPLE, replace=False))
+        return fit_projection(stored(sample), stored.n, dim)
+
+    def build(projection):  # noqa: ANN001, ANN202
+        return CompactIndex.build(projection, every, (vectors for _, vectors in stored.chunks()))
+
+    def graph(index):  # noqa: ANN001, ANN202
+        found = []
+        for ids, vectors in stored.chunks(SEARCH_BATCH):
+            found.append(search_pairs(index, ids, vectors, stored, threshold))
+        return tuple(np.concatenate(parts) for parts in zip(*found, strict=True))
+
+    projection, fit_s, fit_cpu = timed(fit)
+    index, build_s, build_cpu = timed(build, projection)
+    (a, b, scores), graph_s, graph_cpu = timed(graph, index)
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(Path(tmp), "bench")
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+    steps = {
+        "fit_projection": {"seconds": fit_s, "cpu_seconds": fit_cpu, "sample": min(stored.n, FIT_SAMPLE)},
+        "build_index": {"seconds": build_s, "cpu_seconds": build_cpu, "kind": index.index.kind},
+        "neighbour_graph": {"seconds": graph_s, "cpu_seconds": graph_cpu, "pairs": int(len(a))},
+    }
+    info = {"index": f"compact {dim}-d {index.index.kind}", "neighbours": NEIGHBOURS, "nprobe": index.index.nprobe,
+            "index_file_bytes": size, "steps": steps}  # fmt: skip
+    return info, (a, b, scores)
+
+
+def run_variant(
+    name: str, stored: StoredVectors, truth: tuple[np.ndarray, np.ndarray], args: argparse.Namespace
+) -> dict:
+    """One variant from the stored vectors to groups, scored against the planted pairs (in a child process)."""
+    if name == "full":
+        info, (a, b, scores) = full_variant(stored, args.index, args.threshold)
+    else:
+        info, (a, b, scores) = compact_variant(stored, args.threshold, args.compact_dim)
     groups, cluster_s, cluster_cpu = timed(lambda: star_clusters(a, b, scores))
-    del index
-    group_of = np.full(n, -1, dtype=np.int64)
+    info["steps"]["star_clusters"] = {"seconds": cluster_s, "cpu_seconds": cluster_cpu, "groups": len(groups)}
+    group_of = np.full(stored.n, -1, dtype=np.int64)
     for g, members in enumerate(groups):
         group_of[members] = g
-    originals, copies = data.truth()
+    originals, copies = truth
     found = (group_of[originals] >= 0) & (group_of[originals] == group_of[copies])
     planted_members = set(originals.tolist()) | set(copies.tolist())
-    mixed = sum(1 for g in groups if any(m not in planted_members for m in g))
+    steps = info["steps"]
+    # from stored vectors to groups: for `full` the collection's index exists already (built while indexing);
+    # the compact index is built by the first duplicates run, so its fit and build count
+    counted = ["neighbour_graph", "star_clusters"] + (["fit_projection", "build_index"] if name == "compact" else [])
+    return {
+        **info,
+        "groups_seconds": round(sum(steps[s]["seconds"] for s in counted), 2),
+        "groups_cpu_seconds": round(sum(steps[s]["cpu_seconds"] for s in counted), 2),
+        "total_seconds": round(sum(s["seconds"] for s in steps.values()), 2),
+        "total_cpu_seconds": round(sum(s["cpu_seconds"] for s in steps.values()), 2),
+        "peak_memory_bytes": peak_memory(),
+        "planted_recall": round(float(found.mean()), 4),
+        "groups": len(groups),
+        "groups_with_unplanted_vectors": sum(1 for g in groups if any(m not in planted_members for m in g)),
+    }
 
-    # all pairs: `sample` rows against a block of columns, exact dot products, extrapolated to n (n - 1) / 2
+
+def in_child(fn, *args):  # noqa: ANN001, ANN201
+    """fn(*args) in a new process (spawned, not forked: a forked child starts with its parent's peak memory),
+    so each variant's peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def all_pairs(data: PlantedSet, n: int, sample: int) -> dict:
+    """`sample` rows against a block of columns, exact dot products, extrapolated to n (n - 1) / 2 pairs."""
     rows = data.data.rows(0, sample)
     columns = data.data.rows(sample, sample + min(n, 20_000))
     started = time.process_time()
@@ -125,24 +248,22 @@ def run(n: int, planted: int, dim: int, kind: str, threshold: float, sample: int
         np.dot(rows, columns.T).max(axis=1)
     pair_cpu = (time.process_time() - started) / 3 / (len(rows) * len(columns))
     pair_wall = (time.perf_counter() - wall) / 3 / (len(rows) * len(columns))
-    all_pairs = n * (n - 1) / 2
+    pairs = n * (n - 1) / 2
     return {
-        "n": n, "dim": dim, "planted": planted, "index": kind, "neighbours": NEIGHBOURS, "threshold": threshold,
-        "steps": {
-            "build_index": {"seconds": build_s, "cpu_seconds": build_cpu},
-            "neighbour_graph": {"seconds": graph_s, "cpu_seconds": graph_cpu, "pairs": int(len(a))},
-            "star_clusters": {"seconds": cluster_s, "cpu_seconds": cluster_cpu, "groups": len(groups)},
-        },
-        "groups_seconds": round(graph_s + cluster_s, 2),
-        "total_seconds": round(build_s + graph_s + cluster_s, 2),
-        "peak_memory_bytes": peak_memory(),
-        "planted_recall": round(float(found.mean()), 4),
-        "groups_with_unplanted_vectors": mixed,
-        "all_pairs": {
-            "pairs": all_pairs, "sample_pairs": len(rows) * len(columns),
-            "cpu_seconds_extrapolated": round(all_pairs * pair_cpu, 1),
-            "seconds_extrapolated": round(all_pairs * pair_wall, 1),
-        },
+        "pairs": pairs, "sample_pairs": len(rows) * len(columns),
+        "cpu_seconds_extrapolated": round(pairs * pair_cpu, 1), "seconds_extrapolated": round(pairs * pair_wall, 1),
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict:
+    data = PlantedSet(args.n, args.planted, args.dim)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) if args.store is None else args.store
+        stored = StoredVectors(folder / f"vectors-{args.n}-{args.planted}-{args.dim}.f32", data)
+        variants = {name: in_child(run_variant, name, stored, data.truth(), args) for name in args.variants}
+    return {
+        "n": args.n, "dim": args.dim, "planted": args.planted, "threshold": args.threshold,
+        "variants": variants, "all_pairs": all_pairs(data, args.n, args.sample),
     }  # fmt: skip
 
 
@@ -151,7 +272,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--planted", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=1280)
-    parser.add_argument("--index", default="hnsw-sq8", help="index kind (default hnsw-sq8, auto's choice above 400k)")
+    parser.add_argument("--index", default="hnsw-sq8", help="the full variant's index kind (auto's choice at 1M)")
+    parser.add_argument("--variants", nargs="+", default=["compact", "full"], choices=["compact", "full"])
+    parser.add_argument("--compact-dim", type=int, default=COMPACT_DIM, help="dimensions of the compact index")
+    parser.add_argument(
+        "--store", type=Path, help="keep the stored vectors' file (4 x n x dim bytes) in this folder and reuse it"
+    )
     parser.add_argument("--threshold", type=float, default=THRESHOLD)
     parser.add_argument("--sample", type=int, default=2000, help="rows of the all-pairs sample")
     parser.add_argument("--smoke", action="store_true", help="2,000 vectors, 100 planted; writes no results")
@@ -160,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.n, args.planted, args.sample, args.index = 2_000, 100, 100, "hnsw"
     record = run_record()
-    result = run(args.n, args.planted, args.dim, args.index, args.threshold, args.sample)
+    result = run(args)
     report = {**finish_record(record), **result}
     print(json.dumps(report, indent=2))
     if args.smoke:

@@ -12,10 +12,12 @@
 - `similar`: another shot of the same scene or object (bursts): the collection's own vectors at a
   looser threshold.
 
-Candidates come from the k-nearest-neighbour graph through the collection's vector index (never all
-pairs); the scored pairs (edges) are kept in the catalog, so after new images are added only they
-are searched. Groups are formed around a keeper so that chains of pairs do not merge unrelated
-photos: every member of a group scores at least the threshold with the group's keeper, and each
+Candidates come from the k-nearest-neighbour graph (never all pairs) through a compact index of the
+tier's vectors (index/compact.py: PCA to 128 dimensions, 8-bit IVF, kept in the collection's
+`duplicates/` folder and updated with the new images only), and every candidate pair is scored with the
+exact cosine of the two stored vectors; the scored pairs (edges) are kept in the catalog, so after new
+images are added only they are searched. Groups are formed around a keeper so that chains of pairs do
+not merge unrelated photos: every member of a group scores at least the threshold with the group's keeper, and each
 pair inside a group is at least the threshold or was linked directly. The keeper is the image
 with the most pixels, then the largest file, then the oldest; `reason` says which rule decided.
 
@@ -33,7 +35,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +47,8 @@ from PIL import Image
 
 from .catalog import Catalog, ImageRecord
 from .images import ImageError, open_image
-from .results import Neighbours, Progress, SyncReport
+from .index.compact import FIT_SAMPLE, CompactIndex, fit_projection
+from .results import Progress, SyncReport
 
 TIERS = ("exact", "near", "similar")
 DEFAULT_TIER = "near"
@@ -60,8 +63,11 @@ THRESHOLDS = {"exact": 0.99, "near": 0.82, "similar": 0.85}
 HASH_DISTANCE: int | None = 10
 #: a centre's neighbour joins its group only when linked to at least this share of the members before it
 MIN_SHARE = 0.0
-#: neighbours searched per image for candidate pairs
+#: neighbours kept per image (the k of the k-nearest-neighbour graph), by exact cosine
 NEIGHBOURS = 10
+#: candidates searched per image in the compact index, each scored exactly; the best NEIGHBOURS are kept. Twice
+#: NEIGHBOURS: the compact index's order differs a little from the exact one (README "Duplicates")
+CANDIDATES = 20
 #: pairs are stored down to this cosine, so a lower `threshold=` regroups without searching again;
 #: a threshold below it is refused
 EDGE_FLOOR = 0.7
@@ -222,15 +228,6 @@ class Collection(Protocol):
         self, records: Sequence[ImageRecord], *, embedder: str | None = None, progress: Progress | None = None
     ) -> SyncReport: ...
 
-    def search_vectors(
-        self,
-        vectors: np.ndarray,
-        k: int = 5,
-        *,
-        embedder: str | None = None,
-        exclude: np.ndarray | Sequence[int] | None = None,
-    ) -> Neighbours: ...
-
     def remove(self, ids: Iterable[int], *, delete_uploads: bool = False) -> int: ...
 
 
@@ -303,7 +300,11 @@ def update_pairs(
 ) -> int:
     """Search the images of `records` not searched before (or changed since) for their nearest neighbours
     with `embedder` (embedding those that lack its vector), and store the pairs scoring at least
-    EDGE_FLOOR. Returns how many images were searched."""
+    EDGE_FLOOR. Returns how many images were searched.
+
+    Candidates come from the compact index (index/compact.py: the vectors projected to a few dimensions,
+    kept under the collection's `duplicates/` folder and brought up to date here, new images only); each
+    candidate pair is scored with the exact cosine of the two stored vectors."""
     catalog = collection.catalog
     have = collection.vector_ids(embedder)
     missing = [r for r in records if r.id not in have]
@@ -316,22 +317,132 @@ def update_pairs(
     if changed:
         with collection.writing():
             catalog.forget_pairs(embedder, changed)
+    if not todo:
+        return 0
+    if len(have) < 2:  # one image: no pair to find
+        with collection.writing():
+            catalog.mark_searched(embedder, [(r.id, r.sha256) for r in todo])
+        return len(todo)
+    # the images to search get their vectors (re-)added: one whose file changed has a new vector
+    index = compact_index(collection, embedder, have, [r.id for r in todo], progress)
+
+    def stored(ids: np.ndarray) -> np.ndarray:
+        return _stored_or_zero(collection, embedder, ids, index.projection.mean.shape[0])
+
     stage = f"comparing ({embedder})"
     if progress:
         progress(stage, 0, len(todo))
     for start in range(0, len(todo), SEARCH_BATCH):
         chunk = todo[start : start + SEARCH_BATCH]
         ids = np.array([r.id for r in chunk], dtype=np.int64)
-        found = collection.search_vectors(
-            collection.vectors_of(ids, embedder), NEIGHBOURS, embedder=embedder, exclude=ids
-        )
-        a, b, scores = neighbour_pairs(ids, found.ids, found.scores, EDGE_FLOOR)
+        vectors = collection.vectors_of(ids, embedder)
+        a, b, scores = search_pairs(index, ids, vectors, stored, EDGE_FLOOR)
         with collection.writing():
             catalog.put_pairs(embedder, a, b, scores)
             catalog.mark_searched(embedder, [(r.id, r.sha256) for r in chunk])
         if progress:
             progress(stage, start + len(chunk), len(todo))
     return len(todo)
+
+
+#: the compact indexes live in this folder of the collection, one per embedder (NAME.faiss, NAME.npz, NAME.json)
+COMPACT_FOLDER = "duplicates"
+#: vectors read from the catalog per step when (re)building a compact index
+BUILD_BATCH = 20_000
+
+
+def compact_index(
+    collection: Collection,
+    embedder: str,
+    have: set[int],
+    refresh: Sequence[int] = (),
+    progress: Progress | None = None,
+) -> CompactIndex:
+    """The compact index of `embedder`'s vectors, holding exactly the ids of `have` (the images with a vector):
+    loaded from the collection's folder and updated (new ids added, ids of `refresh` added again, ids no
+    longer stored removed), or built when there is none or its projection was fit on a much smaller or
+    larger collection. Saved when it changed."""
+    folder = collection.path / COMPACT_FOLDER
+    index = CompactIndex.load(folder, embedder)
+    every = np.array(sorted(have), dtype=np.int64)
+    if index is None or index.stale(len(every)):
+        sample = every
+        if len(every) > FIT_SAMPLE:
+            sample = np.sort(np.random.default_rng(0).choice(every, FIT_SAMPLE, replace=False))
+        projection = fit_projection(collection.vectors_of(sample, embedder), len(every))
+        stage = f"projecting ({embedder})"
+
+        def chunks() -> Iterator[np.ndarray]:
+            for start in range(0, len(every), BUILD_BATCH):
+                yield collection.vectors_of(every[start : start + BUILD_BATCH], embedder)
+                if progress:
+                    progress(stage, min(start + BUILD_BATCH, len(every)), len(every))
+
+        index = CompactIndex.build(projection, every, chunks())
+    else:
+        present = index.ids()
+        add = np.union1d(np.setdiff1d(every, present), np.intersect1d(np.asarray(refresh, dtype=np.int64), every))
+        gone = np.setdiff1d(present, every)
+        if not len(add) and not len(gone):
+            return index
+        index.remove(gone)
+        for start in range(0, len(add), BUILD_BATCH):
+            part = add[start : start + BUILD_BATCH]
+            index.add(part, collection.vectors_of(part, embedder))
+    with collection.writing():
+        index.save(folder, embedder)
+    return index
+
+
+def search_pairs(
+    index: CompactIndex,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    stored: Callable[[np.ndarray], np.ndarray],
+    floor: float,
+    neighbours: int = NEIGHBOURS,
+    candidates: int = CANDIDATES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, exact cosine) of the pairs scoring at least `floor` between each of `ids` (full `vectors`) and
+    its `neighbours` nearest by exact cosine among its `candidates` nearest through the compact `index`;
+    `stored(ids)` gives the other ends' full vectors."""
+    _, found = index.search(vectors, candidates + 1)  # + 1: an image usually finds itself first
+    found = np.where(found == np.asarray(ids)[:, None], -1, found)
+    scores = exact_scores(vectors, found, stored)
+    if found.shape[1] > neighbours:
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :neighbours]
+        found, scores = np.take_along_axis(found, best, 1), np.take_along_axis(scores, best, 1)
+    return neighbour_pairs(ids, found, scores, floor)
+
+
+def exact_scores(
+    vectors: np.ndarray, found: np.ndarray, stored: Callable[[np.ndarray], np.ndarray], block: int = 256
+) -> np.ndarray:
+    """The cosine of each row's vector with the stored vector of each id it found (-inf where none: id -1).
+    `block` rows at a time, so at most block x k stored vectors are held at once."""
+    scores = np.full(found.shape, -np.inf, dtype=np.float32)
+    for start in range(0, len(found), block):
+        rows = slice(start, start + block)
+        hit = found[rows] >= 0
+        if not hit.any():
+            continue
+        unique, inverse = np.unique(found[rows][hit], return_inverse=True)
+        others = stored(unique)
+        part = scores[rows]
+        part[hit] = np.einsum("ij,ij->i", vectors[rows][np.nonzero(hit)[0]], others[inverse])
+    return scores
+
+
+def _stored_or_zero(collection: Collection, embedder: str, ids: np.ndarray, dim: int) -> np.ndarray:
+    """Stored vectors of `ids`; zeros (a score of 0: no pair) for one removed since the index found it."""
+    try:
+        return collection.vectors_of(ids, embedder)
+    except KeyError:
+        have = np.isin(ids, list(collection.vector_ids(embedder)))
+        out = np.zeros((len(ids), dim), dtype=np.float32)
+        if have.any():
+            out[have] = collection.vectors_of(ids[have], embedder)
+        return out
 
 
 def _with_hash_matches(
