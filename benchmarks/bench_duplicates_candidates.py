@@ -1,6 +1,7 @@
 """Candidate pairs of the near tier on a real copy-detection set: the compact index against the full one.
 
     .venv/bin/python benchmarks/bench_duplicates_candidates.py --set SET --collection DIR
+    .venv/bin/python benchmarks/bench_duplicates_candidates.py --smoke     # a tiny generated set; no results
 
 The set (a folder written by benchmarks/copydetect.py) is synced into a collection with the near tier's
 descriptor (`copy-lite0`; `--collection` keeps it, so a second run embeds nothing). Every image's 10-nearest-
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import copydetect  # noqa: E402
 from common import finish_record, run_record  # noqa: E402
 
 from lookalike import Collection  # noqa: E402
@@ -75,12 +77,19 @@ def compare(found: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], cut: fl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", type=Path, required=True, help="a folder written by benchmarks/copydetect.py")
+    parser.add_argument("--set", type=Path, help="a folder written by benchmarks/copydetect.py")
     parser.add_argument("--collection", type=Path, help="keep the collection here (default a temp folder)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="a tiny generated set, seconds; writes no results")
     args = parser.parse_args(argv)
+    if not args.smoke and args.set is None:
+        parser.error("give --set DIR (a folder written by benchmarks/copydetect.py) or --smoke")
     record = run_record()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            args.set = Path(tmp) / "set"
+            sources = [p.resolve() for p in copydetect.DEFAULT_SOURCES]
+            copydetect.generate(args.set, sources, originals=4, distractors=8, seed=0)
         folder = args.collection or Path(tmp) / "collection"
         with Collection.open(folder, embedder=COPY_EMBEDDER) as collection:
             collection.sync(args.set, embedder=COPY_EMBEDDER)
@@ -91,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         "threshold": {"cosine": THRESHOLDS["near"], **compare(found, THRESHOLDS["near"])},
     }  # fmt: skip
     print(json.dumps(report, indent=2))
+    if args.smoke:
+        print("smoke run: no results written")
+        return
     out = args.out or RESULTS / f"duplicates_candidates_{args.set.name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
