@@ -38,8 +38,8 @@ REPROJECTION = 0.015 * LONG_SIDE
 MIRROR_BELOW = 25
 #: names the settings above: stored outcomes measured with other settings are measured again
 METHOD = f"sift{KEYPOINTS}-{LONG_SIDE}-r{RATIO}-p{REPROJECTION:g}-m{MIRROR_BELOW}"
-#: images whose features the per-run cache keeps (~64 KB each, twice for mirrored ones)
-CACHE_IMAGES = 1024
+#: images whose features the per-run cache keeps (~70 KB each, twice for mirrored ones: at most ~280 MB)
+CACHE_IMAGES = 2048
 
 
 @dataclass(frozen=True)
