@@ -8,7 +8,9 @@
 - `near` (the default): the same photo after edits (resize, re-compression, crop, rotation, flip,
   colour, text, a screenshot of it). Scored with a copy descriptor, the `copy-lite0` embedder
   (EfficientNet-Lite0 on the whole image, long side 224, GeM-pooled head, averaged with its mirror
-  image), stored beside the collection's other vectors and embedded on demand.
+  image), stored beside the collection's other vectors and embedded on demand. Pairs a little below the
+  threshold count when a perceptual hash matches or when a geometric check of the two files (`verify.py`:
+  local features and a RANSAC fit; on by default, `verify=False` skips it) finds enough agreeing matches.
 - `similar`: another shot of the same scene or object (bursts): the collection's own vectors at a
   looser threshold.
 

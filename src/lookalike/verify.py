@@ -11,8 +11,9 @@ pair's cosine (`duplicates.verified_pair`), and keeps the outcomes in the catalo
 once. Features are computed from the image files when needed and kept only in a per-run LRU cache
 (`Verifier`): ~64 KB per image, too much to store for every image of a large collection.
 
-Cost on the development machine (2 cores, shared, under load): ~50 ms of CPU per image (decode +
-SIFT), ~7 ms per pair (matching + RANSAC, both orientations when the plain one fails).
+Cost on the development machine (2 cores, shared, under load average 8-9): 64 ms of CPU per image (decode +
+SIFT; 69 ms more for its mirror image, when needed), 9.5 ms per pair (matching + RANSAC, both orientations
+when the plain one fails).
 """
 
 from __future__ import annotations
