@@ -197,3 +197,14 @@ def test_cli_and_rest_turn_verification_off(setup: tuple[Collection, Path], caps
     body = json.loads(capsys.readouterr().out)
     assert body["verify"] is True and body["verified"] == 0  # checked through the REST call: stored
     assert copies <= {Path(m["path"]).name for g in body["groups"] for m in g["members"]}
+
+
+def test_pairs_stored_with_another_floor_are_searched_again(setup: tuple[Collection, Path]):
+    col, _ = setup
+    first = col.duplicates(verify=False)
+    assert first.compared == len(col.records())
+    assert col.duplicates(verify=False).compared == 0
+    col.catalog.set_meta("duplicates-floor:copy-lite0", "0.7")  # as a catalog searched before the floor was 0.60
+    again = col.duplicates(verify=False)
+    assert again.compared == len(col.records())
+    assert [g.ids for g in again.groups] == [g.ids for g in first.groups]
