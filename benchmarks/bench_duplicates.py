@@ -20,7 +20,8 @@ Methods (`METHODS`, registered with `@method`):
   efficientnet-lite0; the vectors read back through the collection; pairs at cosine >= 0.90 / 0.80;
   groups = connected components.
 - `lookalike-near`: lookalike's own duplicate finder, `Collection.duplicates()` (the near tier: the copy-lite0
-  descriptor, nearest neighbours through the compact index, its calibrated threshold, star clustering).
+  descriptor, nearest neighbours through the compact index, its calibrated threshold, the geometric check of
+  the pairs a little below it, star clustering); `lookalike-near-noverify`: the same with `verify=False`.
 A method is a function `(Context) -> groups` (lists of file indices); a new one, such as the
 collection's own duplicate finder, is one more registered function. Timings are wall and CPU seconds
 on the shared 2-core machine (see the load averages in the results).
@@ -231,14 +232,14 @@ for _threshold in (0.90, 0.80):
     )(lambda context, threshold=_threshold: cosine_groups(context, threshold))
 
 
-def near_tier(context: Context, threshold: float | None = None) -> Found:
+def near_tier(context: Context, threshold: float | None = None, verify: bool = True) -> Found:
     """Collection.duplicates(tier="near") over the set, as a user runs it; groups mapped back to file indices."""
     index_of = {path.resolve(): i for i, path in enumerate(context.paths())}
     # The collection `lookalike_vectors` made, if any (its copy-lite0 vectors are added); otherwise a new one
     # that embeds only the copy descriptor.
     with Collection.open(context.workdir / "collection", embedder=NEAR_EMBEDDER) as collection:
         collection.sync(context.copyset.root, embedder=NEAR_EMBEDDER)
-        report = collection.duplicates("near", threshold=threshold)
+        report = collection.duplicates("near", threshold=threshold, verify=verify)
     groups = [[index_of[Path(m.path).resolve()] for m in g.members] for g in report.groups]
     return Found(groups)
 
@@ -246,8 +247,11 @@ def near_tier(context: Context, threshold: float | None = None) -> Found:
 method(
     "lookalike-near",
     "lookalike's near tier: Collection.duplicates() (copy-lite0 descriptor, 10 neighbours through the compact index, "
-    "its calibrated threshold, star clustering)",
+    "its calibrated threshold, geometric check of the pairs a little below it, star clustering)",
 )(near_tier)
+method(
+    "lookalike-near-noverify", "lookalike's near tier without the geometric check: Collection.duplicates(verify=False)"
+)(lambda context: near_tier(context, verify=False))
 
 
 # --- scoring ------------------------------------------------------------------------------------

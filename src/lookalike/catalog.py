@@ -71,6 +71,19 @@ CREATE TABLE IF NOT EXISTS duplicate_hashes (
     sha256 TEXT,
     phash INTEGER NOT NULL
 );
+-- the near tier's geometric check of a pair (a < b): what it measured, with which settings (`verify.METHOD`);
+-- dropped with the pairs when either image's content changes
+CREATE TABLE IF NOT EXISTS duplicate_verified (
+    a INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    b INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    method TEXT NOT NULL,
+    inliers INTEGER NOT NULL,
+    matches INTEGER NOT NULL,
+    coverage REAL NOT NULL,
+    mirrored INTEGER NOT NULL,
+    PRIMARY KEY (a, b)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS duplicate_verified_b ON duplicate_verified(b);
 -- the user's decisions: "keep" (a = the keeper, b = a member of its resolved group), "distinct" (a < b: not duplicates)
 CREATE TABLE IF NOT EXISTS duplicate_decisions (
     a INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
@@ -389,6 +402,33 @@ class Catalog:
         self._db.executemany("DELETE FROM duplicate_pairs WHERE embedder = ? AND a = ?", rows)
         self._db.executemany("DELETE FROM duplicate_pairs WHERE embedder = ? AND b = ?", rows)
         self._db.executemany("DELETE FROM duplicate_searched WHERE embedder = ? AND image_id = ?", rows)
+        self.forget_verified(int(i) for _, i in rows)
+
+    def reset_pairs(self, embedder: str) -> None:
+        """Drop every stored pair and searched mark of `embedder` (every image is searched again)."""
+        self._db.execute("DELETE FROM duplicate_pairs WHERE embedder = ?", (embedder,))
+        self._db.execute("DELETE FROM duplicate_searched WHERE embedder = ?", (embedder,))
+
+    def verified(self, method: str) -> dict[tuple[int, int], tuple[int, int, float, bool]]:
+        """Pairs (a < b) checked geometrically with `method` -> (inliers, matches, coverage, mirrored)."""
+        rows = self._db.execute(
+            "SELECT a, b, inliers, matches, coverage, mirrored FROM duplicate_verified WHERE method = ?", (method,)
+        )
+        return {(int(a), int(b)): (int(i), int(m), float(c), bool(f)) for a, b, i, m, c, f in rows}
+
+    def put_verified(self, method: str, items: Iterable[tuple[int, int, int, int, float, bool]]) -> None:
+        """Store geometric checks (a, b, inliers, matches, coverage, mirrored), each pair once, smaller id first."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO duplicate_verified (a, b, method, inliers, matches, coverage, mirrored)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(min(a, b), max(a, b), method, int(i), int(m), float(c), int(f)) for a, b, i, m, c, f in items],
+        )
+
+    def forget_verified(self, ids: Iterable[int]) -> None:
+        """Drop the geometric checks of pairs involving `ids` (their content changed)."""
+        rows = [(int(i),) for i in ids]
+        self._db.executemany("DELETE FROM duplicate_verified WHERE a = ?", rows)
+        self._db.executemany("DELETE FROM duplicate_verified WHERE b = ?", rows)
 
     def perceptual_hashes(self, ids: Iterable[int]) -> dict[int, tuple[str | None, int]]:
         """Stored perceptual hashes of `ids` -> (SHA-256 they were computed from, 64-bit hash as signed int)."""

@@ -1406,6 +1406,7 @@ class Collection:
         threshold: float | None = None,
         under: str | os.PathLike[str] | None = None,
         include_resolved: bool = False,
+        verify: bool = True,
         progress: Progress | None = None,
     ) -> DuplicateReport:
         """Groups of duplicate images, each with a suggested keeper and every member's similarity to it.
@@ -1414,12 +1415,21 @@ class Collection:
         "similar" (another shot of the same scene). `threshold` overrides the tier's calibrated cosine
         (`duplicates.THRESHOLDS`). `under`: only images under this folder. Groups resolved by a decision
         (`decide_duplicates`) are left out unless `include_resolved`. The `near` tier embeds images that
-        have no copy-descriptor vector yet, and only images not compared before are searched.
+        have no copy-descriptor vector yet, and only images not compared before are searched. With `verify`
+        (the default) it also checks the pairs scoring a little below the threshold geometrically (local
+        features and a RANSAC fit, from the image files) and counts those that pass; each pair is checked
+        once (the outcome is kept in the catalog). `verify=False` skips that: faster, fewer strong edits found.
         """
         from .duplicates import find_duplicates
 
         return find_duplicates(
-            self, tier, threshold=threshold, under=under, include_resolved=include_resolved, progress=progress
+            self,
+            tier,
+            threshold=threshold,
+            under=under,
+            include_resolved=include_resolved,
+            verify=verify,
+            progress=progress,
         )
 
     def decide_duplicates(self, ids: Sequence[int], decision: str, *, keeper: int | None = None) -> None:

@@ -8,7 +8,9 @@
 - `near` (the default): the same photo after edits (resize, re-compression, crop, rotation, flip,
   colour, text, a screenshot of it). Scored with a copy descriptor, the `copy-lite0` embedder
   (EfficientNet-Lite0 on the whole image, long side 224, GeM-pooled head, averaged with its mirror
-  image), stored beside the collection's other vectors and embedded on demand.
+  image), stored beside the collection's other vectors and embedded on demand. Pairs a little below the
+  threshold count when a perceptual hash matches or when a geometric check of the two files (`verify.py`:
+  local features and a RANSAC fit; on by default, `verify=False` skips it) finds enough agreeing matches.
 - `similar`: another shot of the same scene or object (bursts): the collection's own vectors at a
   looser threshold.
 
@@ -57,10 +59,27 @@ COPY_EMBEDDER = "copy-lite0"
 #: default thresholds per tier (cosine similarity), calibrated on benchmarks/copydetect.py's set (seed 0),
 #: checked on seed 1; see README "Duplicates". `exact` is the cosine a pair needs before its pixels are compared.
 THRESHOLDS = {"exact": 0.99, "near": 0.82, "similar": 0.85}
-#: near tier: a stored pair below the threshold (but at least EDGE_FLOOR) still counts when the two images'
+#: near tier: a stored pair below the threshold (but at least HASH_FLOOR) still counts when the two images'
 #: perceptual hashes (DCT, 64 bits, as imagededup's pHash) differ in at most this many bits; None: no hash check.
 #: Only at the calibrated threshold or a looser one: a stricter threshold is a plain cosine cut.
 HASH_DISTANCE: int | None = 10
+#: near tier, geometric verification (`verify.py`): a stored pair scoring in [VERIFY_FLOOR, threshold) counts when
+#: its local features agree on one similarity transform with at least `verify_inliers(score)` inliers (VERIFY_INLIERS
+#: at VERIFY_FLOOR falling linearly to the second figure at the calibrated threshold) whose convex hull covers at
+#: least VERIFY_COVERAGE of each image. Only at the calibrated threshold or a looser one, as the hash check.
+#: Calibrated on benchmarks/copydetect.py's set, seed 0 (benchmarks/calibrate_verify.py: 10,538 band pairs, 3,604
+#: of one original, 6,934 not); checked on seed 1 without changes; see README "Duplicates". The floor keeps ~75% of
+#: the screenshots' direct pairs (the rest score lower); unrelated pairs reach 84 inliers, but those with 40 or more
+#: are either degenerate fits (all inliers on a line or a point: covered area ~0, hence VERIFY_COVERAGE) or two
+#: screenshots in the same frame (the frame matches), so the bar is high where the cosine is low.
+VERIFY_FLOOR = 0.6
+VERIFY_INLIERS = (60, 20)
+VERIFY_COVERAGE = 0.02
+#: at most this many band pairs per image are checked: its best-scoring ones (a pair is checked when it is among
+#: the best of either of its images)
+VERIFY_PER_IMAGE = 10
+#: checked pairs stored per transaction
+VERIFY_BATCH = 200
 #: a centre's neighbour joins its group only when linked to at least this share of the members before it
 MIN_SHARE = 0.0
 #: neighbours kept per image (the k of the k-nearest-neighbour graph), by exact cosine
@@ -69,8 +88,11 @@ NEIGHBOURS = 10
 #: NEIGHBOURS: the compact index's order differs a little from the exact one (README "Duplicates")
 CANDIDATES = 20
 #: pairs are stored down to this cosine, so a lower `threshold=` regroups without searching again;
-#: a threshold below it is refused
-EDGE_FLOOR = 0.7
+#: a threshold below it is refused. Low enough for the verifier's band (VERIFY_FLOOR); a catalog whose pairs were
+#: stored with another floor is searched again once.
+EDGE_FLOOR = 0.6
+#: the hash check's band starts here (calibrated with the pairs from 0.70)
+HASH_FLOOR = 0.7
 DECISIONS = ("keep", "distinct")
 #: images searched per batch when looking for new pairs
 SEARCH_BATCH = 2048
@@ -148,6 +170,10 @@ class DuplicateReport:
     compared: int = 0
     #: groups left out because a decision resolved them (`include_resolved=True` shows them)
     resolved: int = 0
+    #: near tier: whether band pairs were checked geometrically, and how many were checked in this run
+    #: (pairs checked in an earlier run are read from the catalog)
+    verify: bool = False
+    verified: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
@@ -156,7 +182,7 @@ class DuplicateReport:
             "groups": [g.to_dict() for g in self.groups],
             "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
             "vanished": self.vanished, "compared": self.compared, "resolved": self.resolved,
-            "seconds": round(self.seconds, 3),
+            "verify": self.verify, "verified": self.verified, "seconds": round(self.seconds, 3),
         }  # fmt: skip
 
 
@@ -241,6 +267,7 @@ def find_duplicates(
     threshold: float | None = None,
     under: str | os.PathLike[str] | None = None,
     include_resolved: bool = False,
+    verify: bool = True,
     progress: Progress | None = None,
 ) -> DuplicateReport:
     """`Collection.duplicates`: see there."""
@@ -274,8 +301,13 @@ def find_duplicates(
     else:
         # the hash matches belong to the calibrated threshold and anything looser; a stricter threshold (a slider
         # moved up) is a plain cosine cut, so raising it always splits a pair whose score it passes
-        if tier == "near" and HASH_DISTANCE is not None and EDGE_FLOOR < threshold <= THRESHOLDS["near"]:
+        if tier == "near" and HASH_DISTANCE is not None and HASH_FLOOR < threshold <= THRESHOLDS["near"]:
             a, b, scores = _with_hash_matches(collection, embedder, by_id, (a, b, scores), threshold, progress)
+        if tier == "near" and verify and VERIFY_FLOOR < threshold <= THRESHOLDS["near"]:
+            report.verify = True
+            a, b, scores, report.verified = _with_verified_pairs(
+                collection, embedder, by_id, (a, b, scores), threshold, progress
+            )
         apart = {(min(x, y), max(x, y)) for x, y in collection.catalog.decisions("distinct")}
         clusters = star_clusters(a, b, scores, apart=apart, min_share=MIN_SHARE)
 
@@ -306,6 +338,11 @@ def update_pairs(
     kept under the collection's `duplicates/` folder and brought up to date here, new images only); each
     candidate pair is scored with the exact cosine of the two stored vectors."""
     catalog = collection.catalog
+    floor_key = f"duplicates-floor:{embedder}"
+    if catalog.get_meta(floor_key) != str(EDGE_FLOOR):  # pairs stored with another floor (or none yet)
+        with collection.writing():
+            catalog.reset_pairs(embedder)
+            catalog.set_meta(floor_key, str(EDGE_FLOOR))
     have = collection.vector_ids(embedder)
     missing = [r for r in records if r.id not in have]
     if missing:
@@ -453,10 +490,10 @@ def _with_hash_matches(
     threshold: float,
     progress: Progress | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`pairs` plus the stored pairs scoring in [EDGE_FLOOR, threshold) whose perceptual hashes are within
+    """`pairs` plus the stored pairs scoring in [HASH_FLOOR, threshold) whose perceptual hashes are within
     HASH_DISTANCE bits: the hash keeps greyscale, blurred and text-covered copies that the descriptor scores
     a little low, and the descriptor's floor keeps the hash's chance matches out."""
-    a, b, scores = collection.catalog.pairs(embedder, EDGE_FLOOR)
+    a, b, scores = collection.catalog.pairs(embedder, HASH_FLOOR)
     band = (scores < threshold) & np.isin(a, list(by_id)) & np.isin(b, list(by_id))
     a, b, scores = a[band], b[band], scores[band]
     hashes = perceptual_hashes(collection, [by_id[i] for i in np.unique(np.concatenate([a, b])).tolist()], progress)
@@ -468,6 +505,83 @@ def _with_hash_matches(
         dtype=bool,
     )
     return tuple(np.concatenate([p, q[keep]]) for p, q in zip(pairs, (a, b, scores), strict=True))  # type: ignore[return-value]
+
+
+def verify_inliers(score: np.ndarray | float) -> np.ndarray:
+    """The inliers a band pair scoring `score` (cosine) needs: VERIFY_INLIERS[0] at VERIFY_FLOOR, falling linearly
+    to VERIFY_INLIERS[1] at the calibrated threshold."""
+    low, high = VERIFY_FLOOR, THRESHOLDS["near"]
+    share = np.clip((np.asarray(score, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    return VERIFY_INLIERS[0] + (VERIFY_INLIERS[1] - VERIFY_INLIERS[0]) * share
+
+
+def verified_pairs(scores: np.ndarray, inliers: np.ndarray, coverage: np.ndarray) -> np.ndarray:
+    """Which band pairs (cosine `scores`, measured `inliers` and `coverage`) the verifier accepts."""
+    return (np.asarray(inliers) >= verify_inliers(scores)) & (np.asarray(coverage) >= VERIFY_COVERAGE)
+
+
+def _with_verified_pairs(
+    collection: Collection,
+    embedder: str,
+    by_id: dict[int, ImageRecord],
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    threshold: float,
+    progress: Progress | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """`pairs` plus the stored pairs scoring in [VERIFY_FLOOR, threshold) that the geometric check accepts
+    (`verified_pairs`), and how many pairs were checked now. Each image's VERIFY_PER_IMAGE best band pairs are
+    checked; a pair's outcome is stored, so it is checked once until either image changes."""
+    from .verify import METHOD, Verifier
+
+    a, b, scores = collection.catalog.pairs(embedder, VERIFY_FLOOR)
+    have = set(zip(pairs[0].tolist(), pairs[1].tolist(), strict=True))
+    band = (scores < threshold) & np.isin(a, list(by_id)) & np.isin(b, list(by_id))
+    band &= np.array([(x, y) not in have for x, y in zip(a.tolist(), b.tolist(), strict=True)], dtype=bool)
+    a, b, scores = a[band], b[band], scores[band]
+    a, b, scores = _best_per_image(a, b, scores, VERIFY_PER_IMAGE)
+
+    stored = collection.catalog.verified(METHOD)
+    todo = [(x, y) for x, y in zip(a.tolist(), b.tolist(), strict=True) if (x, y) not in stored]
+    todo.sort()  # pairs of one image together: its features stay in the verifier's cache
+    stage = "verifying pairs"
+    if progress:
+        progress(stage, 0, len(todo))
+    if todo:
+        verifier = Verifier()
+        batch: list[tuple[int, int, int, int, float, bool]] = []
+        for n, (x, y) in enumerate(todo):
+            outcome = verifier.measure(by_id[x].path, by_id[y].path)
+            if outcome is not None:  # unreadable now (gone, changed): checked again next time
+                stored[(x, y)] = (outcome.inliers, outcome.matches, outcome.coverage, outcome.mirrored)
+                batch.append((x, y, *stored[(x, y)]))
+            if len(batch) >= VERIFY_BATCH or n + 1 == len(todo):
+                with collection.writing():
+                    collection.catalog.put_verified(METHOD, batch)
+                batch = []
+            if progress:
+                progress(stage, n + 1, len(todo))
+    measured = np.array([stored.get((x, y), (0, 0, 0.0, False)) for x, y in zip(a.tolist(), b.tolist(), strict=True)])
+    measured = measured.reshape(-1, 4)
+    keep = verified_pairs(scores, measured[:, 0], measured[:, 2])
+    added = tuple(np.concatenate([p, q[keep]]) for p, q in zip(pairs, (a, b, scores), strict=True))
+    return (*added, len(todo))  # type: ignore[return-value]
+
+
+def _best_per_image(
+    a: np.ndarray, b: np.ndarray, scores: np.ndarray, per_image: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs that are among the `per_image` best-scoring pairs of either of their two images."""
+    if not len(a):
+        return a, b, scores
+    ends = np.concatenate([a, b])  # every pair once under each of its two images
+    rows = np.concatenate([np.arange(len(a)), np.arange(len(a))])
+    order = np.lexsort((-np.concatenate([scores, scores]), ends))
+    ends, rows = ends[order], rows[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ends)) + 1]
+    rank = np.arange(len(ends)) - np.repeat(starts, np.diff(np.r_[starts, len(ends)]))
+    keep = np.zeros(len(a), dtype=bool)
+    keep[rows[rank < per_image]] = True
+    return a[keep], b[keep], scores[keep]
 
 
 def perceptual_hashes(

@@ -33,6 +33,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threshold", type=float, help="cosine similarity a pair needs (default: the tier's calibrated one)"
     )
+    parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="near tier: skip the geometric check of pairs scoring a little below the threshold (faster; finds "
+        "fewer cropped, rotated or screenshot copies)",
+    )
     parser.add_argument("--under", type=Path, help="only images under this folder")
     parser.add_argument("--all", action="store_true", help="also show groups resolved by an earlier decision")
     output = parser.add_mutually_exclusive_group()
@@ -57,9 +64,14 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(f"restored {len(undone.restored)} file(s); run `lookalike index` to index them again")
             return 0
-        with progress_bars(not args.json, units={"comparing pixels": "pair"}) as progress:
+        with progress_bars(not args.json, units={"comparing pixels": "pair", "verifying pairs": "pair"}) as progress:
             report = collection.duplicates(
-                args.tier, threshold=args.threshold, under=args.under, include_resolved=args.all, progress=progress
+                args.tier,
+                threshold=args.threshold,
+                under=args.under,
+                include_resolved=args.all,
+                verify=args.verify,
+                progress=progress,
             )
         moved = None
         if args.move_to is not None:

@@ -302,6 +302,7 @@ class GroupChoiceIn(BaseModel):
 class MoveIn(BaseModel):
     tier: Literal["exact", "near", "similar"] = DEFAULT_TIER
     threshold: float | None = Field(None, ge=EDGE_FLOOR, le=1.0)
+    verify: bool = Field(True, description="near tier: as listed with this `verify`")
     groups: list[GroupChoiceIn] = Field(min_length=1, max_length=10_000)
     dry_run: bool = Field(False, description="only say what would be moved")
 
@@ -945,11 +946,11 @@ def embedders(state: State) -> EmbeddersOut:
 # --- duplicates: thin shells over Collection.duplicates and its decisions and moves ---------------
 
 
-def duplicate_groups(state: ServerState, tier: str, threshold: float | None) -> DuplicateReport:
+def duplicate_groups(state: ServerState, tier: str, threshold: float | None, verify: bool = True) -> DuplicateReport:
     """Collection.duplicates under the index's write lock (the `near` tier embeds images it has not seen)."""
     try:
         with state.index_lock.writing(), state.embed_slots:
-            report = state.collection.duplicates(tier, threshold=threshold, include_resolved=False)
+            report = state.collection.duplicates(tier, threshold=threshold, include_resolved=False, verify=verify)
     except DuplicatesError as exc:
         raise HTTPException(422, without_paths(state, str(exc))) from exc
     except CollectionWriteError as exc:  # the near tier stores the vectors it computes
@@ -990,9 +991,13 @@ def list_duplicates(
     threshold: Annotated[
         float | None, Query(ge=EDGE_FLOOR, le=1.0, description="cosine similarity (default: the tier's calibrated one)")
     ] = None,
+    verify: Annotated[
+        bool,
+        Query(description="near tier: also check pairs a little below the threshold geometrically (slower)"),
+    ] = True,
 ) -> DuplicatesOut:
     started = time.perf_counter()
-    report = duplicate_groups(state, tier, threshold)
+    report = duplicate_groups(state, tier, threshold, verify)
     shown = [out for out in (group_out(state, g) for g in report.groups) if out is not None]
     return DuplicatesOut(
         tier=report.tier,
@@ -1038,7 +1043,7 @@ def decide_duplicates(state: State, decision: DecisionIn) -> Response:
     dependencies=[Depends(require_writable)],
 )
 def move_duplicates(state: State, move: MoveIn) -> MoveOut:
-    by_key = {g.key: g for g in duplicate_groups(state, move.tier, move.threshold).groups}
+    by_key = {g.key: g for g in duplicate_groups(state, move.tier, move.threshold, move.verify).groups}
     chosen = []
     for choice in move.groups:
         group = by_key.get(choice.key)
