@@ -881,3 +881,12 @@ def test_a_refused_upload_writes_nothing(small_collection: Collection) -> None:
     uploads = small_collection.path / "uploads"
     assert not uploads.exists() or not list(uploads.iterdir())
     assert small_collection.catalog.count() == 6
+
+
+def test_closing_the_collection_stops_the_apps_background_calibration(tmp_path: Path, data_dir: Path) -> None:
+    with indexed(copy_samples(data_dir, tmp_path / "photos"), tmp_path / "collection") as collection:
+        app = create_app(collection)  # never started or shut down: a test's app, or one left behind
+        threads = app.state.lookalike.weak_match._threads
+        assert threads
+    # Closed with the collection, not left reading a closed SQLite connection (which crashed a test run).
+    assert not any(thread.is_alive() for thread in threads)

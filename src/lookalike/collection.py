@@ -138,6 +138,7 @@ class Collection:
         self._all_ids: tuple[tuple[int, int], np.ndarray, str] | None = None
         # The whitening each in-memory index was built with (None: raw vectors); queries go through the same.
         self._whitenings: dict[str, Whitening | None] = {}
+        self._on_close: list[Callable[[], None]] = []
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -184,7 +185,14 @@ class Collection:
             collection.config["default_embedder"] = embedder
         return collection
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the collection closes, before its catalog does: a background user of the
+        collection (the server's calibration thread) stops first instead of reading a closing database."""
+        self._on_close.append(callback)
+
     def close(self) -> None:
+        while self._on_close:
+            self._on_close.pop()()
         self.catalog.close()
 
     def __enter__(self) -> Collection:

@@ -1181,6 +1181,7 @@ def create_app(
         )
     index_lock = ReadWriteLock()
     weak_match = WeakMatchThresholds(collection, index_lock)
+    collection.on_close(weak_match.stop)  # its thread must not outlive the catalog's connection
     for name in ready:
         weak_match.threshold(name)  # calibrated now, so no request pays for it
     weak_match.calibrate_in_background(ready)
