@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_modules import load_script
 
 from lookalike import Collection
 from lookalike.catalog import ImageRecord
@@ -28,16 +28,6 @@ MILD = ["half", "jpeg30", "flip", "crop90"]
 TRANSFORMS = ["bytes", "png", *MILD, "screenshot"]
 
 
-def load_copydetect():
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("copydetect", REPO / "benchmarks" / "copydetect.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["copydetect"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def copyset(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, dict]:
     """Two originals (cats and dogs photos) with 7 copies each, and 3 unrelated photos."""
@@ -46,7 +36,9 @@ def copyset(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[P
         (sources / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(data_dir / name, sources / name)
     out = tmp_path_factory.mktemp("set") / "set"
-    manifest = load_copydetect().generate(out, [sources], originals=2, distractors=3, seed=0, transforms=TRANSFORMS)
+    manifest = load_script("copydetect").generate(
+        out, [sources], originals=2, distractors=3, seed=0, transforms=TRANSFORMS
+    )
     return out, manifest
 
 

@@ -4,14 +4,13 @@ stored and not checked again, until an image changes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_modules import load_script
 
 from lookalike import Collection
 from lookalike.duplicates import THRESHOLDS, VERIFY_FLOOR
@@ -22,21 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 STAGE = "verifying pairs"
 
 
-def load_copydetect():
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("copydetect", REPO / "benchmarks" / "copydetect.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["copydetect"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, Path]:
     """A dog photo, its 60% crop and its screenshot (drawn as benchmarks/copydetect.py draws them), two Windsor
     chairs, and two other photos; indexed with the copy descriptor, no pair searched yet: (photos, collection)."""
-    copydetect = load_copydetect()
+    copydetect = load_script("copydetect")
     root = tmp_path_factory.mktemp("verify") / "photos"
     root.mkdir()
     shutil.copyfile(data_dir / "dog" / "dog.1.jpg", root / "dog.jpg")
