@@ -260,8 +260,7 @@ class Catalog:
         with the marks of the images searched for them (so they are searched again with the new vectors)."""
         self._db.execute("DELETE FROM vectors WHERE embedder = ?", (embedder,))
         self._db.execute("DELETE FROM concepts WHERE embedder = ?", (embedder,))
-        self._db.execute("DELETE FROM duplicate_pairs WHERE embedder = ?", (embedder,))
-        self._db.execute("DELETE FROM duplicate_searched WHERE embedder = ?", (embedder,))
+        self.reset_pairs(embedder)
         self._db.execute("DELETE FROM meta WHERE key IN (?, ?)", (f"throughput:{embedder}", f"concepts:{embedder}"))
 
     def has_vector(self, embedder: str, image_id: int) -> bool:
