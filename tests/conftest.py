@@ -37,9 +37,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+_CACHE = pytest.StashKey[str]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Exported ONNX files go to a per-run temp cache, never the user's home.
-    os.environ["LOOKALIKE_CACHE"] = tempfile.mkdtemp(prefix="lookalike-test-cache-")
+    config.stash[_CACHE] = os.environ["LOOKALIKE_CACHE"] = tempfile.mkdtemp(prefix="lookalike-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # The run's exported models (up to a few GB with the trained ones) go with it.
+    shutil.rmtree(config.stash.get(_CACHE, ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
