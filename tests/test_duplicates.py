@@ -165,6 +165,16 @@ def test_star_clusters_do_not_chain():
     assert sorted(len(g) for g in groups) == [3]  # the best-linked middle image and its two neighbours
 
 
+def test_an_image_linked_to_several_members_but_not_to_the_centre_joins_their_group():
+    # 1 is the best-linked centre of 1..5; 6 is linked to 2 and 3 but not to 1; 7 to 4 only
+    pairs = [(1, 2), (1, 3), (1, 4), (1, 5), (2, 3), (2, 6), (3, 6), (4, 7)]
+    a, b = np.array(pairs).T
+    scores = np.full(len(pairs), 0.9, dtype=np.float32)
+    assert star_clusters(a, b, scores) == [[1, 2, 3, 4, 5, 6]]  # 7 has one link: it stays out
+    # a decision that 6 and the centre are not duplicates keeps 6 out
+    assert star_clusters(a, b, scores, apart={(1, 6)}) == [[1, 2, 3, 4, 5]]
+
+
 def test_only_new_images_are_compared(collection: Collection, photos: tuple[Path, dict]):
     root, manifest = photos
     assert collection.duplicates().compared == 0  # the copied collection's images were all compared

@@ -82,6 +82,8 @@ VERIFY_PER_IMAGE = 10
 VERIFY_BATCH = 200
 #: a centre's neighbour joins its group only when linked to at least this share of the members before it
 MIN_SHARE = 0.0
+#: an image star clustering leaves alone joins the group holding at least this many of its links (`star_clusters`)
+ATTACH_LINKS = 2
 #: neighbours kept per image (the k of the k-nearest-neighbour graph), by exact cosine
 NEIGHBOURS = 10
 #: candidates searched per image in the compact index, each scored exactly; the best NEIGHBOURS are kept. Twice
@@ -92,7 +94,7 @@ CANDIDATES = 20
 #: stored with another floor is searched again once.
 EDGE_FLOOR = 0.6
 #: the hash check's band starts here (calibrated with the pairs from 0.70)
-HASH_FLOOR = 0.7
+HASH_FLOOR = 0.6
 DECISIONS = ("keep", "distinct")
 #: images searched per batch when looking for new pairs
 SEARCH_BATCH = 2048
@@ -665,13 +667,15 @@ def star_clusters(
     Within each connected component, the image linked to the most others (ties: the highest summed
     score, then the lowest id) is a centre; it and the unassigned images linked to it form a group,
     and the rest of the component is clustered again the same way. Every member of a group is linked
-    directly to its centre, so a chain of pairs (A~B, B~C, C~D) never puts A and D together through
-    two weak links. The centre's neighbours join best first; one also needs links to at least
-    `min_share` of the members that joined before it, and is left out if it and a member are `apart`
-    (pairs (smaller id, larger id) decided not to be duplicates).
+    directly to its centre (or, joining last, to several members), so a chain of pairs (A~B, B~C, C~D)
+    never puts A and D together through two weak links. The centre's neighbours join best first; one also
+    needs links to at least `min_share` of the members that joined before it, and is left out if it and a
+    member are `apart` (pairs (smaller id, larger id) decided not to be duplicates). An image left alone at
+    the end joins the group holding at least ATTACH_LINKS of its links (`_attach_leftovers`).
     """
     apart = apart or set()
     groups: list[list[int]] = []
+    alone: list[int] = []  # images left without a group, for `_attach_leftovers`
     neighbours: dict[int, dict[int, float]] = {}
     for x, y, s in zip(a.tolist(), b.tolist(), scores.tolist(), strict=True):
         neighbours.setdefault(x, {})[y] = s
@@ -704,7 +708,34 @@ def star_clusters(
             left.difference_update(members)
             if len(members) > 1:
                 groups.append(sorted(members))
+            else:
+                alone.append(centre)
+    _attach_leftovers(groups, alone, neighbours, apart)
     return groups
+
+
+def _attach_leftovers(
+    groups: list[list[int]], alone: list[int], neighbours: dict[int, dict[int, float]], apart: set[tuple[int, int]]
+) -> None:
+    """Give each image that star clustering left alone to the group holding the most of its links, when that is
+    at least ATTACH_LINKS of them: a copy linked to several members of a group but not to its centre (another copy
+    was the better-linked centre) belongs there, while one link alone never brings an image in, so chains still
+    do not merge. Ties: the higher summed score. `groups` is extended in place (each kept sorted)."""
+    where = {m: n for n, group in enumerate(groups) for m in group}
+    joining: dict[int, list[int]] = {}
+    for image in alone:
+        counts: dict[int, list[float]] = {}
+        for other, score in neighbours.get(image, {}).items():
+            if other in where:
+                counts.setdefault(where[other], []).append(score)
+        if not counts:
+            continue
+        best = max(counts, key=lambda n: (len(counts[n]), sum(counts[n]), -n))
+        if len(counts[best]) < ATTACH_LINKS or any((min(image, m), max(image, m)) in apart for m in groups[best]):
+            continue
+        joining.setdefault(best, []).append(image)
+    for n, images in joining.items():
+        groups[n] = sorted(groups[n] + images)
 
 
 def _pixel_identical(
