@@ -20,7 +20,14 @@ from benchmark_modules import load_script
 from lookalike import Collection
 from lookalike.catalog import ImageRecord
 from lookalike.cli.main import main
-from lookalike.duplicates import THRESHOLDS, DuplicatesError, choose_keeper, perceptual_hash, star_clusters
+from lookalike.duplicates import (
+    ATTACH_LINKS,
+    THRESHOLDS,
+    DuplicatesError,
+    choose_keeper,
+    perceptual_hash,
+    star_clusters,
+)
 from lookalike.images import open_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,11 +173,12 @@ def test_star_clusters_do_not_chain():
 
 
 def test_an_image_linked_to_several_members_but_not_to_the_centre_joins_their_group():
-    # 1 is the best-linked centre of 1..5; 6 is linked to 2 and 3 but not to 1; 7 to 4 only
-    pairs = [(1, 2), (1, 3), (1, 4), (1, 5), (2, 3), (2, 6), (3, 6), (4, 7)]
+    # 1 is the best-linked centre of 1..5; 6 is linked to 2, 3 and 4 but not to 1; 7 to 4 and 5 only
+    pairs = [(1, 2), (1, 3), (1, 4), (1, 5), (2, 3), (2, 6), (3, 6), (4, 6), (4, 7), (5, 7)]
     a, b = np.array(pairs).T
     scores = np.full(len(pairs), 0.9, dtype=np.float32)
-    assert star_clusters(a, b, scores) == [[1, 2, 3, 4, 5, 6]]  # 7 has one link: it stays out
+    assert ATTACH_LINKS == 3
+    assert star_clusters(a, b, scores) == [[1, 2, 3, 4, 5, 6]]  # 7 has two links: it stays out
     # a decision that 6 and the centre are not duplicates keeps 6 out
     assert star_clusters(a, b, scores, apart={(1, 6)}) == [[1, 2, 3, 4, 5]]
 
