@@ -15,7 +15,7 @@ from benchmark_modules import load_script
 from lookalike import Collection
 from lookalike.duplicates import THRESHOLDS, VERIFY_FLOOR
 from lookalike.images import open_image
-from lookalike.verify import METHOD, Verifier
+from lookalike.verify import METHOD, Verifier, measure_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = "verifying pairs"
@@ -103,8 +103,12 @@ def test_copies_join_their_original_only_with_verification(setup: tuple[Collecti
     # the two chairs score in the band and match on their spindles, but not well enough: checked, not grouped
     ids = {Path(r.path).name: r.id for r in col.records()}
     chairs = (min(ids["chair14.jpg"], ids["chair16.jpg"]), max(ids["chair14.jpg"], ids["chair16.jpg"]))
-    assert chairs in col.catalog.verified(METHOD)
+    stored = col.catalog.verified(METHOD)
+    assert chairs in stored
     assert "chair16.jpg" not in names_with(on, "chair14.jpg")
+    keys, values = col.catalog.verified_arrays(METHOD)  # the same outcomes, as the near tier reads them
+    assert keys.tolist() == sorted((x << 32) | y for x, y in stored)
+    assert [tuple(v) for v in values.tolist()] == [stored[(k >> 32, k & 0xFFFFFFFF)] for k in keys.tolist()]
     for group in on.groups:  # nothing else joined the dog or the chairs
         assert {Path(m.path).name for m in group.members} <= {"dog.jpg", "dog_crop60.png", "dog_screenshot.png"}
 
@@ -197,3 +201,14 @@ def test_pairs_stored_with_another_floor_are_searched_again(setup: tuple[Collect
     again = col.duplicates(verify=False)
     assert again.compared == len(col.records())
     assert [g.ids for g in again.groups] == [g.ids for g in first.groups]
+
+
+def test_pairs_measured_by_several_threads_give_the_outcomes_of_one_verifier(template: tuple[Path, Path]):
+    root = template[0]
+    files = sorted(str(p) for p in root.iterdir())
+    pairs = [(a, b) for a in files for b in files if a < b] + [(files[0], str(root / "gone.jpg"))]
+    one = Verifier()
+    expected = [one.measure(a, b) for a, b in pairs]
+    assert expected[-1] is None and any(o is not None and o.inliers >= 20 for o in expected)
+    assert list(measure_pairs(pairs, workers=2, block=3)) == expected
+    assert list(measure_pairs(pairs, workers=1)) == expected

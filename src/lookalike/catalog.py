@@ -415,6 +415,20 @@ class Catalog:
         )
         return {(int(a), int(b)): (int(i), int(m), float(c), bool(f)) for a, b, i, m, c, f in rows}
 
+    def verified_arrays(self, method: str) -> tuple[np.ndarray, np.ndarray]:
+        """`verified` as arrays, read in chunks so a large table never becomes Python objects at once:
+        (sorted int64 keys a << 32 | b, (n, 4) float64 rows of inliers, matches, coverage, mirrored)."""
+        cursor = self._db.execute(
+            "SELECT a, b, inliers, matches, coverage, mirrored FROM duplicate_verified WHERE method = ?", (method,)
+        )
+        parts = [np.empty((0, 6))]
+        while rows := cursor.fetchmany(100_000):
+            parts.append(np.array(rows, dtype=np.float64))
+        table = np.concatenate(parts)
+        keys = (table[:, 0].astype(np.int64) << 32) | table[:, 1].astype(np.int64)
+        order = np.argsort(keys, kind="stable")
+        return keys[order], table[order, 2:]
+
     def put_verified(self, method: str, items: Iterable[tuple[int, int, int, int, float, bool]]) -> None:
         """Store geometric checks (a, b, inliers, matches, coverage, mirrored), each pair once, smaller id first."""
         self._db.executemany(

@@ -536,40 +536,48 @@ def _with_verified_pairs(
     """`pairs` plus the stored pairs scoring in [VERIFY_FLOOR, threshold) that the geometric check accepts
     (`verified_pairs`), and how many pairs were checked now. Each image's VERIFY_PER_IMAGE best band pairs are
     checked; a pair's outcome is stored, so it is checked once until either image changes."""
-    from .verify import METHOD, Verifier
+    from .verify import METHOD, measure_pairs
 
     a, b, scores = collection.catalog.pairs(embedder, VERIFY_FLOOR)
-    have = set(zip(pairs[0].tolist(), pairs[1].tolist(), strict=True))
     band = (scores < threshold) & np.isin(a, list(by_id)) & np.isin(b, list(by_id))
-    band &= np.array([(x, y) not in have for x, y in zip(a.tolist(), b.tolist(), strict=True)], dtype=bool)
+    band &= ~np.isin(pair_keys(a, b), pair_keys(pairs[0], pairs[1]))
     a, b, scores = a[band], b[band], scores[band]
     a, b, scores = _best_per_image(a, b, scores, VERIFY_PER_IMAGE)
 
-    stored = collection.catalog.verified(METHOD)
-    todo = [(x, y) for x, y in zip(a.tolist(), b.tolist(), strict=True) if (x, y) not in stored]
-    todo.sort()  # pairs of one image together: its features stay in the verifier's cache
+    # outcomes as arrays, looked up by sorted key: compact however many pairs a large collection has checked
+    keys, values = collection.catalog.verified_arrays(METHOD)
+    wanted = pair_keys(a, b)
+    at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    known = keys[at] == wanted if len(keys) else np.zeros(len(a), dtype=bool)
+    measured = np.zeros((len(a), 4))  # inliers, matches, coverage, mirrored; unmeasured: nothing fits
+    measured[known] = values[at[known]]
+    todo = np.flatnonzero(~known)
+    todo = todo[np.lexsort((b[todo], a[todo]))]  # pairs of one image together: its features stay in a cache
     stage = "verifying pairs"
     if progress:
         progress(stage, 0, len(todo))
-    if todo:
-        verifier = Verifier()
-        batch: list[tuple[int, int, int, int, float, bool]] = []
-        for n, (x, y) in enumerate(todo):
-            outcome = verifier.measure(by_id[x].path, by_id[y].path)
-            if outcome is not None:  # unreadable now (gone, changed): checked again next time
-                stored[(x, y)] = (outcome.inliers, outcome.matches, outcome.coverage, outcome.mirrored)
-                batch.append((x, y, *stored[(x, y)]))
-            if len(batch) >= VERIFY_BATCH or n + 1 == len(todo):
-                with collection.writing():
-                    collection.catalog.put_verified(METHOD, batch)
-                batch = []
-            if progress:
-                progress(stage, n + 1, len(todo))
-    measured = np.array([stored.get((x, y), (0, 0, 0.0, False)) for x, y in zip(a.tolist(), b.tolist(), strict=True)])
-    measured = measured.reshape(-1, 4)
+    batch: list[tuple[int, int, int, int, float, bool]] = []
+    outcomes = measure_pairs([(by_id[int(a[row])].path, by_id[int(b[row])].path) for row in todo])
+    for n, (row, outcome) in enumerate(zip(todo.tolist(), outcomes, strict=True)):
+        if outcome is not None:  # unreadable now (gone, changed): checked again next time
+            measured[row] = (outcome.inliers, outcome.matches, outcome.coverage, outcome.mirrored)
+            batch.append(
+                (int(a[row]), int(b[row]), outcome.inliers, outcome.matches, outcome.coverage, outcome.mirrored)
+            )
+        if len(batch) >= VERIFY_BATCH or (batch and n + 1 == len(todo)):
+            with collection.writing():
+                collection.catalog.put_verified(METHOD, batch)
+            batch = []
+        if progress:
+            progress(stage, n + 1, len(todo))
     keep = verified_pairs(scores, measured[:, 0], measured[:, 2])
     added = tuple(np.concatenate([p, q[keep]]) for p, q in zip(pairs, (a, b, scores), strict=True))
     return (*added, len(todo))  # type: ignore[return-value]
+
+
+def pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One int64 per pair of image ids (catalog ids are below 2**31): a << 32 | b."""
+    return (np.asarray(a, dtype=np.int64) << 32) | np.asarray(b, dtype=np.int64)
 
 
 def _best_per_image(

@@ -18,7 +18,11 @@ when the plain one fails).
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +43,11 @@ REPROJECTION = 0.015 * LONG_SIDE
 MIRROR_BELOW = 25
 #: names the settings above: stored outcomes measured with other settings are measured again
 METHOD = f"sift{KEYPOINTS}-{LONG_SIDE}-r{RATIO}-p{REPROJECTION:g}-m{MIRROR_BELOW}"
-#: images whose features the per-run cache keeps (~70 KB each, twice for mirrored ones: at most ~280 MB)
+#: images whose features the per-run cache keeps (~70 KB each, twice for mirrored ones: at most ~280 MB), shared
+#: out among `measure_pairs`' threads
 CACHE_IMAGES = 2048
+#: pairs one of `measure_pairs`' threads measures in a row (sorted pairs: mostly one first image, read once)
+BLOCK = 32
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,33 @@ class Verifier:
         inlier = mask.ravel().astype(bool)
         coverage = min(_hull_share(src[inlier], size_a), _hull_share(dst[inlier], size_b))
         return Outcome(int(inlier.sum()), len(good), coverage)
+
+
+def measure_pairs(
+    pairs: Sequence[tuple[str, str]], workers: int | None = None, block: int = BLOCK
+) -> Iterator[Outcome | None]:
+    """`Verifier.measure` of each pair of files, in order, by `workers` threads (default: one per core; OpenCV
+    releases the GIL, so they run at once), each with its own Verifier and a share of the CACHE_IMAGES cache.
+    Blocks of `block` consecutive pairs go to one thread, so sorted pairs of one image read it once."""
+    workers = max(1, min(workers or os.cpu_count() or 1, -(-len(pairs) // block)))
+    local = threading.local()
+
+    def run(part: Sequence[tuple[str, str]]) -> list[Outcome | None]:
+        if not hasattr(local, "verifier"):
+            local.verifier = Verifier(CACHE_IMAGES // workers)
+        return [local.verifier.measure(a, b) for a, b in part]
+
+    blocks = [pairs[start : start + block] for start in range(0, len(pairs), block)]
+    if workers == 1:
+        for part in blocks:
+            yield from run(part)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="lookalike-verify")
+    try:
+        for outcomes in pool.map(run, blocks):
+            yield from outcomes
+    finally:  # also when the caller stops early: queued blocks are dropped, running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _hull_share(points: np.ndarray, size: tuple[int, int]) -> float:
