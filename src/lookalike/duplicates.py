@@ -18,10 +18,10 @@ Candidates come from the k-nearest-neighbour graph (never all pairs) through a c
 tier's vectors (index/compact.py: PCA to 128 dimensions, 8-bit IVF, kept in the collection's
 `duplicates/` folder and updated with the new images only), and every candidate pair is scored with the
 exact cosine of the two stored vectors; the scored pairs (edges) are kept in the catalog, so after new
-images are added only they are searched. Groups are formed around a keeper so that chains of pairs do
-not merge unrelated photos: every member of a group scores at least the threshold with the group's keeper, and each
-pair inside a group is at least the threshold or was linked directly. The keeper is the image
-with the most pixels, then the largest file, then the oldest; `reason` says which rule decided.
+images are added only they are searched. Groups are star clusters (`star_clusters`), so chains of pairs do
+not merge unrelated photos: every member is linked directly to the group's centre (a pair at the threshold, or one
+the hash or the geometric check accepted), or, joining last, to at least ATTACH_LINKS of its members. The keeper
+is the image with the most pixels, then the largest file, then the oldest; `reason` says which rule decided.
 
 Decisions ("keep" = this group is resolved, "distinct" = these images are not duplicates) are stored
 in the catalog, so resolved groups do not come back. `move_duplicates` moves the non-keepers into a
