@@ -16,13 +16,16 @@ Safety rules this module keeps:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,6 +96,9 @@ MAX_TEXT_LENGTH = 200
 # An add embeds on one thread (its own session of the network), searches on several: a stream of adds
 # then leaves the other cores to the searches (issue 15: search p99 beside 2 adders <= 3 x alone).
 ADD_THREADS = 1
+# ... in threads of lower CPU priority (Linux: nice +10 for those threads only): when the cores are short,
+# the scheduler gives them to searches first, and adds take what is left.
+ADD_NICENESS = 10
 MOVED_DIR = "moved-duplicates"  # where the duplicates page moves non-keepers: inside the collection's folder
 THUMBNAILS_DIR = "thumbnails"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -410,6 +416,8 @@ class ServerState:
     # Adds decode and embed in at most half of those slots (at least one), so that a stream of adds
     # leaves cores to the searches.
     add_slots: FifoSemaphore
+    # ... in these threads, of lower CPU priority (`lower_priority`)
+    add_workers: ThreadPoolExecutor
     # Unfiltered searches of concurrent requests go through the index together, per embedder.
     batched_search: dict[str, BatchedSearch]
     weak_match: WeakMatchThresholds
@@ -420,6 +428,15 @@ async def server_state(request: Request) -> ServerState:
     # `async` because it never waits: FastAPI runs a plain-def dependency in its thread pool, and under load
     # every request then queues for a thread once more, behind all the requests waiting for one.
     return request.app.state.lookalike
+
+
+def lower_priority() -> None:
+    """Lower the calling thread's CPU priority by ADD_NICENESS (Linux sets a nice value per thread; elsewhere,
+    or when refused, nothing changes)."""
+    if sys.platform == "linux":
+        thread = threading.get_native_id()
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + ADD_NICENESS))
 
 
 def json_out(out: BaseModel) -> Response:
@@ -843,9 +860,9 @@ def add_image(
     # Decoded and embedded outside the write lock (refused before anything is written) ...
     with state.add_slots, state.embed_slots:
         try:
-            prepared: PreparedImage = state.collection.prepare_image(
-                data, max_pixels=state.max_pixels, threads=ADD_THREADS
-            )
+            prepared: PreparedImage = state.add_workers.submit(
+                state.collection.prepare_image, data, max_pixels=state.max_pixels, threads=ADD_THREADS
+            ).result()
         except ImageError as exc:
             raise upload_error(exc) from exc
     # ... which is held only to move the file into place and commit its row and vectors.
@@ -1188,6 +1205,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         app.state.lookalike.weak_match.stop()  # a calibration thread must not outlive the app
+        app.state.lookalike.add_workers.shutdown()  # nor an add inside ONNX Runtime
 
     app = make_fastapi(
         lifespan=lifespan,
@@ -1217,6 +1235,9 @@ def create_app(
         index_lock=index_lock,
         embed_slots=FifoSemaphore(max(1, os.cpu_count() or 1)),
         add_slots=FifoSemaphore(max(1, (os.cpu_count() or 1) // 2)),
+        add_workers=ThreadPoolExecutor(
+            max(1, (os.cpu_count() or 1) // 2), thread_name_prefix="lookalike-add", initializer=lower_priority
+        ),
         batched_search={name: BatchedSearch(locked_search(collection, name, index_lock)) for name in ready},
         weak_match=weak_match,
         read_only=read_only,
