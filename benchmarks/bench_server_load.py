@@ -21,6 +21,7 @@ busy are the machine's as much as the server's.
 
     .venv/bin/python benchmarks/bench_server_load.py            # results/server_load.json
     .venv/bin/python benchmarks/bench_server_load.py --smoke    # 200 images, 4 clients, seconds; writes nothing
+    .venv/bin/python benchmarks/bench_server_load.py --phases fairness   # some phases only: prints, writes nothing
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -35,7 +37,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -55,6 +60,7 @@ from common import finish_record, run_record  # noqa: E402
 TARGET_THROUGHPUT_RATIO = 0.7
 TARGET_P99_MS = 1500.0
 TARGET_FAIRNESS_RATIO = 3.0
+PHASES = ("model", "uploads", "writes", "fairness")
 
 
 def model_only(collection: Path, payloads: list[tuple[str, bytes]], seconds: float) -> dict[str, object]:
@@ -93,6 +99,59 @@ def multipart(name: str, data: bytes) -> tuple[dict[str, str], bytes]:
     return {"Content-Type": request.headers["Content-Type"]}, request.read()
 
 
+def encoded_request(url: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
+    """A whole HTTP/1.1 POST (request line, headers, body) to `target` on the server at `url`, as bytes."""
+    lines = [f"POST {target} HTTP/1.1", f"Host: {urlsplit(url).netloc}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection sending pre-encoded requests, one at a time.
+
+    The load clients share the server's cores: httpx spends 7-14 ms of CPU per request on its layers, this
+    well under one, so the server gets the cores. What is timed is the same: from sending the request to the
+    last byte of the response. It reads what the server sends: a status line, headers with Content-Length
+    (uvicorn's answers to these requests have one), the body.
+    """
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        """(status, body) of the response to `request`; on any error the connection is closed (reopened next)."""
+        try:
+            if self.streams is None:
+                self.streams = await asyncio.open_connection(self.host, self.port)
+            reader, writer = self.streams
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status, length, close = int(head[9:12]), None, False
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection":
+                    close = value.strip().lower() == b"close"
+            if length is None:
+                raise ValueError("a response without Content-Length")
+            body = await reader.readexactly(length)
+        except BaseException:
+            self.close()
+            raise
+        if close:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
 async def run_clients(
     url: str,
     payloads: list[tuple[str, bytes]],
@@ -109,25 +168,27 @@ async def run_clients(
     write_errors: Counter[str] = Counter()
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients + writers, max_keepalive_connections=clients + writers)
-    # Each upload's multipart body is encoded once, not per request: the clients share the server's cores, and
-    # what they spend is taken from the server.
-    bodies = [multipart(name, data) for name, data in payloads]
+    # Each upload's whole request is encoded once, not per request, and sent on a lean connection (`Connection`):
+    # the clients share the server's cores, and what they spend is taken from the server.
+    requests = [encoded_request(url, "/api/search?k=12", *multipart(name, data)) for name, data in payloads]
 
-    async def client_loop(client: httpx.AsyncClient, number: int) -> None:
+    async def client_loop(number: int) -> None:
         rng = np.random.default_rng(number)
+        connection = Connection(url)
         while time.monotonic() < deadline:
-            headers, body = bodies[int(rng.integers(len(bodies)))]
+            request = requests[int(rng.integers(len(requests)))]
             started = time.perf_counter()
             try:
-                response = await client.post("/api/search", params={"k": 12}, headers=headers, content=body)
-            except httpx.HTTPError as exc:
+                status, body = await asyncio.wait_for(connection.send(request), request_timeout)
+            except (OSError, EOFError, ValueError, TimeoutError) as exc:  # EOFError: asyncio.IncompleteReadError
                 errors[type(exc).__name__] += 1
                 continue
-            if response.status_code == 200:
+            if status == 200:
                 latencies.append((time.perf_counter() - started) * 1000)
-                server_took.append(response.json()["took_ms"])
+                server_took.append(json.loads(body)["took_ms"])
             else:
-                errors[f"HTTP {response.status_code}"] += 1
+                errors[f"HTTP {status}"] += 1
+        connection.close()
 
     async def writer_loop(client: httpx.AsyncClient, number: int) -> None:
         """Add a photo, then delete it: a steady stream of writes that leaves the collection as it was."""
@@ -149,9 +210,9 @@ async def run_clients(
                 continue
             write_latencies.append((time.perf_counter() - started) * 1000)
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     async with httpx.AsyncClient(base_url=url, timeout=request_timeout, limits=limits) as client:
-        tasks = [asyncio.create_task(client_loop(client, n)) for n in range(clients)]
+        tasks = [asyncio.create_task(client_loop(n)) for n in range(clients)]
         tasks += [asyncio.create_task(writer_loop(client, n)) for n in range(writers)]
         # Requests in flight at the deadline may finish; nothing runs past deadline + timeout.
         done, pending = await asyncio.wait(tasks, timeout=seconds + request_timeout + 5)
@@ -159,7 +220,7 @@ async def run_clients(
             task.cancel()
             errors["cut off at the end"] += 1
         await asyncio.gather(*pending, return_exceptions=True)
-    elapsed = time.monotonic() - started
+    elapsed, client_cpu = time.monotonic() - started, time.process_time() - cpu_started
     figures: dict[str, object] = {
         "clients": clients,
         "duration_s": seconds,
@@ -170,6 +231,9 @@ async def run_clients(
         "throughput_per_s": round(len(latencies) / elapsed, 2),
         "latency": percentiles(latencies) if latencies else None,
         "server_took": percentiles(server_took) if server_took else None,
+        # the load clients' own CPU (this process, writers included), taken from the cores the server shares
+        "client_cpu_s": round(client_cpu, 2),
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / max(1, len(latencies) + len(write_latencies)), 2),
     }
     if writers:
         figures["writers"] = {
@@ -220,45 +284,59 @@ def search_by_id_latencies(url: str, size: int, seconds: float, timeout: float =
     return latencies, errors
 
 
-def fairness(url: str, payloads: list[tuple[str, bytes]], size: int, seconds: float) -> dict[str, object]:
-    """Search-by-id p99 alone, then beside two clients adding photos without pause."""
+def adder(url: str, files: list[Path], number: int, stop: EventType, results: Queue) -> None:
+    """One client adding photos without pause until `stop` is set; puts (add latencies, error kinds) on `results`.
+
+    Runs in a process of its own: in the measuring client's process, its client work (httpx encodes and parses
+    every request in Python) would hold the GIL the searches' client needs, and their latency would be the
+    load generator's as much as the server's."""
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    with httpx.Client(base_url=url, timeout=120) as client:
+        i = number
+        while not stop.is_set():
+            file = files[i % len(files)]
+            i += 2
+            data = file.read_bytes()
+            started = time.perf_counter()
+            try:
+                response = client.post("/api/images", params={"label": "bench"}, files={"file": (file.name, data)})
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] += 1
+                continue
+            if response.status_code == 201:
+                latencies.append((time.perf_counter() - started) * 1000)
+            else:
+                errors[f"HTTP {response.status_code}"] += 1
+    results.put((latencies, dict(errors)))
+
+
+def fairness(url: str, files: list[Path], size: int, seconds: float) -> dict[str, object]:
+    """Search-by-id p99 alone, then beside two clients adding photos without pause (each in its own process)."""
     search_by_id_latencies(url, size, min(2.0, seconds))  # warm-up
     alone, alone_errors = search_by_id_latencies(url, size, seconds)
-    stop = threading.Event()
-    adds: list[float] = []
-    add_errors: Counter[str] = Counter()
-
-    def adder(number: int) -> None:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            i = number
-            while not stop.is_set():
-                name, data = payloads[i % len(payloads)]
-                i += 2
-                started = time.perf_counter()
-                try:
-                    response = client.post("/api/images", params={"label": "bench"}, files={"file": (name, data)})
-                except httpx.HTTPError as exc:
-                    add_errors[type(exc).__name__] += 1
-                    continue
-                if response.status_code == 201:
-                    adds.append((time.perf_counter() - started) * 1000)
-                else:
-                    add_errors[f"HTTP {response.status_code}"] += 1
-
-    writers = [threading.Thread(target=adder, args=(n,)) for n in range(2)]
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    writers = [context.Process(target=adder, args=(url, files, n, stop, results)) for n in range(2)]
     for writer in writers:
         writer.start()
+    adds: list[float] = []
+    add_errors: Counter[str] = Counter()
     try:
-        time.sleep(min(2.0, seconds))  # the adds under way
+        time.sleep(min(2.0, seconds) + 1.0)  # the adders started (a second to import) and their adds under way
         loaded, loaded_errors = search_by_id_latencies(url, size, seconds)
     finally:
         stop.set()
+        for _ in writers:
+            latencies, errors = results.get(timeout=180)
+            adds += latencies
+            add_errors.update(errors)
         for writer in writers:
             writer.join()
     ratio = float(np.percentile(loaded, 99) / np.percentile(alone, 99))
     return {
         "search": "GET /api/images/{id}/similar?k=12, one client, sequential (stored vector: no embedding)",
-        "adders": "2 clients, POST /api/images of distinct real photos without pause",
+        "adders": "2 clients (2 processes), POST /api/images of distinct real photos without pause",
         "duration_s": seconds,
         "alone": percentiles(alone),
         "with_2_adders": percentiles(loaded),
@@ -281,11 +359,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=COLLECTION_SIZE, help="images in the collection")
     parser.add_argument("--out", type=Path, default=RESULTS / "server_load.json")
     parser.add_argument("--smoke", action="store_true", help="200 images, 4 clients, 2 s phases; writes nothing")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated, of {', '.join(PHASES)}; fewer than all prints its figures and writes nothing",
+    )
     args = parser.parse_args()
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if not phases or set(phases) - set(PHASES):
+        parser.error(f"--phases takes some of {', '.join(PHASES)}")
     if args.smoke:
         args.size, args.clients, args.seconds, args.model_seconds = 200, 4, 2.0, 1.0
 
-    payloads = [(f.name, f.read_bytes()) for f in query_files(500, seed=2)]
+    files = query_files(500, seed=2)
+    payloads = [(f.name, f.read_bytes()) for f in files]
     workdir = Path(tempfile.mkdtemp(prefix="lookalike-bench-load-"))
     record = run_record()
     try:
@@ -293,18 +380,28 @@ def main() -> None:
         with running_server(collection, workdir / "server.log") as url:
             # One warm-up request, so the run measures the steady state.
             httpx.post(f"{url}/api/search", files={"file": payloads[0]}, timeout=60).raise_for_status()
-            model = model_only(collection, payloads, args.model_seconds)
-            uploads = asyncio.run(run_clients(url, payloads, args.clients, args.seconds, args.request_timeout))
-            uploads["target"] = against_target(uploads, model)
-            with_writes = asyncio.run(
-                run_clients(url, payloads, args.clients, args.seconds, args.request_timeout, args.writers)
-            )
-            with_writes["target"] = against_target(with_writes, model)
-            fair = fairness(url, payloads, args.size, args.seconds)
+            measured: dict[str, dict[str, object]] = {}
+            if "model" in phases or "uploads" in phases or "writes" in phases:
+                measured["model_only"] = model = model_only(collection, payloads, args.model_seconds)
+            if "uploads" in phases:
+                uploads = asyncio.run(run_clients(url, payloads, args.clients, args.seconds, args.request_timeout))
+                uploads["target"] = against_target(uploads, model)
+                measured["uploads"] = uploads
+            if "writes" in phases:
+                with_writes = asyncio.run(
+                    run_clients(url, payloads, args.clients, args.seconds, args.request_timeout, args.writers)
+                )
+                with_writes["target"] = against_target(with_writes, model)
+                measured["uploads_with_writes"] = with_writes
+            if "fairness" in phases:
+                measured["fairness"] = fair = fairness(url, files, args.size, args.seconds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     finish_record(record)
+    if len(phases) < len(PHASES):
+        print(json.dumps({**record, **measured}, indent=2))
+        return
     start, end = record["load_average_start"][0], record["load_average_end"][0]  # type: ignore[index]
     result = {
         "benchmark": "server_load",

@@ -127,6 +127,24 @@ def test_a_classifier_embedder_gives_its_classes_from_the_same_run(data_dir: Pat
     assert set(probabilities.argmax(axis=1).tolist()) <= CAT_CLASSES
 
 
+def test_an_embedder_on_fewer_threads_has_its_own_session_and_the_same_vectors(data_dir: Path) -> None:
+    """`on_threads(n)` (the server's adds: 1) runs the same network file on its own ONNX Runtime session of
+    n intra-op threads, made once; the embedder's own session keeps its threads."""
+    embedder = embedders.create("efficientnet-lite0", runtime="onnx")
+    n = 1 if embedder.threads != 1 else 2
+    other = embedder.on_threads(n)
+    assert other is not embedder and other.on_threads(n) is other and embedder.on_threads(n) is other
+    assert other.on_threads(embedder.threads) is embedder and embedder.on_threads(embedder.threads) is embedder
+    batch = np.stack([embedder.preprocess(open_image(data_dir / "dog" / f"dog.{i}.jpg")) for i in (1, 2)])
+    vectors, probabilities = other.embed_and_classify(batch)
+    expected, expected_probabilities = embedder.embed_and_classify(batch)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    np.testing.assert_allclose(probabilities, expected_probabilities, atol=1e-5)
+    assert other._session is not embedder._session
+    assert other._session.get_session_options().intra_op_num_threads == n
+    assert embedder._session.get_session_options().intra_op_num_threads == embedder.threads
+
+
 def test_torch_runtime_is_the_fallback(data_dir: Path) -> None:
     embedder = embedders.create("efficientnet-lite0", runtime="torch")
     assert embedder.runtime == "torch"

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from lookalike import Collection
 from lookalike.server import create_app
+from lookalike.server.app import ADD_NICENESS, ADD_THREADS
 
 NEW_CAT = "cat/cat.100.jpg"
 HUGE = "9223372036854775808"  # 2**63: one more than SQLite's largest integer
@@ -204,26 +205,31 @@ def test_adding_and_deleting_the_same_image_at_once_never_fails(small_collection
 
 def test_searches_go_on_while_an_add_is_being_embedded(small_collection: Collection, data_dir: Path) -> None:
     """The write lock is taken only to commit: while an added photo is decoded and embedded,
-    searches (and browsing) are answered; adds use at most half the embedding slots."""
+    searches (and browsing) are answered; adds use at most half the embedding slots, and embed on
+    one thread (the embedder's own single-threaded session) of lower CPU priority, leaving the other
+    cores to searches."""
     client = TestClient(create_app(small_collection))
-    embedder = small_collection.embedder()
-    embed = embedder.embed_images
+    embedder = small_collection.embedder().on_threads(ADD_THREADS)
+    assert ADD_THREADS == 1 and embedder.threads == 1
+    embed = embedder.embed_and_classify
     entered, release = threading.Event(), threading.Event()
     embedding, most = 0, 0
     guard = threading.Lock()
+    niceness: list[int] = []
 
-    def held_embed(images, *args, **kwargs):
+    def held_embed(batch, *args, **kwargs):
         nonlocal embedding, most
         with guard:
             embedding += 1
             most = max(most, embedding)
+            niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         entered.set()
         release.wait(60)
         with guard:
             embedding -= 1
-        return embed(images, *args, **kwargs)
+        return embed(batch, *args, **kwargs)
 
-    embedder.embed_images = held_embed
+    embedder.embed_and_classify = held_embed
     adds = [
         threading.Thread(target=client.post, args=("/api/images",), kwargs={"files": upload(data)})
         for data in ((data_dir / NEW_CAT).read_bytes(), (data_dir / "dog/dog.100.jpg").read_bytes())
@@ -246,8 +252,11 @@ def test_searches_go_on_while_an_add_is_being_embedded(small_collection: Collect
         release.set()
         for thread in adds:
             thread.join(timeout=60)
-        del embedder.embed_images
+        del embedder.embed_and_classify
     assert most <= max(1, (os.cpu_count() or 1) // 2)
+    if sys.platform == "linux":  # a nice value per thread
+        ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert niceness and set(niceness) == {min(19, ours + ADD_NICENESS)}
     assert small_collection.catalog.count() == 8
 
 

@@ -764,17 +764,21 @@ class Collection:
         """Where images added as bytes through the server are stored; the collection owns these files."""
         return self.path / UPLOADS_DIR
 
-    def prepare_image(self, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+    def prepare_image(
+        self, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None
+    ) -> PreparedImage:
         """Decode `data` and embed it with every embedder the collection has vectors of, changing nothing.
 
         The slow half of `add_image`, run without any lock; raises `ImageError` for bytes that are
-        not a readable image (or have more than `max_pixels`).
+        not a readable image (or have more than `max_pixels`). `threads`: run each network on at
+        most that many threads (`Embedder.on_threads`; the server's adds take one, leaving the other
+        cores to searches).
         """
         image = open_image(data, max_pixels=max_pixels)
         names = sorted(set(self.catalog.embedders()) | {self.default_embedder})
         outputs = {}
         for n in names:
-            model = self.embedder(n)
+            model = self.embedder(n) if threads is None else self.embedder(n).on_threads(threads)
             vector, probabilities = model.embed_and_classify(model.preprocess(image)[None])
             outputs[n] = (model.classes, vector, probabilities)
         width, height = image.info.get("original_size", image.size)

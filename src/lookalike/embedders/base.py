@@ -94,6 +94,12 @@ class Embedder(ABC):
         from the same run of the network."""
         return self.embed_arrays(batch), None
 
+    def on_threads(self, threads: int) -> Embedder:
+        """This embedder with its network run on at most `threads` threads, everything else shared.
+
+        An embedder that cannot choose returns itself (PyTorch sets its thread count per process)."""
+        return self
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts as (n, dim) unit vectors comparable with the images' (only when `encodes_text`)."""
         raise EmbedderError(f"{self.name} cannot read text; only embedders with a text encoder (CLIP) can")

@@ -10,8 +10,10 @@ never pays for `import torch` (3-4 s here).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +82,9 @@ class OnnxEmbedder(Embedder):
         self.threads = threads or min(4, os.cpu_count() or 1)
         self._module: nn.Module | None = None
         self._session: Any = None
+        # the same embedder on other thread counts (`on_threads`), shared by all of them
+        self._on_threads: dict[int, OnnxEmbedder] = {self.threads: self}
+        self._on_threads_lock = threading.Lock()
         # Whatever is wrong with the weights (missing, not fitting, not downloadable) is found now,
         # not at the first image: when the ONNX file exists it was checked when it was made.
         if runtime == "torch":
@@ -117,6 +122,19 @@ class OnnxEmbedder(Embedder):
         """The shape of one `preprocess` output, the network's input without the batch axis."""
         size = self.preprocessing.crop
         return (size, size, 3)
+
+    def on_threads(self, threads: int) -> OnnxEmbedder:
+        """The same embedder on its own ONNX Runtime session with `threads` intra-op threads (of the same file,
+        opened at its first use and kept); with the PyTorch runtime, itself."""
+        if self.runtime != "onnx":
+            return self
+        with self._on_threads_lock:
+            twin = self._on_threads.get(threads)
+            if twin is None:
+                twin = copy.copy(self)
+                twin.threads, twin._session = threads, None
+                self._on_threads[threads] = twin
+        return twin
 
     def run_torch(self, batch: np.ndarray) -> list[np.ndarray]:
         import torch
