@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +336,34 @@ def test_a_looping_exception_chain_is_read_to_its_end_once() -> None:
     second.__context__ = full
     full.__context__ = first
     assert isinstance(_write_error_in(first, "cannot write"), DiskFullError)
+
+
+def test_searches_go_on_while_missing_vectors_are_embedded(small_collection: Collection, mean_colour: str):
+    """`embed_missing` (the first duplicates listing embeds every image) holds the collection's lock only to
+    commit: a search in another thread answers while it is still embedding."""
+    collection = small_collection
+    model = collection.embedder(mean_colour)
+    embedding, release = threading.Event(), threading.Event()
+    original = model.embed_and_classify
+
+    def slow(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        embedding.set()
+        assert release.wait(60)
+        return original(batch)
+
+    model.embed_and_classify = slow  # type: ignore[method-assign]
+    records = collection.records()
+    worker = threading.Thread(target=collection.embed_missing, args=(records,), kwargs={"embedder": mean_colour})
+    worker.start()
+    try:
+        assert embedding.wait(30)
+        answered: list[int] = []
+        search = threading.Thread(target=lambda: answered.append(len(collection.search(records[0].path, k=3))))
+        search.start()
+        search.join(20)
+        assert answered == [3]  # answered while the embedding still waits
+    finally:
+        release.set()
+        worker.join(60)
+    assert collection.vector_ids(mean_colour) == {r.id for r in records}
+    assert collection.embed_missing(records, embedder=mean_colour).unchanged == len(records)

@@ -132,6 +132,9 @@ class Collection:
         # index is reloaded on next use instead of answering from stale vectors.
         self._generations: dict[str, int] = {}
         self._lock = threading.RLock()  # guards index loading and every write
+        # One `embed_missing` at a time: it embeds without holding `_lock` (searches go on meanwhile) and takes
+        # that only to commit each batch.
+        self._embedding = threading.Lock()
         #: decode JPEGs in draft mode when indexing (see benchmarks/bench_indexing.py for its effect)
         self.draft = True
         self._writes = 0  # changes committed through this object (SQLite's data_version counts the others)
@@ -625,9 +628,12 @@ class Collection:
         self._check_writable("cannot embed")
         model = self.embedder(embedder)
         report = SyncReport(embedder=model.name)
-        with self._lock:
-            self.index(model.name)
-            have_vectors = self.catalog.vector_ids(model.name)
+        # Not under `_lock` while decoding and embedding, which can take minutes (the first duplicates listing
+        # of a large collection): each batch is committed under it, so searches in other threads go on.
+        with self._embedding:
+            with self._lock:
+                self.index(model.name)
+                have_vectors = self.catalog.vector_ids(model.name)
             todo = [r for r in records if r.id not in have_vectors]
             report.unchanged = len(records) - len(todo)
             known = {r.path: r for r in todo}
@@ -637,8 +643,9 @@ class Collection:
                 follow_symlinks=True, max_file_bytes=DEFAULT_MAX_FILE_BYTES,
             )  # fmt: skip
             if todo:
-                self._refit_if_grown(model.name)
-                self._save_index(model.name, self.index(model.name), self.catalog.generation(model.name))
+                with self._lock:
+                    self._refit_if_grown(model.name)
+                    self._save_index(model.name, self.index(model.name), self.catalog.generation(model.name))
         report.seconds = time.perf_counter() - started
         return report
 
@@ -675,14 +682,16 @@ class Collection:
             concepts = None
             if probabilities is not None and model.classes:
                 concepts = (model.classes, *top_classes(probabilities))
-            self._write_batch(name, batch, arrays, vectors, known, report, concepts)
+            with self._lock:  # already held by `sync`; `embed_missing` takes it per batch
+                self._write_batch(name, batch, arrays, vectors, known, report, concepts)
             done += len(batch)
             if progress:
                 progress(stage, done, len(todo))
         if report.embedded >= 64:
-            self.catalog.set_meta(
-                f"throughput:{name}", json.dumps({"images": report.embedded, "seconds": report.embed_seconds})
-            )
+            with self._lock:
+                self.catalog.set_meta(
+                    f"throughput:{name}", json.dumps({"images": report.embedded, "seconds": report.embed_seconds})
+                )
 
     def _write_batch(
         self,
@@ -725,6 +734,18 @@ class Collection:
                     report.unchanged += 1
                     continue
                 content_changed = record is not None and record.sha256 != item.sha256
+                if (
+                    record is not None
+                    and not content_changed
+                    and record.status == "ok"
+                    and concepts is None
+                    and self.catalog.has_vector(name, record.id)
+                ):
+                    # given its vector meanwhile (a `sync` of the same embedder while `embed_missing` embedded
+                    # without the lock): storing it again would put the id in the index twice
+                    self.catalog.touch(record.id, item.size, item.mtime_ns)
+                    report.unchanged += 1
+                    continue
                 image_id = self.catalog.upsert_image(
                     path=key, sha256=item.sha256, size=item.size, mtime_ns=item.mtime_ns, label=label,
                     width=item.width, height=item.height, status="ok",
