@@ -111,6 +111,11 @@ class ImageRecord:
 _COLUMNS = "id, path, sha256, size, mtime_ns, label, width, height, status, error"
 
 
+def pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One int64 per pair of image ids (catalog ids are below 2**31): a << 32 | b."""
+    return (np.asarray(a, dtype=np.int64) << 32) | np.asarray(b, dtype=np.int64)
+
+
 class Catalog:
     """A thin, typed layer over the catalog database."""
 
@@ -417,7 +422,7 @@ class Catalog:
 
     def verified_arrays(self, method: str) -> tuple[np.ndarray, np.ndarray]:
         """`verified` as arrays, read in chunks so a large table never becomes Python objects at once:
-        (sorted int64 keys a << 32 | b, (n, 4) float64 rows of inliers, matches, coverage, mirrored)."""
+        (sorted `pair_keys`, (n, 4) float64 rows of inliers, matches, coverage, mirrored)."""
         cursor = self._db.execute(
             "SELECT a, b, inliers, matches, coverage, mirrored FROM duplicate_verified WHERE method = ?", (method,)
         )
@@ -425,7 +430,7 @@ class Catalog:
         while rows := cursor.fetchmany(100_000):
             parts.append(np.array(rows, dtype=np.float64))
         table = np.concatenate(parts)
-        keys = (table[:, 0].astype(np.int64) << 32) | table[:, 1].astype(np.int64)
+        keys = pair_keys(table[:, 0], table[:, 1])
         order = np.argsort(keys, kind="stable")
         return keys[order], table[order, 2:]
 

@@ -734,15 +734,17 @@ class Collection:
                     report.unchanged += 1
                     continue
                 content_changed = record is not None and record.sha256 != item.sha256
-                if (
+                # known, unchanged and holding this embedder's vector already: the vector stays (stored again,
+                # the id would be in the index twice)
+                kept = (
                     record is not None
                     and not content_changed
                     and record.status == "ok"
-                    and concepts is None
                     and self.catalog.has_vector(name, record.id)
-                ):
+                )
+                if kept and concepts is None:
                     # given its vector meanwhile (a `sync` of the same embedder while `embed_missing` embedded
-                    # without the lock): storing it again would put the id in the index twice
+                    # without the lock)
                     self.catalog.touch(record.id, item.size, item.mtime_ns)
                     report.unchanged += 1
                     continue
@@ -754,12 +756,7 @@ class Collection:
                     stale.append(image_id)
                 if concepts is not None:
                     described.append((image_id, row_of[id(item)]))
-                    if (
-                        record is not None
-                        and not content_changed
-                        and record.status == "ok"
-                        and self.catalog.has_vector(name, image_id)
-                    ):
+                    if kept:
                         report.described += 1  # indexed before concepts were kept: its vector stays
                         continue
                 new_ids.append(image_id)

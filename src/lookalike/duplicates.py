@@ -47,7 +47,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from .catalog import Catalog, ImageRecord
+from .catalog import Catalog, ImageRecord, pair_keys
 from .images import ImageError, open_image
 from .index.compact import FIT_SAMPLE, CompactIndex, fit_projection
 from .results import Progress, SyncReport
@@ -573,11 +573,6 @@ def _with_verified_pairs(
     keep = verified_pairs(scores, measured[:, 0], measured[:, 2])
     added = tuple(np.concatenate([p, q[keep]]) for p, q in zip(pairs, (a, b, scores), strict=True))
     return (*added, len(todo))  # type: ignore[return-value]
-
-
-def pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """One int64 per pair of image ids (catalog ids are below 2**31): a << 32 | b."""
-    return (np.asarray(a, dtype=np.int64) << 32) | np.asarray(b, dtype=np.int64)
 
 
 def _best_per_image(
