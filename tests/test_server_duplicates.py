@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import duplicate_photos
 from fastapi.testclient import TestClient
+from httpx import Response
 from servers import indexed
 
 from lookalike import Collection
-from lookalike.duplicates import THRESHOLDS
+from lookalike.duplicates import COPY_EMBEDDER, THRESHOLDS
 from lookalike.server import create_app
 from lookalike.server.app import MOVED_DIR
 
@@ -146,3 +149,48 @@ def test_moving_works_with_the_collection_inside_the_indexed_folder(tmp_path: Pa
             assert collection.stats()["images"] == 12
         finally:
             app.state.lookalike.weak_match.stop()
+
+
+def test_searches_and_adds_go_on_while_the_first_listing_embeds(
+    collection: Collection, make_client: Callable[..., TestClient], data_dir: Path
+) -> None:
+    """The first near listing embeds every image with the copy descriptor (minutes in a large collection). It takes
+    the index's write lock only to commit each batch: a search and an add answer while it is still embedding."""
+    client = make_client()
+    model = collection.embedder(COPY_EMBEDDER)
+    embedding, release = threading.Event(), threading.Event()
+    original = model.embed_and_classify
+
+    def slow(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        embedding.set()
+        assert release.wait(60)
+        return original(batch)
+
+    model.embed_and_classify = slow  # type: ignore[method-assign]
+    listed: list[Response] = []
+    listing = threading.Thread(target=lambda: listed.append(client.get("/api/duplicates")))
+    listing.start()
+    try:
+        assert embedding.wait(60)
+        record = collection.records()[0]
+        answers: list[Response] = []
+
+        def search_and_add() -> None:
+            answers.append(client.get(f"/api/images/{record.id}/similar", params={"k": 3}))
+            upload = {"file": ("new.jpg", (data_dir / "cat" / "cat.100.jpg").read_bytes(), "image/jpeg")}
+            answers.append(client.post("/api/images", files=upload))
+
+        other = threading.Thread(target=search_and_add)
+        other.start()
+        other.join(30)
+        assert [a.status_code for a in answers] == [200, 201]  # while the listing still waits in its embedding
+        assert len(answers[0].json()["results"]) == 3
+    finally:
+        release.set()
+        listing.join(120)
+    assert listed[0].status_code == 200, listed[0].text
+    groups = groups_by_names(listed[0].json())
+    assert frozenset({"cat.1.jpg", "cat.1-half.jpg"}) in groups
+    # added before the copy descriptor had any vector, so embedded by the next listing
+    assert client.get("/api/duplicates").json()["compared"] == 1
+    assert answers[1].json()["id"] in collection.vector_ids(COPY_EMBEDDER)

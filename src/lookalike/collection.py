@@ -618,11 +618,14 @@ class Collection:
         batch_size: int = 64,
         workers: int | None = None,
         progress: Progress | None = None,
+        write_lock: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> SyncReport:
         """Give each of these catalog images a vector of `embedder` if it lacks one (a subset's `sync`).
 
         The same pipeline as `sync`: a file whose content changed since it was indexed is re-read
-        and its row updated; nothing outside `records` is looked at or removed.
+        and its row updated; nothing outside `records` is looked at or removed. Each batch is
+        committed under the collection's lock and `write_lock()`, the caller's own if given (the
+        server's readers-writer lock), which neither holds while decoding and embedding.
         """
         started = time.perf_counter()
         self._check_writable("cannot embed")
@@ -640,10 +643,10 @@ class Collection:
             # Files already in the catalog: a link is followed (it was indexed with --follow-symlinks).
             self._ingest(
                 [Path(r.path) for r in todo], model, known, have_vectors, report, batch_size, workers, progress,
-                follow_symlinks=True, max_file_bytes=DEFAULT_MAX_FILE_BYTES,
+                follow_symlinks=True, max_file_bytes=DEFAULT_MAX_FILE_BYTES, write_lock=write_lock,
             )  # fmt: skip
             if todo:
-                with self._lock:
+                with write_lock() if write_lock is not None else nullcontext(), self._lock:
                     self._refit_if_grown(model.name)
                     self._save_index(model.name, self.index(model.name), self.catalog.generation(model.name))
         report.seconds = time.perf_counter() - started
@@ -661,8 +664,10 @@ class Collection:
         progress: Progress | None,
         follow_symlinks: bool = False,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        write_lock: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
-        """Read, decode, embed and commit files batch by batch (decoding in threads ahead of the model)."""
+        """Read, decode, embed and commit files batch by batch (decoding in threads ahead of the model);
+        each commit under `write_lock()` too when given."""
         name = model.name
         stage = "embedding" if name == self.default_embedder else f"embedding ({name})"
         done = 0
@@ -682,7 +687,8 @@ class Collection:
             concepts = None
             if probabilities is not None and model.classes:
                 concepts = (model.classes, *top_classes(probabilities))
-            with self._lock:  # already held by `sync`; `embed_missing` takes it per batch
+            # `_lock` is already held by `sync`; `embed_missing` takes it per batch
+            with write_lock() if write_lock is not None else nullcontext(), self._lock:
                 self._write_batch(name, batch, arrays, vectors, known, report, concepts)
             done += len(batch)
             if progress:
@@ -1438,6 +1444,7 @@ class Collection:
         include_resolved: bool = False,
         verify: bool = True,
         progress: Progress | None = None,
+        write_lock: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> DuplicateReport:
         """Groups of duplicate images, each with a suggested keeper and every member's similarity to it.
 
@@ -1449,6 +1456,8 @@ class Collection:
         (the default) it also checks the pairs scoring a little below the threshold geometrically (local
         features and a RANSAC fit, from the image files) and counts those that pass; each pair is checked
         once (the outcome is kept in the catalog). `verify=False` skips that: faster, fewer strong edits found.
+        `write_lock`: the caller's own lock, taken (with the collection's) only to commit the vectors it
+        embeds, as in `embed_missing`.
         """
         from .duplicates import find_duplicates
 
@@ -1460,6 +1469,7 @@ class Collection:
             include_resolved=include_resolved,
             verify=verify,
             progress=progress,
+            write_lock=write_lock,
         )
 
     def decide_duplicates(self, ids: Sequence[int], decision: str, *, keeper: int | None = None) -> None:

@@ -53,6 +53,8 @@ from .index.compact import FIT_SAMPLE, CompactIndex, fit_projection
 from .results import Progress, SyncReport
 
 TIERS = ("exact", "near", "similar")
+#: a caller's own lock, taken around each commit of embedded vectors (the server's readers-writer lock)
+WriteLock = Callable[[], AbstractContextManager[object]]
 DEFAULT_TIER = "near"
 #: the embedder whose vectors score the `near` tier
 COPY_EMBEDDER = "copy-lite0"
@@ -256,7 +258,12 @@ class Collection(Protocol):
     def vectors_of(self, ids: np.ndarray | Sequence[int], embedder: str | None = None) -> np.ndarray: ...
 
     def embed_missing(
-        self, records: Sequence[ImageRecord], *, embedder: str | None = None, progress: Progress | None = None
+        self,
+        records: Sequence[ImageRecord],
+        *,
+        embedder: str | None = None,
+        progress: Progress | None = None,
+        write_lock: WriteLock | None = None,
     ) -> SyncReport: ...
 
     def remove(self, ids: Iterable[int], *, delete_uploads: bool = False) -> int: ...
@@ -274,6 +281,7 @@ def find_duplicates(
     include_resolved: bool = False,
     verify: bool = True,
     progress: Progress | None = None,
+    write_lock: WriteLock | None = None,
 ) -> DuplicateReport:
     """`Collection.duplicates`: see there."""
     started = time.perf_counter()
@@ -290,7 +298,7 @@ def find_duplicates(
 
     embedder = COPY_EMBEDDER if tier == "near" else collection.default_embedder
     # not under the collection's lock: embedding and searching take it only briefly, so searches go on meanwhile
-    report.compared = update_pairs(collection, embedder, readable, progress)
+    report.compared = update_pairs(collection, embedder, readable, progress, write_lock)
     a, b, scores = collection.catalog.pairs(embedder, threshold)
     report.embedder = embedder
     inside = np.isin(a, list(by_id)) & np.isin(b, list(by_id))
@@ -333,7 +341,11 @@ def find_duplicates(
 
 
 def update_pairs(
-    collection: Collection, embedder: str, records: Sequence[ImageRecord], progress: Progress | None = None
+    collection: Collection,
+    embedder: str,
+    records: Sequence[ImageRecord],
+    progress: Progress | None = None,
+    write_lock: WriteLock | None = None,
 ) -> int:
     """Search the images of `records` not searched before (or changed since) for their nearest neighbours
     with `embedder` (embedding those that lack its vector), and store the pairs scoring at least
@@ -351,7 +363,7 @@ def update_pairs(
     have = collection.vector_ids(embedder)
     missing = [r for r in records if r.id not in have]
     if missing:
-        collection.embed_missing(missing, embedder=embedder, progress=progress)
+        collection.embed_missing(missing, embedder=embedder, progress=progress, write_lock=write_lock)
         have = collection.vector_ids(embedder)
     searched = catalog.searched(embedder)
     todo = [r for r in records if r.id in have and (r.id not in searched or searched[r.id] != r.sha256)]

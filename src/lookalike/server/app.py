@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -422,6 +422,9 @@ class ServerState:
     batched_search: dict[str, BatchedSearch]
     weak_match: WeakMatchThresholds
     read_only: bool = False
+    # One duplicates listing at a time: the first of a large collection embeds every image, and two at once would
+    # both update the same pair tables.
+    duplicates_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 async def server_state(request: Request) -> ServerState:
@@ -984,10 +987,14 @@ def embedders(state: State) -> EmbeddersOut:
 
 
 def duplicate_groups(state: ServerState, tier: str, threshold: float | None, verify: bool = True) -> DuplicateReport:
-    """Collection.duplicates under the index's write lock (the `near` tier embeds images it has not seen)."""
+    """Collection.duplicates in an embedding slot. The `near` tier embeds the images it has not seen (minutes, the
+    first time, in a large collection); it takes the index's write lock only to commit each batch, so searches
+    and adds go on meanwhile."""
     try:
-        with state.index_lock.writing(), state.embed_slots:
-            report = state.collection.duplicates(tier, threshold=threshold, include_resolved=False, verify=verify)
+        with state.duplicates_lock, state.embed_slots:
+            report = state.collection.duplicates(
+                tier, threshold=threshold, include_resolved=False, verify=verify, write_lock=state.index_lock.writing
+            )
     except DuplicatesError as exc:
         raise HTTPException(422, without_paths(state, str(exc))) from exc
     except CollectionWriteError as exc:  # the near tier stores the vectors it computes
