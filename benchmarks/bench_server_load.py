@@ -74,6 +74,7 @@ def model_only(collection: Path, payloads: list[tuple[str, bytes]], seconds: flo
         embedder.embed_arrays(arrays[0])  # warm-up
         slots = max(1, os.cpu_count() or 1)  # as the server's embedding slots
         rates: dict[str, float] = {}
+        cpu_ms: dict[str, float] = {}
         for concurrency in sorted({1, slots}):
             counts = [0] * concurrency
             deadline = time.perf_counter() + seconds
@@ -83,14 +84,16 @@ def model_only(collection: Path, payloads: list[tuple[str, bytes]], seconds: flo
                     embedder.embed_arrays(arrays[(worker + counts[worker] * len(counts)) % len(arrays)])
                     counts[worker] += 1
 
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             threads = [threading.Thread(target=run, args=(w,)) for w in range(concurrency)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            rates[f"{concurrency}_at_once"] = round(sum(counts) / (time.perf_counter() - started), 2)
-    return {"batch_size": 1, "images_per_s": rates, "reference": max(rates.values())}
+            done = max(1, sum(counts))
+            rates[f"{concurrency}_at_once"] = round(done / (time.perf_counter() - started), 2)
+            cpu_ms[f"{concurrency}_at_once"] = round((time.process_time() - cpu_started) * 1000 / done, 2)
+    return {"batch_size": 1, "images_per_s": rates, "cpu_ms_per_image": cpu_ms, "reference": max(rates.values())}
 
 
 def multipart(name: str, data: bytes) -> tuple[dict[str, str], bytes]:
@@ -152,6 +155,19 @@ class Connection:
             self.streams = None
 
 
+def server_cpu_seconds() -> float | None:
+    """CPU seconds (user + system) the server subprocess has used so far (Linux /proc; None elsewhere)."""
+    me = os.getpid()
+    try:
+        for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split():
+            if b"serve(" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        pass
+    return None
+
+
 async def run_clients(
     url: str,
     payloads: list[tuple[str, bytes]],
@@ -210,7 +226,7 @@ async def run_clients(
                 continue
             write_latencies.append((time.perf_counter() - started) * 1000)
 
-    started, cpu_started = time.monotonic(), time.process_time()
+    started, cpu_started, server_cpu_started = time.monotonic(), time.process_time(), server_cpu_seconds()
     async with httpx.AsyncClient(base_url=url, timeout=request_timeout, limits=limits) as client:
         tasks = [asyncio.create_task(client_loop(n)) for n in range(clients)]
         tasks += [asyncio.create_task(writer_loop(client, n)) for n in range(writers)]
@@ -221,6 +237,8 @@ async def run_clients(
             errors["cut off at the end"] += 1
         await asyncio.gather(*pending, return_exceptions=True)
     elapsed, client_cpu = time.monotonic() - started, time.process_time() - cpu_started
+    server_cpu_ended = server_cpu_seconds()
+    requests_done = max(1, len(latencies) + len(write_latencies))
     figures: dict[str, object] = {
         "clients": clients,
         "duration_s": seconds,
@@ -233,7 +251,13 @@ async def run_clients(
         "server_took": percentiles(server_took) if server_took else None,
         # the load clients' own CPU (this process, writers included), taken from the cores the server shares
         "client_cpu_s": round(client_cpu, 2),
-        "client_cpu_ms_per_request": round(client_cpu * 1000 / max(1, len(latencies) + len(write_latencies)), 2),
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / requests_done, 2),
+        # the server's CPU per answered request: what the ratio to the model alone is made of
+        "server_cpu_ms_per_request": (
+            None
+            if server_cpu_started is None or server_cpu_ended is None
+            else round((server_cpu_ended - server_cpu_started) * 1000 / requests_done, 2)
+        ),
     }
     if writers:
         figures["writers"] = {
