@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +167,25 @@ def duplicate_photos(data_dir: Path, root: Path, per_label: int = 5) -> dict[str
     with Image.open(data_dir / "dog" / "dog.2.jpg") as image:
         image.save(copies["dog.2-q30.jpg"], quality=30)
     return copies
+
+
+@contextmanager
+def embedding_held(model: Embedder) -> Iterator[threading.Event]:
+    """Hold every `model.embed_and_classify` call until the block ends; yields an event set once one waits.
+
+    For tests of what other threads can do while a long embedding runs. The model is put back afterwards.
+    """
+    embedding, release = threading.Event(), threading.Event()
+    original = model.embed_and_classify
+
+    def held(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        embedding.set()
+        assert release.wait(60)
+        return original(batch)
+
+    model.embed_and_classify = held  # type: ignore[method-assign]
+    try:
+        yield embedding
+    finally:
+        release.set()
+        del model.embed_and_classify  # the class's method again

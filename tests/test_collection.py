@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import embedding_held
 
 from lookalike import Collection
 
@@ -342,28 +343,16 @@ def test_searches_go_on_while_missing_vectors_are_embedded(small_collection: Col
     """`embed_missing` (the first duplicates listing embeds every image) holds the collection's lock only to
     commit: a search in another thread answers while it is still embedding."""
     collection = small_collection
-    model = collection.embedder(mean_colour)
-    embedding, release = threading.Event(), threading.Event()
-    original = model.embed_and_classify
-
-    def slow(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        embedding.set()
-        assert release.wait(60)
-        return original(batch)
-
-    model.embed_and_classify = slow  # type: ignore[method-assign]
     records = collection.records()
     worker = threading.Thread(target=collection.embed_missing, args=(records,), kwargs={"embedder": mean_colour})
-    worker.start()
-    try:
+    with embedding_held(collection.embedder(mean_colour)) as embedding:
+        worker.start()
         assert embedding.wait(30)
         answered: list[int] = []
         search = threading.Thread(target=lambda: answered.append(len(collection.search(records[0].path, k=3))))
         search.start()
         search.join(20)
         assert answered == [3]  # answered while the embedding still waits
-    finally:
-        release.set()
-        worker.join(60)
+    worker.join(60)
     assert collection.vector_ids(mean_colour) == {r.id for r in records}
     assert collection.embed_missing(records, embedder=mean_colour).unchanged == len(records)

@@ -6,9 +6,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import duplicate_photos
+from conftest import duplicate_photos, embedding_held
 from fastapi.testclient import TestClient
 from httpx import Response
 from servers import indexed
@@ -157,23 +156,13 @@ def test_searches_and_adds_go_on_while_the_first_listing_embeds(
     """The first near listing embeds every image with the copy descriptor (minutes in a large collection). It takes
     the index's write lock only to commit each batch: a search and an add answer while it is still embedding."""
     client = make_client()
-    model = collection.embedder(COPY_EMBEDDER)
-    embedding, release = threading.Event(), threading.Event()
-    original = model.embed_and_classify
-
-    def slow(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        embedding.set()
-        assert release.wait(60)
-        return original(batch)
-
-    model.embed_and_classify = slow  # type: ignore[method-assign]
     listed: list[Response] = []
     listing = threading.Thread(target=lambda: listed.append(client.get("/api/duplicates")))
-    listing.start()
-    try:
+    answers: list[Response] = []
+    with embedding_held(collection.embedder(COPY_EMBEDDER)) as embedding:
+        listing.start()
         assert embedding.wait(60)
         record = collection.records()[0]
-        answers: list[Response] = []
 
         def search_and_add() -> None:
             answers.append(client.get(f"/api/images/{record.id}/similar", params={"k": 3}))
@@ -185,9 +174,7 @@ def test_searches_and_adds_go_on_while_the_first_listing_embeds(
         other.join(30)
         assert [a.status_code for a in answers] == [200, 201]  # while the listing still waits in its embedding
         assert len(answers[0].json()["results"]) == 3
-    finally:
-        release.set()
-        listing.join(120)
+    listing.join(120)
     assert listed[0].status_code == 200, listed[0].text
     groups = groups_by_names(listed[0].json())
     assert frozenset({"cat.1.jpg", "cat.1-half.jpg"}) in groups
