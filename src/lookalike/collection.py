@@ -43,7 +43,17 @@ from .index.exact import exact_search
 from .index.milvus import is_milvus_kind
 from .index.rerank import alpha_query_expansion, search_excluding
 from .index.whitening import Whitening, WhiteningSettings, fit_whitening
-from .results import Box, ImageInput, Neighbours, Progress, Query, SearchResult, SyncReport, TextSearch
+from .results import (
+    Box,
+    ImageInput,
+    Neighbours,
+    Progress,
+    Query,
+    SearchResult,
+    SyncReport,
+    TextSearch,
+    WriteLock,
+)
 from .storage import (
     DEFAULT_COLLECTION_DIR,
     CollectionWriteError,
@@ -114,6 +124,11 @@ class _Decoded:
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _outer(write_lock: WriteLock | None) -> AbstractContextManager[object]:
+    """The caller's own lock for one commit (taken before the collection's), or nothing."""
+    return write_lock() if write_lock is not None else nullcontext()
 
 
 class Collection:
@@ -618,7 +633,7 @@ class Collection:
         batch_size: int = 64,
         workers: int | None = None,
         progress: Progress | None = None,
-        write_lock: Callable[[], AbstractContextManager[object]] | None = None,
+        write_lock: WriteLock | None = None,
     ) -> SyncReport:
         """Give each of these catalog images a vector of `embedder` if it lacks one (a subset's `sync`).
 
@@ -646,7 +661,7 @@ class Collection:
                 follow_symlinks=True, max_file_bytes=DEFAULT_MAX_FILE_BYTES, write_lock=write_lock,
             )  # fmt: skip
             if todo:
-                with write_lock() if write_lock is not None else nullcontext(), self._lock:
+                with _outer(write_lock), self._lock:
                     self._refit_if_grown(model.name)
                     self._save_index(model.name, self.index(model.name), self.catalog.generation(model.name))
         report.seconds = time.perf_counter() - started
@@ -664,7 +679,7 @@ class Collection:
         progress: Progress | None,
         follow_symlinks: bool = False,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-        write_lock: Callable[[], AbstractContextManager[object]] | None = None,
+        write_lock: WriteLock | None = None,
     ) -> None:
         """Read, decode, embed and commit files batch by batch (decoding in threads ahead of the model);
         each commit under `write_lock()` too when given."""
@@ -688,7 +703,7 @@ class Collection:
             if probabilities is not None and model.classes:
                 concepts = (model.classes, *top_classes(probabilities))
             # `_lock` is already held by `sync`; `embed_missing` takes it per batch
-            with write_lock() if write_lock is not None else nullcontext(), self._lock:
+            with _outer(write_lock), self._lock:
                 self._write_batch(name, batch, arrays, vectors, known, report, concepts)
             done += len(batch)
             if progress:
@@ -814,7 +829,7 @@ class Collection:
         path: str | os.PathLike[str],
         label: str | None = None,
         *,
-        write_lock: Callable[[], AbstractContextManager[object]] | None = None,
+        write_lock: WriteLock | None = None,
     ) -> ImageRecord:
         """Add (or replace) one image given as bytes, stored at `path`, embedded with every indexed embedder.
 
@@ -837,7 +852,7 @@ class Collection:
                 f.write(prepared.data)
                 f.flush()
                 os.fsync(f.fileno())
-            with write_lock() if write_lock is not None else nullcontext(), self._lock:
+            with _outer(write_lock), self._lock:
                 existed = target.exists()
                 os.replace(tmp, target)
                 stat = target.stat()
@@ -1444,7 +1459,7 @@ class Collection:
         include_resolved: bool = False,
         verify: bool = True,
         progress: Progress | None = None,
-        write_lock: Callable[[], AbstractContextManager[object]] | None = None,
+        write_lock: WriteLock | None = None,
     ) -> DuplicateReport:
         """Groups of duplicate images, each with a suggested keeper and every member's similarity to it.
 

@@ -50,11 +50,9 @@ from PIL import Image
 from .catalog import Catalog, ImageRecord, pair_keys
 from .images import ImageError, open_image
 from .index.compact import FIT_SAMPLE, CompactIndex, fit_projection
-from .results import Progress, SyncReport
+from .results import Progress, SyncReport, WriteLock
 
 TIERS = ("exact", "near", "similar")
-#: a caller's own lock, taken around each commit of embedded vectors (the server's readers-writer lock)
-WriteLock = Callable[[], AbstractContextManager[object]]
 DEFAULT_TIER = "near"
 #: the embedder whose vectors score the `near` tier
 COPY_EMBEDDER = "copy-lite0"

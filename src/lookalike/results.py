@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,6 +19,8 @@ from .concepts import Tag, Term
 
 #: progress(stage, done, total); the core library never prints, the CLI draws bars from this
 Progress = Callable[[str, int, int], None]
+#: a caller's own lock, taken (with the collection's) around each commit: the server's readers-writer lock
+WriteLock = Callable[[], AbstractContextManager[object]]
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
 Box = tuple[float, float, float, float]
 
