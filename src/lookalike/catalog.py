@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS vectors (
     vector BLOB NOT NULL,
     PRIMARY KEY (embedder, image_id)
 );
+-- every column that references images(id) has an index leading with it: deleting an image (ON DELETE CASCADE),
+-- or the vectors of a new or changed one, then finds its rows directly instead of reading the whole table
+-- (a scan of every stored vector made each upload's commit take 7 ms at 10,000 images, growing with the catalog)
+CREATE INDEX IF NOT EXISTS vectors_image ON vectors(image_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- each image's top classes by an embedder whose network is also a classifier (concept search, tags)
 CREATE TABLE IF NOT EXISTS concepts (
@@ -48,6 +52,7 @@ CREATE TABLE IF NOT EXISTS concepts (
     PRIMARY KEY (embedder, image_id, class)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS concepts_class ON concepts(embedder, class);
+CREATE INDEX IF NOT EXISTS concepts_image ON concepts(image_id);
 -- duplicates: pairs of images found by a nearest-neighbour search, with their cosine (a < b), kept down to a
 -- floor so a looser threshold regroups without searching again
 CREATE TABLE IF NOT EXISTS duplicate_pairs (
@@ -58,6 +63,8 @@ CREATE TABLE IF NOT EXISTS duplicate_pairs (
     PRIMARY KEY (embedder, a, b)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS duplicate_pairs_b ON duplicate_pairs(embedder, b);
+CREATE INDEX IF NOT EXISTS duplicate_pairs_a_image ON duplicate_pairs(a);
+CREATE INDEX IF NOT EXISTS duplicate_pairs_b_image ON duplicate_pairs(b);
 -- the images already searched for duplicates with an embedder, and the content they had then
 CREATE TABLE IF NOT EXISTS duplicate_searched (
     embedder TEXT NOT NULL,
@@ -65,6 +72,7 @@ CREATE TABLE IF NOT EXISTS duplicate_searched (
     sha256 TEXT,
     PRIMARY KEY (embedder, image_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS duplicate_searched_image ON duplicate_searched(image_id);
 -- a 64-bit perceptual hash (DCT) of images in the near tier's band, and the content it was computed from
 CREATE TABLE IF NOT EXISTS duplicate_hashes (
     image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
@@ -91,6 +99,7 @@ CREATE TABLE IF NOT EXISTS duplicate_decisions (
     decision TEXT NOT NULL CHECK (decision IN ('keep', 'distinct')),
     PRIMARY KEY (a, b, decision)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS duplicate_decisions_b ON duplicate_decisions(b);
 """
 
 
