@@ -37,6 +37,7 @@ from lookalike.index import SPECS, FaissIndex, create_index, load_index  # noqa:
 K = 10
 SWEEPS: dict[str, list[dict[str, float]]] = {
     "flat": [{}],
+    "flat-fp16": [{}],
     "hnsw": [{"ef_search": ef} for ef in (16, 32, 64, 128, 256)],
     "hnsw-sq8": [{"ef_search": ef} for ef in (16, 32, 64, 128, 256)],
     "ivf": [{"nprobe": p} for p in (4, 8, 16, 32)],

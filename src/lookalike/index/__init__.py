@@ -1,6 +1,7 @@
 """Vector index backends behind one interface (`VectorIndex`), chosen by name or automatically.
 
-Kinds: "flat" (exact), "hnsw", "hnsw-sq8", "ivf", "ivf-sq8", "ivf-pq", "ivf-pq-flat" (see specs.py),
+Kinds: "flat" (exact), "flat-fp16" (a scan of 16-bit copies, re-scored exactly), "hnsw", "hnsw-sq8",
+"ivf", "ivf-sq8", "ivf-pq", "ivf-pq-flat" (see specs.py),
 and "auto", which follows `choose_index_kind` as the collection grows.
 """
 
@@ -31,7 +32,7 @@ def create_index(kind: str, dim: int, *, name: str = "vectors", owner: IndexOwne
     part of it this index writes, since several catalogs may share it; local kinds ignore both.
 
     "auto" needs no expected size: the first `add` builds the structure `choose_index_kind` picks for
-    that many vectors, and later growth moves it up (flat -> hnsw -> hnsw-sq8) by a rebuild.
+    that many vectors, and later growth moves it up (flat-fp16 -> hnsw -> hnsw-sq8) by a rebuild.
     """
     if kind.startswith("milvus"):  # imported only when used: faiss-only installs need no pymilvus
         from .milvus import MilvusIndex

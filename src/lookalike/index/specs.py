@@ -53,6 +53,10 @@ SPECS: dict[str, IndexSpec] = {
     s.name: s
     for s in (
         IndexSpec("flat", "Flat"),
+        # Every vector scanned as 16-bit floats (half the bytes of "flat", and faiss scans them ~4x faster per lone
+        # query), then the best 2k (at least REFINE_MIN_CANDIDATES) re-scored with the full floats (faiss
+        # IndexRefineFlat): exact scores, 1.5x the memory of "flat". What "auto" uses below FLAT_UP_TO.
+        IndexSpec("flat-fp16", "SQfp16,RFlat", k_factor=2),
         IndexSpec("hnsw", f"HNSW{HNSW_M},Flat", ef_search=HNSW_EF_SEARCH),
         IndexSpec("hnsw-sq8", f"HNSW{HNSW_M},SQ8", min_train=1000, ef_search=128),  # used at >400k vectors: needs more
         # The coarse quantizer is a flat scan of the centroids: an HNSW graph over them ("IVF1024_HNSW32")
