@@ -5,7 +5,8 @@ Same collection as bench_server_latency.py (real photo files, random vectors). O
 
 1. **model only**: the embedder alone in this process on decoded, preprocessed photos, one image
    per call (the server's batch size: it embeds each upload on its own), with one call at a time
-   and with as many at once as the server has embedding slots; the higher rate is the reference.
+   and with as many at once as the server has embedding slots, each call on the embedder's
+   default threads and on one thread; the highest rate is the reference.
 2. **uploads**: 50 clients search by an uploaded photo (decoded and embedded on every call), each
    sending its next request as soon as the previous one is answered. Target: throughput >= 0.7 x
    the model-only rate, p99 <= 1.5 s, no errors.
@@ -64,35 +65,39 @@ PHASES = ("model", "uploads", "writes", "fairness")
 
 
 def model_only(collection: Path, payloads: list[tuple[str, bytes]], seconds: float) -> dict[str, object]:
-    """Images/s of the embedder alone, one preprocessed image per call, with 1 and `slots` calls at once."""
+    """Images/s of the embedder alone, one preprocessed image per call, with 1 and `slots` calls at once, each
+    call on the embedder's default threads and on one thread; the best of these is the reference."""
     from lookalike import Collection
     from lookalike.images import open_image
 
     with Collection.open(collection, create=False) as opened:
-        embedder = opened.embedder(EMBEDDER)
-        arrays = [embedder.preprocess(open_image(data))[None] for _, data in payloads[:32]]
-        embedder.embed_arrays(arrays[0])  # warm-up
+        default = opened.embedder(EMBEDDER)
+        arrays = [default.preprocess(open_image(data))[None] for _, data in payloads[:32]]
         slots = max(1, os.cpu_count() or 1)  # as the server's embedding slots
         rates: dict[str, float] = {}
         cpu_ms: dict[str, float] = {}
-        for concurrency in sorted({1, slots}):
-            counts = [0] * concurrency
-            deadline = time.perf_counter() + seconds
+        for threads in sorted({default.threads, 1}, reverse=True):
+            embedder = default.on_threads(threads)
+            embedder.embed_arrays(arrays[0])  # warm-up
+            for concurrency in sorted({1, slots}):
+                counts = [0] * concurrency
+                deadline = time.perf_counter() + seconds
 
-            def run(worker: int, counts: list[int] = counts, deadline: float = deadline) -> None:
-                while time.perf_counter() < deadline:
-                    embedder.embed_arrays(arrays[(worker + counts[worker] * len(counts)) % len(arrays)])
-                    counts[worker] += 1
+                def run(worker: int, counts: list[int] = counts, deadline: float = deadline, model=embedder) -> None:
+                    while time.perf_counter() < deadline:
+                        model.embed_arrays(arrays[(worker + counts[worker] * len(counts)) % len(arrays)])
+                        counts[worker] += 1
 
-            started, cpu_started = time.perf_counter(), time.process_time()
-            threads = [threading.Thread(target=run, args=(w,)) for w in range(concurrency)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            done = max(1, sum(counts))
-            rates[f"{concurrency}_at_once"] = round(done / (time.perf_counter() - started), 2)
-            cpu_ms[f"{concurrency}_at_once"] = round((time.process_time() - cpu_started) * 1000 / done, 2)
+                started, cpu_started = time.perf_counter(), time.process_time()
+                workers = [threading.Thread(target=run, args=(w,)) for w in range(concurrency)]
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
+                done = max(1, sum(counts))
+                key = f"{concurrency}_at_once_{threads}_thread{'s' if threads > 1 else ''}"
+                rates[key] = round(done / (time.perf_counter() - started), 2)
+                cpu_ms[key] = round((time.process_time() - cpu_started) * 1000 / done, 2)
     return {"batch_size": 1, "images_per_s": rates, "cpu_ms_per_image": cpu_ms, "reference": max(rates.values())}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import copy_samples
+from conftest import copy_samples, embedding_held
 from fastapi.testclient import TestClient
 from PIL import Image
 from servers import free_port, indexed, start_process, stop_serve, wait_until_answering
@@ -890,3 +891,24 @@ def test_closing_the_collection_stops_the_apps_background_calibration(tmp_path: 
         assert threads
     # Closed with the collection, not left reading a closed SQLite connection (which crashed a test run).
     assert not any(thread.is_alive() for thread in threads)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two embedding slots")
+def test_an_upload_searched_beside_another_embedding_runs_on_its_own_session_with_the_same_answer(
+    client: TestClient, collection: Collection, data_dir: Path
+) -> None:
+    """Beside another embedding, an upload is embedded on a one-thread session of the model (more images per
+    second on shared cores): it does not wait for the other, and answers exactly what it answers alone."""
+    upload = jpeg_upload((data_dir / "dog" / "dog.1.jpg").read_bytes())
+    alone = client.post("/api/search", params={"k": 5}, files=upload).json()["results"]
+    first: list[httpx.Response] = []
+    with embedding_held(collection.embedder(collection.default_embedder)) as embedding:
+        waiting = threading.Thread(target=lambda: first.append(client.post("/api/search", files=upload)))
+        waiting.start()
+        assert embedding.wait(60)  # the first upload holds a slot, inside the model's default session
+        beside = client.post("/api/search", params={"k": 5}, files=upload).json()["results"]
+        assert not first, "answered while the first upload was still held in its embedding"
+    waiting.join(60)
+    assert first[0].status_code == 200
+    assert [r["id"] for r in beside] == [r["id"] for r in alone]
+    np.testing.assert_allclose([r["score"] for r in beside], [r["score"] for r in alone], atol=1e-5)

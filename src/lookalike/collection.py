@@ -1003,9 +1003,11 @@ class Collection:
 
     # --- search ----------------------------------------------------------------------------------
 
-    def embed(self, image: ImageInput, *, embedder: str | None = None, box: Box | None = None) -> np.ndarray:
+    def embed(
+        self, image: ImageInput, *, embedder: str | None = None, box: Box | None = None, threads: int | None = None
+    ) -> np.ndarray:
         """One image (path, bytes or Pillow image), optionally cropped to `box`, as a (dim,) vector."""
-        return self.embed_images([image], embedder=embedder, boxes=[box])[0]
+        return self.embed_images([image], embedder=embedder, boxes=[box], threads=threads)[0]
 
     def embed_images(
         self,
@@ -1013,8 +1015,11 @@ class Collection:
         *,
         embedder: str | None = None,
         boxes: Sequence[Box | None] | None = None,
+        threads: int | None = None,
     ) -> np.ndarray:
-        """Images (paths, bytes or Pillow images), each optionally cropped to its box, as (n, dim) vectors."""
+        """Images (paths, bytes or Pillow images), each optionally cropped to its box, as (n, dim) vectors.
+
+        `threads`: run the network on at most that many threads (`Embedder.on_threads`), as `prepare_image`."""
         pils = []
         for i, image in enumerate(images):
             if isinstance(image, Image.Image):
@@ -1023,7 +1028,8 @@ class Collection:
                 pil = open_image(image if isinstance(image, bytes) else Path(image))
             box = boxes[i] if boxes is not None else None
             pils.append(pil.crop(_clamp_box(_box_in_decoded_pixels(box, pil), pil.size)) if box is not None else pil)
-        return self.embedder(embedder).embed_images(pils)
+        model = self.embedder(embedder)
+        return (model if threads is None else model.on_threads(threads)).embed_images(pils)
 
     def search(
         self,

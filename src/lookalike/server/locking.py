@@ -99,6 +99,7 @@ class FifoSemaphore:
         if slots < 1:
             raise ValueError("a semaphore needs at least one slot")
         self._lock = threading.Lock()
+        self._slots = slots
         self._free = slots
         self._waiters: deque[threading.Lock] = deque()
 
@@ -111,6 +112,11 @@ class FifoSemaphore:
             handover.acquire()
             self._waiters.append(handover)
         handover.acquire()  # released by `release`, which hands its slot straight to us
+
+    @property
+    def taken(self) -> int:
+        """Slots taken now (a snapshot: it may change as soon as it is read)."""
+        return self._slots - self._free
 
     def release(self) -> None:
         with self._lock:
