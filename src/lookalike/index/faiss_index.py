@@ -45,6 +45,10 @@ faiss.cvar.distance_compute_blas_threshold = 1
 # Kinds that compare the query with every stored vector: a filter adds nothing to make exact.
 EXHAUSTIVE = ("flat", "flat-fp16")
 
+# From this many queries in one call, "flat-fp16" searches its full floats with one matrix product instead
+# (a lone query: the 16-bit scan, 1.8 against 7.7 ms of CPU; 4 queries: about even; more: the product)
+FLOATS_FROM_BATCH = 4
+
 MAGIC = b"LOOKALIKE-INDEX\n"
 FORMAT = 1
 REFINE_MIN_CANDIDATES = 32
@@ -305,11 +309,16 @@ class FaissIndex:
             sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
             keep += [bits, sel]
         widen = min(8.0, len(self) / n_eligible)  # a filter hides results: look proportionally further
-        params = self._search_params(sel, k, widen, keep)
+        index = self._index
+        if len(queries) >= FLOATS_FROM_BATCH and self._active == "flat-fp16":
+            # many queries at once: one matrix product over the full floats (same slots, exact) costs less
+            # than a 16-bit scan per query (50,000 x 1280: 1,101 against 255 queries/s in batches)
+            index = faiss.downcast_index(index.refine_index)
+        params = self._search_params(index, sel, k, widen, keep)
         # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces `search` with a
         # version without `params`; the original stays reachable as `search_numpy`.
-        search = getattr(self._index, "search_numpy", self._index.search)
-        with _threads_for(len(queries), self._index):
+        search = getattr(index, "search_numpy", index.search)
+        with _threads_for(len(queries), index):
             scores, slots_found = search(queries, k, params=params)
 
         found = slots_found >= 0
@@ -337,7 +346,9 @@ class FaissIndex:
             best_s, best_i = _top_k(np.hstack([best_s, s]), np.hstack([best_i, i]), k)
         return _top_k(best_s, best_i, k)
 
-    def _search_params(self, sel: Any, k: int, widen: float, keep: list[Any]) -> faiss.SearchParameters | None:
+    def _search_params(
+        self, index: faiss.Index, sel: Any, k: int, widen: float, keep: list[Any]
+    ) -> faiss.SearchParameters | None:
         spec = get_spec(self._active)
         ef = max(int((self.ef_search or spec.ef_search) * widen), k)
         nprobe = int((self.nprobe or spec.nprobe) * widen)
@@ -360,7 +371,7 @@ class FaissIndex:
             keep.append(p)
             return p
 
-        return params_for(self._index)
+        return params_for(index)
 
     # --- persistence ---------------------------------------------------------------------------
 
