@@ -41,6 +41,7 @@ from collections import Counter
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -83,7 +84,9 @@ def model_only(collection: Path, payloads: list[tuple[str, bytes]], seconds: flo
                 counts = [0] * concurrency
                 deadline = time.perf_counter() + seconds
 
-                def run(worker: int, counts: list[int] = counts, deadline: float = deadline, model=embedder) -> None:
+                def run(
+                    worker: int, counts: list[int] = counts, deadline: float = deadline, model: Any = embedder
+                ) -> None:
                     while time.perf_counter() < deadline:
                         model.embed_arrays(arrays[(worker + counts[worker] * len(counts)) % len(arrays)])
                         counts[worker] += 1

@@ -42,13 +42,6 @@ from .specs import HNSW_EF_CONSTRUCTION, get_spec
 # then runs a much slower scalar loop; batched search wants BLAS from 2 queries up.
 faiss.cvar.distance_compute_blas_threshold = 1
 
-# Kinds that compare the query with every stored vector: a filter adds nothing to make exact.
-EXHAUSTIVE = ("flat", "flat-fp16")
-
-# From this many queries in one call, "flat-fp16" searches its full floats with one matrix product instead
-# (a lone query: the 16-bit scan, 1.8 against 7.7 ms of CPU; 4 queries: about even; more: the product)
-FLOATS_FROM_BATCH = 4
-
 MAGIC = b"LOOKALIKE-INDEX\n"
 FORMAT = 1
 REFINE_MIN_CANDIDATES = 32
@@ -294,7 +287,7 @@ class FaissIndex:
             slots = distinct(slots[slots >= 0])
             if len(slots) == 0:
                 return _empty_result(len(queries), k)
-            if len(slots) <= self.exact_filter_limit and self._active not in EXHAUSTIVE:
+            if len(slots) <= self.exact_filter_limit and not get_spec(self._active).exhaustive:
                 return self._exact(queries, k, slots)
             eligible = np.zeros(self._n_slots, dtype=bool)
             eligible[slots] = True
@@ -310,9 +303,8 @@ class FaissIndex:
             keep += [bits, sel]
         widen = min(8.0, len(self) / n_eligible)  # a filter hides results: look proportionally further
         index = self._index
-        if len(queries) >= FLOATS_FROM_BATCH and self._active == "flat-fp16":
-            # many queries at once: one matrix product over the full floats (same slots, exact) costs less
-            # than a 16-bit scan per query (50,000 x 1280: 1,101 against 255 queries/s in batches)
+        batch_from = get_spec(self._active).full_floats_from_batch
+        if batch_from and len(queries) >= batch_from:  # one matrix product over the same slots' full floats
             index = faiss.downcast_index(index.refine_index)
         params = self._search_params(index, sel, k, widen, keep)
         # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces `search` with a
