@@ -73,11 +73,13 @@ CREATE TABLE IF NOT EXISTS duplicate_searched (
     PRIMARY KEY (embedder, image_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS duplicate_searched_image ON duplicate_searched(image_id);
--- a 64-bit perceptual hash (DCT) of images in the near tier's band, and the content it was computed from
+-- two 64-bit perceptual hashes (pHash: DCT; dHash: gradients) of images searched in the near tier, and the
+-- content they were computed from (dhash is NULL in rows from before it was kept: computed again)
 CREATE TABLE IF NOT EXISTS duplicate_hashes (
     image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
     sha256 TEXT,
-    phash INTEGER NOT NULL
+    phash INTEGER NOT NULL,
+    dhash INTEGER
 );
 -- the near tier's geometric check of a pair (a < b): what it measured, with which settings (`verify.METHOD`);
 -- dropped with the pairs when either image's content changes
@@ -140,6 +142,9 @@ class Catalog:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(duplicate_hashes)")}
+        if "dhash" not in columns:  # a catalog from before dHash was kept
+            self._db.execute("ALTER TABLE duplicate_hashes ADD COLUMN dhash INTEGER")
 
     def close(self) -> None:
         self._db.close()
@@ -457,23 +462,33 @@ class Catalog:
         self._db.executemany("DELETE FROM duplicate_verified WHERE a = ?", rows)
         self._db.executemany("DELETE FROM duplicate_verified WHERE b = ?", rows)
 
-    def perceptual_hashes(self, ids: Iterable[int]) -> dict[int, tuple[str | None, int]]:
-        """Stored perceptual hashes of `ids` -> (SHA-256 they were computed from, 64-bit hash as signed int)."""
+    def perceptual_hashes(self, ids: Iterable[int]) -> dict[int, tuple[str | None, int, int | None]]:
+        """Stored perceptual hashes of `ids` -> (SHA-256 they were computed from, pHash, dHash or None), each 64-bit
+        hash as a signed int."""
         wanted = [int(i) for i in ids]
-        found: dict[int, tuple[str | None, int]] = {}
+        found: dict[int, tuple[str | None, int, int | None]] = {}
         for start in range(0, len(wanted), 900):
             chunk = wanted[start : start + 900]
             marks = ",".join("?" * len(chunk))
-            for i, h, v in self._db.execute(
-                f"SELECT image_id, sha256, phash FROM duplicate_hashes WHERE image_id IN ({marks})", chunk
+            for i, h, p, d in self._db.execute(
+                f"SELECT image_id, sha256, phash, dhash FROM duplicate_hashes WHERE image_id IN ({marks})", chunk
             ):
-                found[int(i)] = (h, int(v))
+                found[int(i)] = (h, int(p), None if d is None else int(d))
         return found
 
-    def put_perceptual_hashes(self, items: Iterable[tuple[int, str | None, int]]) -> None:
+    def perceptual_hash_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(image ids, their (pHash, dHash) rows as int64) of every image with both hashes stored."""
+        rows = self._db.execute(
+            "SELECT image_id, phash, dhash FROM duplicate_hashes WHERE dhash IS NOT NULL ORDER BY image_id"
+        ).fetchall()
+        table = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        return table[:, 0].copy(), np.ascontiguousarray(table[:, 1:])
+
+    def put_perceptual_hashes(self, items: Iterable[tuple[int, str | None, int, int]]) -> None:
+        """Store (image id, SHA-256, pHash, dHash) rows, the hashes as signed 64-bit ints."""
         self._db.executemany(
-            "INSERT OR REPLACE INTO duplicate_hashes (image_id, sha256, phash) VALUES (?, ?, ?)",
-            [(int(i), h, int(v)) for i, h, v in items],
+            "INSERT OR REPLACE INTO duplicate_hashes (image_id, sha256, phash, dhash) VALUES (?, ?, ?, ?)",
+            [(int(i), h, int(p), int(d)) for i, h, p, d in items],
         )
 
     def put_decisions(self, decision: str, pairs: Iterable[tuple[int, int]]) -> None:

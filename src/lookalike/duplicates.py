@@ -38,6 +38,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -95,6 +96,19 @@ CANDIDATES = 20
 #: a threshold below it is refused. Low enough for the verifier's band (VERIFY_FLOOR); a catalog whose pairs were
 #: stored with another floor is searched again once.
 EDGE_FLOOR = 0.6
+#: near tier, with the geometric check: besides the descriptor's nearest neighbours, each searched image's
+#: HASH_NEIGHBOURS nearest by each perceptual hash (pHash and dHash, 64 bits) within HASH_CANDIDATE_BITS bits are
+#: candidate pairs, whatever their cosine, stored with it. Large words over a photo can take its copy descriptor far
+#: from the original's (cosine 0.40-0.58 on benchmarks/copydetect.py's seed 1, the original ranked up to 522nd), while
+#: the hashes, which see the coarse layout of the whole image, stay within a few bits. A candidate below VERIFY_FLOOR
+#: counts only when the geometric check accepts it at the floor's bar (VERIFY_INLIERS[0] inliers). 10 bits is
+#: imagededup's default threshold: every pair its hashes match among an image's nearest is at least checked.
+HASH_CANDIDATE_BITS = 10
+HASH_NEIGHBOURS = 10
+#: above this many stored hashes, the hash neighbours come from a binary IVF index (nprobe HASH_NPROBE) instead of
+#: comparing with every stored hash
+HASH_EXACT_LIMIT = 50_000
+HASH_NPROBE = 16
 #: the hash check's band starts here: the stored pairs' floor (from 0.70 before; at 0.60 no pair precision changed on
 #: seeds 0-2 and seed 1's text overlays gained 0.013)
 HASH_FLOOR = 0.6
@@ -296,7 +310,7 @@ def find_duplicates(
 
     embedder = COPY_EMBEDDER if tier == "near" else collection.default_embedder
     # not under the collection's lock: embedding and searching take it only briefly, so searches go on meanwhile
-    report.compared = update_pairs(collection, embedder, readable, progress, write_lock)
+    report.compared = update_pairs(collection, embedder, readable, progress, write_lock, hashes=tier == "near")
     a, b, scores = collection.catalog.pairs(embedder, threshold)
     report.embedder = embedder
     inside = np.isin(a, list(by_id)) & np.isin(b, list(by_id))
@@ -344,6 +358,8 @@ def update_pairs(
     records: Sequence[ImageRecord],
     progress: Progress | None = None,
     write_lock: WriteLock | None = None,
+    *,
+    hashes: bool = False,
 ) -> int:
     """Search the images of `records` not searched before (or changed since) for their nearest neighbours
     with `embedder` (embedding those that lack its vector), and store the pairs scoring at least
@@ -351,13 +367,16 @@ def update_pairs(
 
     Candidates come from the compact index (index/compact.py: the vectors projected to a few dimensions,
     kept under the collection's `duplicates/` folder and brought up to date here, new images only); each
-    candidate pair is scored with the exact cosine of the two stored vectors."""
+    candidate pair is scored with the exact cosine of the two stored vectors. With `hashes` (the near tier),
+    the searched images' perceptual hashes are computed and kept too, and their nearest by hash
+    (`hash_neighbours`) are stored with their cosine, however low."""
     catalog = collection.catalog
     floor_key = f"duplicates-floor:{embedder}"
-    if catalog.get_meta(floor_key) != str(EDGE_FLOOR):  # pairs stored with another floor (or none yet)
+    settings = f"{EDGE_FLOOR} hashes {HASH_CANDIDATE_BITS}/{HASH_NEIGHBOURS}" if hashes else str(EDGE_FLOOR)
+    if catalog.get_meta(floor_key) != settings:  # pairs stored with other settings (or none yet)
         with collection.writing():
             catalog.reset_pairs(embedder)
-            catalog.set_meta(floor_key, str(EDGE_FLOOR))
+            catalog.set_meta(floor_key, settings)
     have = collection.vector_ids(embedder)
     missing = [r for r in records if r.id not in have]
     if missing:
@@ -381,6 +400,12 @@ def update_pairs(
     def stored(ids: np.ndarray) -> np.ndarray:
         return _stored_or_zero(collection, embedder, ids, index.projection.mean.shape[0])
 
+    by_hash = None
+    if hashes:
+        perceptual_hashes(collection, todo, progress)
+        hash_ids, codes = catalog.perceptual_hash_arrays()
+        keep = np.isin(hash_ids, np.fromiter(have, dtype=np.int64, count=len(have)))
+        by_hash = HashNeighbours(hash_ids[keep], codes[keep])
     stage = f"comparing ({embedder})"
     if progress:
         progress(stage, 0, len(todo))
@@ -389,6 +414,11 @@ def update_pairs(
         ids = np.array([r.id for r in chunk], dtype=np.int64)
         vectors = collection.vectors_of(ids, embedder)
         a, b, scores = search_pairs(index, ids, vectors, stored, EDGE_FLOOR)
+        if by_hash is not None:
+            found = by_hash.search(ids)
+            more = neighbour_pairs(ids, found, exact_scores(vectors, found, stored), -np.inf)
+            fresh = ~np.isin(pair_keys(more[0], more[1]), pair_keys(a, b))
+            a, b, scores = (np.concatenate([x, y[fresh]]) for x, y in zip((a, b, scores), more, strict=True))
         with collection.writing():
             catalog.put_pairs(embedder, a, b, scores)
             catalog.mark_searched(embedder, [(r.id, r.sha256) for r in chunk])
@@ -514,7 +544,7 @@ def _with_hash_matches(
     hashes = perceptual_hashes(collection, [by_id[i] for i in np.unique(np.concatenate([a, b])).tolist()], progress)
     keep = np.array(
         [
-            x in hashes and y in hashes and (hashes[x] ^ hashes[y]).bit_count() <= HASH_DISTANCE
+            x in hashes and y in hashes and (hashes[x][0] ^ hashes[y][0]).bit_count() <= HASH_DISTANCE
             for x, y in zip(a.tolist(), b.tolist(), strict=True)
         ],
         dtype=bool,
@@ -543,16 +573,19 @@ def _with_verified_pairs(
     threshold: float,
     progress: Progress | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """`pairs` plus the stored pairs scoring in [VERIFY_FLOOR, threshold) that the geometric check accepts
-    (`verified_pairs`), and how many pairs were checked now. Each image's VERIFY_PER_IMAGE best band pairs are
-    checked; a pair's outcome is stored, so it is checked once until either image changes."""
+    """`pairs` plus the stored pairs scoring below `threshold` that the geometric check accepts (`verified_pairs`),
+    and how many pairs were checked now. Checked: each image's VERIFY_PER_IMAGE best pairs in [VERIFY_FLOOR,
+    threshold), and every stored pair below VERIFY_FLOOR (only the hash neighbours are stored there: see
+    HASH_CANDIDATE_BITS), held to the floor's bar. A pair's outcome is stored, so it is checked once until either
+    image changes."""
     from .verify import METHOD, measure_pairs
 
-    a, b, scores = collection.catalog.pairs(embedder, VERIFY_FLOOR)
-    band = (scores < threshold) & np.isin(a, list(by_id)) & np.isin(b, list(by_id))
-    band &= ~np.isin(pair_keys(a, b), pair_keys(pairs[0], pairs[1]))
-    a, b, scores = a[band], b[band], scores[band]
-    a, b, scores = _best_per_image(a, b, scores, VERIFY_PER_IMAGE)
+    a, b, scores = collection.catalog.pairs(embedder, -2.0)  # every stored pair (cosines are >= -1)
+    below = (scores < threshold) & np.isin(a, list(by_id)) & np.isin(b, list(by_id))
+    below &= ~np.isin(pair_keys(a, b), pair_keys(pairs[0], pairs[1]))
+    band, low = below & (scores >= VERIFY_FLOOR), below & (scores < VERIFY_FLOOR)
+    best = _best_per_image(a[band], b[band], scores[band], VERIFY_PER_IMAGE)
+    a, b, scores = (np.concatenate([x, y[low]]) for x, y in zip(best, (a, b, scores), strict=True))
 
     # outcomes as arrays, looked up by sorted key: compact however many pairs a large collection has checked
     keys, values = collection.catalog.verified_arrays(METHOD)
@@ -604,26 +637,42 @@ def _best_per_image(
 
 def perceptual_hashes(
     collection: Collection, records: Sequence[ImageRecord], progress: Progress | None = None
-) -> dict[int, int]:
-    """Each readable image's 64-bit perceptual hash (as an unsigned int), computed once and kept in the catalog."""
+) -> dict[int, tuple[int, int]]:
+    """Each readable image's 64-bit perceptual hashes (pHash, dHash; unsigned ints), computed once (images decoded
+    in one thread per core) and kept in the catalog."""
     stored = collection.catalog.perceptual_hashes(r.id for r in records)
     sha_of = {r.id: r.sha256 for r in records}
-    out = {i: v & (2**64 - 1) for i, (h, v) in stored.items() if sha_of.get(i) == h}
+    out = {i: (p & MASK64, d & MASK64) for i, (h, p, d) in stored.items() if d is not None and sha_of.get(i) == h}
     todo = [r for r in records if r.id not in out]
-    new = []
-    for n, record in enumerate(todo):
+    if not todo:
+        return out
+
+    def compute(record: ImageRecord) -> tuple[int, int] | None:
         try:
             image = open_image(Path(record.path), draft_size=(256, 256))
         except (ImageError, OSError):
-            continue
-        out[record.id] = perceptual_hash(image)
-        new.append((record.id, record.sha256, out[record.id] - (2**64 if out[record.id] >= 2**63 else 0)))
-        if progress:
-            progress("hashing", n + 1, len(todo))
-    if new:
-        with collection.writing():
-            collection.catalog.put_perceptual_hashes(new)
+            return None
+        return perceptual_hash(image), difference_hash(image)
+
+    def signed(value: int) -> int:
+        return value - (1 << 64) if value >= 1 << 63 else value
+
+    new = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for n, (record, found) in enumerate(zip(todo, pool.map(compute, todo), strict=True)):
+            if found is not None:
+                out[record.id] = found
+                new.append((record.id, record.sha256, signed(found[0]), signed(found[1])))
+            if progress:
+                progress("hashing", n + 1, len(todo))
+            if len(new) >= VERIFY_BATCH * 10 or (new and n + 1 == len(todo)):
+                with collection.writing():
+                    collection.catalog.put_perceptual_hashes(new)
+                new = []
     return out
+
+
+MASK64 = (1 << 64) - 1
 
 
 def perceptual_hash(image: Image.Image) -> int:
@@ -634,6 +683,64 @@ def perceptual_hash(image: Image.Image) -> int:
     coefficients = dct(dct(pixels, axis=0), axis=1)[:8, :8].ravel()
     bits = coefficients >= np.median(coefficients[1:])
     return int(np.packbits(bits).view(">u8")[0])
+
+
+def difference_hash(image: Image.Image) -> int:
+    """dHash (as imagededup's): whether each pixel of the 9 x 8 grey image is brighter than its left neighbour."""
+    pixels = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+    return int(np.packbits(pixels[:, 1:] > pixels[:, :-1]).view(">u8")[0])
+
+
+class HashNeighbours:
+    """Each image's nearest stored images by perceptual hash (pHash and dHash apart), within HASH_CANDIDATE_BITS.
+
+    Up to HASH_EXACT_LIMIT hashes every stored hash is compared (faiss IndexBinaryFlat); above, a binary IVF index
+    (2 sqrt(n) lists, HASH_NPROBE probed) finds them, most but not all (measured in
+    benchmarks/bench_duplicates_scale.py)."""
+
+    def __init__(self, ids: np.ndarray, hashes: np.ndarray):
+        """`hashes`: one row per id of `ids`, (pHash, dHash) as 64-bit ints (signed or not: the same bits)."""
+        import faiss  # here: `import lookalike` stays light
+
+        self.ids = np.asarray(ids, dtype=np.int64)
+        hashes = np.ascontiguousarray(hashes).view(np.uint64).reshape(-1, 2)
+        self.codes = [np.ascontiguousarray(hashes[:, n]).view(np.uint8).reshape(-1, 8) for n in range(2)]
+        order = np.argsort(self.ids)
+        self._sorted, self._order = self.ids[order], order
+        self.indexes = []
+        for codes in self.codes:
+            if len(codes) <= HASH_EXACT_LIMIT:
+                index = faiss.IndexBinaryFlat(64)
+            else:
+                lists = int(2 * np.sqrt(len(codes)))
+                index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(64), 64, lists)
+                index.nprobe = HASH_NPROBE
+                sample = np.random.default_rng(0).choice(len(codes), min(len(codes), lists * 40), replace=False)
+                index.train(codes[np.sort(sample)])
+            index.add(codes)
+            self.indexes.append(index)
+
+    def search(self, ids: np.ndarray) -> np.ndarray:
+        """For each of `ids`, the ids of its nearest (up to HASH_NEIGHBOURS by each hash, within the bits), -1 padded;
+        an id without a stored hash finds nothing."""
+        out = np.full((len(ids), 2 * HASH_NEIGHBOURS), -1, dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, ids), max(len(self._sorted) - 1, 0))
+        known = self._sorted[at] == ids if len(self._sorted) else np.zeros(len(ids), dtype=bool)
+        rows = np.where(known, self._order[at] if len(self._sorted) else -1, -1)
+        have = np.flatnonzero(rows >= 0)
+        if not len(have) or len(self.ids) < 2:
+            return out
+        k = min(HASH_NEIGHBOURS + 1, len(self.ids))  # + 1: an image usually finds itself first
+        for n, (codes, index) in enumerate(zip(self.codes, self.indexes, strict=True)):
+            distances, found = index.search(codes[rows[have]], k)
+            found = np.where((found >= 0) & (distances <= HASH_CANDIDATE_BITS), self.ids[np.maximum(found, 0)], -1)
+            found = np.where(found == ids[have, None], -1, found)
+            # the nearest HASH_NEIGHBOURS other than the image itself
+            order = np.argsort(found < 0, axis=1, kind="stable")[:, :HASH_NEIGHBOURS]
+            part = np.take_along_axis(found, order, 1)
+            out[have, n * HASH_NEIGHBOURS : n * HASH_NEIGHBOURS + part.shape[1]] = part
+        return out
 
 
 def neighbour_pairs(
