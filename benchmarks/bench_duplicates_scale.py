@@ -46,7 +46,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ClusteredVectors, finish_record, run_record  # noqa: E402
 
-from lookalike.duplicates import NEIGHBOURS, SEARCH_BATCH, neighbour_pairs, search_pairs, star_clusters  # noqa: E402
+from lookalike.duplicates import (  # noqa: E402
+    NEIGHBOURS,
+    SEARCH_BATCH,
+    HashNeighbours,
+    exact_scores,
+    neighbour_pairs,
+    search_pairs,
+    star_clusters,
+)
 from lookalike.index import create_index  # noqa: E402
 from lookalike.index.compact import COMPACT_DIM, FIT_SAMPLE, CompactIndex, fit_projection  # noqa: E402
 
@@ -85,6 +93,21 @@ class PlantedSet:
             stop = min(plain, start + self.chunk)
             yield np.arange(start, stop, dtype=np.int64), self.data.rows(start, stop)
         yield np.arange(plain, self.n, dtype=np.int64), self.copies()
+
+    def hashes(self) -> np.ndarray:
+        """(n, 2) perceptual hashes (pHash, dHash) as uint64: uniformly random, except that each planted copy has its
+        original's with 1-6 bits flipped in each (an edited copy's hashes stay within a few bits)."""
+        rng = np.random.default_rng([self.seed, 7])
+        codes = rng.integers(0, 2**63, (self.n, 2), dtype=np.int64).view(np.uint64) * np.uint64(2)
+        codes ^= rng.integers(0, 2, (self.n, 2), dtype=np.int64).view(np.uint64)
+        originals, copies = self.truth()
+        flips = np.zeros((len(copies), 2), dtype=np.uint64)
+        for row in range(len(copies)):
+            for column in range(2):
+                for bit in rng.choice(64, int(rng.integers(1, 7)), replace=False):
+                    flips[row, column] |= np.uint64(1) << np.uint64(bit)
+        codes[copies] = codes[originals] ^ flips
+        return codes
 
     def truth(self) -> tuple[np.ndarray, np.ndarray]:
         """(original ids, copy ids) of the planted pairs."""
@@ -160,10 +183,13 @@ def full_variant(stored: StoredVectors, kind: str, threshold: float) -> tuple[di
     return {"index": kind, "neighbours": FULL_NEIGHBOURS, "steps": steps}, (a, b, scores)
 
 
-def compact_variant(stored: StoredVectors, threshold: float, dim: int) -> tuple[dict, tuple]:
+def compact_variant(
+    stored: StoredVectors, threshold: float, dim: int, hashes: np.ndarray | None = None
+) -> tuple[dict, tuple]:
     """The compact index (index/compact.py) as `duplicates.update_pairs` builds and searches it: PCA fit on a
     sample, projected vectors in an IVF-SQ8 index, NEIGHBOURS candidates each, every pair scored exactly from
-    the stored vectors (`duplicates.search_pairs`)."""
+    the stored vectors (`duplicates.search_pairs`). With `hashes`, the near tier's second source of candidates
+    too: every image's nearest by pHash and by dHash (`duplicates.HashNeighbours`), scored exactly."""
     every = np.arange(stored.n, dtype=np.int64)
 
     def fit():  # noqa: ANN202
@@ -181,9 +207,27 @@ def compact_variant(stored: StoredVectors, threshold: float, dim: int) -> tuple[
             found.append(search_pairs(index, ids, vectors, stored, threshold))
         return tuple(np.concatenate(parts) for parts in zip(*found, strict=True))
 
+    def hash_graph():  # noqa: ANN202
+        by_hash = HashNeighbours(every, hashes)
+        found = []
+        for ids, vectors in stored.chunks(SEARCH_BATCH):
+            near = by_hash.search(ids)
+            found.append(neighbour_pairs(ids, near, exact_scores(vectors, near, stored), -np.inf))
+        a, b, scores = (np.concatenate(parts) for parts in zip(*found, strict=True))
+        _, first = np.unique(a << 32 | b, return_index=True)  # a pair is found from both its images
+        return a[first], b[first], scores[first]
+
     projection, fit_s, fit_cpu = timed(fit)
     index, build_s, build_cpu = timed(build, projection)
     (a, b, scores), graph_s, graph_cpu = timed(graph, index)
+    hash_step = None
+    if hashes is not None:
+        hash_pairs, hash_s, hash_cpu = timed(hash_graph)
+        hash_step = {"seconds": hash_s, "cpu_seconds": hash_cpu, "pairs": int(len(hash_pairs[0])),
+                     "pairs_by_hash_only": 0}  # fmt: skip
+        fresh = ~np.isin(hash_pairs[0] << 32 | hash_pairs[1], a << 32 | b)
+        hash_step["pairs_by_hash_only"] = int(fresh.sum())
+        hash_step["hash_pairs"] = hash_pairs
     with tempfile.TemporaryDirectory() as tmp:
         index.save(Path(tmp), "bench")
         size = sum(f.stat().st_size for f in Path(tmp).iterdir())
@@ -192,19 +236,35 @@ def compact_variant(stored: StoredVectors, threshold: float, dim: int) -> tuple[
         "build_index": {"seconds": build_s, "cpu_seconds": build_cpu, "kind": index.index.kind},
         "neighbour_graph": {"seconds": graph_s, "cpu_seconds": graph_cpu, "pairs": int(len(a))},
     }
+    if hash_step is not None:
+        steps["hash_neighbours"] = hash_step
+    if hash_step is not None:
+        steps["hash_neighbours"] = hash_step
     info = {"index": f"compact {dim}-d {index.index.kind}", "neighbours": NEIGHBOURS, "nprobe": index.index.nprobe,
             "index_file_bytes": size, "steps": steps}  # fmt: skip
     return info, (a, b, scores)
 
 
 def run_variant(
-    name: str, stored: StoredVectors, truth: tuple[np.ndarray, np.ndarray], args: argparse.Namespace
+    name: str,
+    stored: StoredVectors,
+    truth: tuple[np.ndarray, np.ndarray],
+    args: argparse.Namespace,
+    hashes: np.ndarray | None = None,
 ) -> dict:
     """One variant from the stored vectors to groups, scored against the planted pairs (in a child process)."""
     if name == "full":
         info, (a, b, scores) = full_variant(stored, args.index, args.threshold)
     else:
-        info, (a, b, scores) = compact_variant(stored, args.threshold, args.compact_dim)
+        info, (a, b, scores) = compact_variant(stored, args.threshold, args.compact_dim, hashes)
+    by_hash = info["steps"].get("hash_neighbours")
+    if by_hash is not None:
+        # the pairs only the hashes found go to the geometric check, which needs the files (none here): counted,
+        # not checked. The recall of the hash step alone: the share of planted pairs among its pairs.
+        ha, hb, _ = by_hash.pop("hash_pairs")
+        planted = set(zip(*truth, strict=True))
+        found = sum((x, y) in planted for x, y in zip(ha.tolist(), hb.tolist(), strict=True))
+        by_hash["planted_recall_by_hash"] = round(found / len(planted), 4)
     groups, cluster_s, cluster_cpu = timed(lambda: star_clusters(a, b, scores))
     info["steps"]["star_clusters"] = {"seconds": cluster_s, "cpu_seconds": cluster_cpu, "groups": len(groups)}
     group_of = np.full(stored.n, -1, dtype=np.int64)
@@ -217,6 +277,7 @@ def run_variant(
     # from stored vectors to groups: for `full` the collection's index exists already (built while indexing);
     # the compact index is built by the first duplicates run, so its fit and build count
     counted = ["neighbour_graph", "star_clusters"] + (["fit_projection", "build_index"] if name == "compact" else [])
+    counted += ["hash_neighbours"] if "hash_neighbours" in steps else []
     return {
         **info,
         "groups_seconds": round(sum(steps[s]["seconds"] for s in counted), 2),
@@ -260,7 +321,11 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) if args.store is None else args.store
         stored = StoredVectors(folder / f"vectors-{args.n}-{args.planted}-{args.dim}.f32", data)
-        variants = {name: in_child(run_variant, name, stored, data.truth(), args) for name in args.variants}
+        hashes = data.hashes() if args.hashes else None
+        variants = {
+            name: in_child(run_variant, name, stored, data.truth(), args, hashes if name == "compact" else None)
+            for name in args.variants
+        }
     return {
         "n": args.n, "dim": args.dim, "planted": args.planted, "threshold": args.threshold,
         "variants": variants, "all_pairs": all_pairs(data, args.n, args.sample),
@@ -279,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
         "--store", type=Path, help="keep the stored vectors' file (4 x n x dim bytes) in this folder and reuse it"
     )
     parser.add_argument("--threshold", type=float, default=THRESHOLD)
+    parser.add_argument(
+        "--no-hashes", dest="hashes", action="store_false", help="compact variant without the hash neighbours step"
+    )
     parser.add_argument("--sample", type=int, default=2000, help="rows of the all-pairs sample")
     parser.add_argument("--smoke", action="store_true", help="2,000 vectors, 100 planted; writes no results")
     parser.add_argument("--out", type=Path)
