@@ -6,7 +6,8 @@
 Options measured (issue 14): GeM pooling (`efficientnet-lite0-gem`), two views pooled together
 (`-gem-ms`: centre crop + whole image), and PCA-whitening fit on the collection's own stored
 vectors (`Collection.set_whitening`, no labels, applied to the stored raw vectors without
-re-embedding), against today's `efficientnet-lite0`.
+re-embedding), against today's `efficientnet-lite0`; with `--expand N`, each also ranked with query expansion
+over every query's top N (alpha-QE, `lookalike evaluate --expand N`, a search-time option: `search --expand N`).
 
 - caltech101-dev: `evaluate_folder` (what `lookalike evaluate` runs), leave-one-out over all 101
   classes, and over each half of the classes (1-50, 51-101 by sorted name) within the same collection.
@@ -24,6 +25,7 @@ indexed (after whitening). Collections are kept in --work, so a second run only 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -103,11 +105,12 @@ def model_cpu_ms(name: str, folder: Path, images: int = 32) -> float:
     return round(1000 * cpu / len(batch), 1)
 
 
-def labelled_set(collection: Collection, folder: Path, name: str, halves: bool) -> dict[str, dict]:
-    """Leave-one-out figures of one embedder (with the collection's current whitening)."""
+def labelled_set(collection: Collection, folder: Path, name: str, halves: bool, expand: int = 0) -> dict[str, dict]:
+    """Leave-one-out figures of one embedder (with the collection's current whitening; query expansion over
+    each query's top `expand` when > 0, as `lookalike evaluate --expand`)."""
     keep = ("precision@1", "precision@5", "MAP@R", "R-precision")
     out = {}
-    evaluation = evaluate_folder(folder, collection, [name])
+    evaluation = evaluate_folder(folder, collection, [name], expand=expand)
     out["all"] = {k: round(float(evaluation.results[0].figures[k]), 4) for k in keep}
     if halves:
         records = collection.records(under=folder)
@@ -115,12 +118,12 @@ def labelled_set(collection: Collection, folder: Path, name: str, halves: bool) 
         first = set(classes[: len(classes) // 2])  # 1-50 of caltech101-dev's 101
         for half, wanted in (("classes 1-50", True), ("classes 51-101", False)):
             paths = {r.path for r in records if (r.label in first) == wanted}
-            evaluation = evaluate_folder(folder, collection, [name], only_paths=paths)
+            evaluation = evaluate_folder(folder, collection, [name], only_paths=paths, expand=expand)
             out[half] = {k: round(float(evaluation.results[0].figures[k]), 4) for k in keep}
     return out
 
 
-def copy_detection(collection: Collection, folder: Path, name: str) -> dict[str, dict]:
+def copy_detection(collection: Collection, folder: Path, name: str, expand: int = 0) -> dict[str, dict]:
     """Each copy searches originals + distractors; share whose original comes first, per tier and overall."""
     manifest = json.loads((folder / "manifest.json").read_text())
     id_of = {r.path: r.id for r in collection.records(under=folder)}
@@ -136,7 +139,7 @@ def copy_detection(collection: Collection, folder: Path, name: str) -> dict[str,
                 targets.append(ids[original])
                 tiers.append(copy["tier"])
     vectors = collection.vectors_of(queries, name)
-    found = collection.search_vectors(vectors, 10, embedder=name, within=gallery)
+    found = collection.search_vectors(vectors, 10, embedder=name, within=gallery, expand=expand)
     targets_arr, tiers_arr = np.asarray(targets), np.asarray(tiers)
     top1 = found.ids[:, 0] == targets_arr
     top10 = (found.ids == targets_arr[:, None]).any(axis=1)
@@ -158,19 +161,21 @@ def run(
     embedders: list[str],
     whitenings: dict[str, WhiteningSettings | None],
     log=print,
+    expands: tuple[int, ...] = (0,),
 ) -> dict:
     results: dict[str, dict] = {}
     for set_name, (kind, folder) in sets.items():
         with Collection.open(work / "collections" / folder.name) as collection:
             for name in embedders:
                 collection.sync(folder, embedder=name)  # embeds only what is new
-                for variant, settings in whitenings.items():
+                for (whitening, settings), expand in itertools.product(whitenings.items(), expands):
+                    variant = whitening if not expand else f"{whitening}+qe{expand}"
                     collection.set_whitening(settings)
                     started = time.perf_counter()
                     if kind == "copies":
-                        figures = copy_detection(collection, folder, name)
+                        figures = copy_detection(collection, folder, name, expand)
                     else:
-                        figures = labelled_set(collection, folder, name, halves=kind == "caltech")
+                        figures = labelled_set(collection, folder, name, halves=kind == "caltech", expand=expand)
                     row = {"figures": figures, **cost(collection, name)}
                     row["eval_seconds"] = round(time.perf_counter() - started, 1)
                     results.setdefault(set_name, {})[f"{name}|{variant}"] = row
@@ -226,6 +231,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sets", nargs="+", default=["caltech101-dev", "catsdogs", "copydetect"])
     parser.add_argument("--out", type=Path, default=RESULTS / "descriptors.json")
     parser.add_argument("--merge", action="store_true", help="add these sets' results to those already in --out")
+    parser.add_argument(
+        "--expand", type=int, nargs="+", default=[0], metavar="N",
+        help="query expansion depths to rank with (0: off), each a variant of every row",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     record = run_record()
     with tempfile.TemporaryDirectory(prefix="bench-descriptors-") as tmp:
@@ -245,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             sets = {"caltech101-dev": ("caltech", caltech), "catsdogs": ("labelled", catsdogs)}
             sets["copydetect"] = ("copies", copies)
             whitenings = {"raw": None, "pca": WhiteningSettings(min_vectors=8)}
-            embedders = ["efficientnet-lite0"]
+            embedders, args.expand = ["efficientnet-lite0"], [0, 2]
         else:
             if args.copy_set is None:
                 parser.error("give --copy-set DIR (written by benchmarks/copydetect.py) or --smoke")
@@ -261,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
             sets["copydetect"] = ("copies", copies)
             embedders, whitenings = args.embedders, WHITENINGS
             sets = {name: sets[name] for name in args.sets}
-        results = run(sets, work, embedders, whitenings)
+        results = run(sets, work, embedders, whitenings, expands=tuple(args.expand))
         cpu = {name: model_cpu_ms(name, args.caltech) for name in embedders}
     report = {
         **finish_record(record),
@@ -273,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
             f"copies of {args.copy_queries_of} originals",
         },
         "whitening": {k: (v.to_dict() if v else None) for k, v in whitenings.items()},
+        "expand": args.expand,
         "model_cpu_ms_per_image": cpu,
         "results": results,
     }
@@ -283,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.merge and args.out.is_file():
         earlier = json.loads(args.out.read_text())
-        report["results"] = {**earlier["results"], **results}
+        report["results"] = {s: {**earlier["results"].get(s, {}), **rows} for s, rows in results.items()}
+        report["results"] = {**earlier["results"], **report["results"]}
         report["runs"] = [*earlier.get("runs", []), {k: earlier[k] for k in ("started", "load_average_start")}]
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

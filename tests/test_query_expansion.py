@@ -104,3 +104,33 @@ def test_cli_search_expand(colours, capsys: pytest.CaptureFixture[str]) -> None:
     for option, expected in (([], PLAIN), (["--expand", "2"], EXPANDED)):
         assert main(["search", str(query), "-k", "4", "--collection", str(collection.path), "--json", *option]) == 0
         assert names(ids, [r["id"] for r in json.loads(capsys.readouterr().out)]) == expected
+
+
+def test_exact_ranking_expands_the_query_as_the_index_does(colours) -> None:
+    """Evaluation ranks by brute force (`exact=True`); with `expand` it must give the index path's answers."""
+    collection, query, ids = colours
+    found = collection.search_vectors(collection.embed(query), 4, expand=2, exact=True)
+    assert names(ids, found.ids[0].tolist()) == EXPANDED
+    assert found.scores[0].tolist() == pytest.approx(EXPANDED_SCORES, abs=1e-4)
+    a1 = collection.vectors_of([ids["a1"]])
+    found = collection.search_vectors(a1, 3, expand=2, exact=True, exclude=[ids["a1"]])
+    assert names(ids, found.ids[0].tolist()) == ["b1", "a2", "d"]
+    assert found.scores[0].tolist() == pytest.approx([0.9942, 0.9117, 0.3428], abs=1e-4)
+
+
+def test_evaluate_with_expand_ranks_every_query_expanded(colours, tmp_path: Path) -> None:
+    from lookalike.evaluation.report import write_report
+    from lookalike.evaluation.runner import evaluate_folder
+
+    collection, _, _ = colours
+    name = collection.default_embedder
+    expanded = evaluate_folder(tmp_path / "photos", collection, [name], expand=2)
+    assert evaluate_folder(tmp_path / "photos", collection, [name]).expand == 0 and expanded.expand == 2
+    sample = expanded.samples[name]
+    gallery = np.array(sorted(r.id for r in collection.records()), dtype=np.int64)
+    found = collection.search_vectors(
+        collection.vectors_of(gallery), 3, within=gallery, exclude=gallery, exact=True, expand=2
+    )
+    np.testing.assert_array_equal(sample.ranking, np.searchsorted(gallery, found.ids))
+    md, _ = write_report(expanded, tmp_path / "report")
+    assert "query expansion" in md.read_text()

@@ -39,9 +39,8 @@ from .embedders import DEFAULT_EMBEDDER, Embedder
 from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, open_image, upright_size
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
 from .index.base import FOREIGN_IDS_FROM, distinct
-from .index.exact import exact_search
 from .index.milvus import is_milvus_kind
-from .index.rerank import alpha_query_expansion, search_excluding
+from .index.rerank import alpha_query_expansion, exact_query_expansion, search_excluding
 from .index.whitening import Whitening, WhiteningSettings, fit_whitening
 from .results import (
     Box,
@@ -1191,7 +1190,7 @@ class Collection:
             ids, stored = self.catalog.vectors(name, None if allowed is None else allowed.tolist())
             if whitening is not None:
                 vectors, stored = whitening.apply(raw), whitening.apply(stored) if len(stored) else stored
-            scores, found = exact_search(vectors, stored, ids, k, exclude=excluded)
+            scores, found = exact_query_expansion(vectors, stored, ids, k, n_expand=expand, exclude=excluded)
             return Neighbours(found, scores, name)
         for _ in range(MAX_SEARCH_ATTEMPTS):
             with self._lock:  # the index and the whitening it was built with, as one pair

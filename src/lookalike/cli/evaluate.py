@@ -27,6 +27,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="add a 2-D map and example queries to the report (default: with --held-out)",
     )
+    parser.add_argument(
+        "--expand",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rank as `search --expand N` does: query expansion over each query's top N neighbours (default 0: off)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.set_defaults(run=run)
 
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         ks = tuple(sorted({1, args.k, 10}))
         with progress_bars(not args.json) as progress:
             evaluation = evaluate_folder(
-                args.folder, collection, names, ks=ks, progress=progress, held_out=args.held_out
+                args.folder, collection, names, ks=ks, progress=progress, held_out=args.held_out, expand=args.expand
             )
     md_path, json_path = write_report(evaluation, args.out, k=args.k, visuals=args.visuals)
     if args.json:

@@ -222,6 +222,11 @@ def write_report(evaluation: Evaluation, out_dir: Path, k: int = 5, visuals: boo
             f"Held-out test split only (the {rule['test_fraction']:.0%} of images chosen by content hash, minus any "
             f"image a trained model saw): no evaluated model was trained or validated on these images. " + scope
         )
+    if evaluation.expand:
+        scope += (
+            f" Ranked with query expansion: each query moved towards its top {evaluation.expand} neighbours"
+            " (alpha-QE, as `lookalike search --expand`), then searched again."
+        )
     lines = [
         "# lookalike evaluation",
         "",

@@ -55,6 +55,8 @@ class Evaluation:
     wall_seconds: float = 0.0
     #: set when the evaluation is restricted to images no evaluated model was trained or validated on
     held_out: dict[str, object] | None = None
+    #: > 0: every query re-ranked by alpha query expansion over its top `expand` neighbours (index/rerank.py)
+    expand: int = 0
     samples: dict[str, RetrievalSample] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, object]:
@@ -142,13 +144,15 @@ def evaluate_folder(
     progress: Progress | None = None,
     only_paths: set[str] | None = None,
     held_out: bool | None = None,
+    expand: int = 0,
 ) -> Evaluation:
     """Index `folder` with each embedder (incrementally) and score leave-one-out retrieval.
 
     Every image queries all the others of the folder (or of `only_paths`, e.g. a held-out split).
     `held_out` (default: whenever a trained embedder is among `embedders`) restricts every
     embedder, pretrained ones included, to the test split of the trained models, minus any
-    image one of them was trained or validated on.
+    image one of them was trained or validated on. `expand` > 0 ranks as `search --expand` does: each query
+    re-ranked by alpha query expansion over its top `expand` neighbours (no labels used).
     """
     started = time.perf_counter()
     root = Path(folder).expanduser().resolve()
@@ -191,6 +195,7 @@ def evaluate_folder(
                 machine=machine_info(),
                 started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 held_out=held_out_info,
+                expand=expand,
             )
         if len(ids) < 2:
             raise ValueError(f"need at least two readable images to evaluate, found {len(ids)} in {root}")
@@ -198,7 +203,9 @@ def evaluate_folder(
         depth = min(max(max(ks), curve_k, max(evaluation.labels.values()) - 1), len(ids) - 1)
         # Every image queries the others, ranked exactly (whatever index the collection searches with).
         vectors = collection.vectors_of(ids, name)
-        found = collection.search_vectors(vectors, depth, embedder=name, within=ids, exclude=ids, exact=True)
+        found = collection.search_vectors(
+            vectors, depth, embedder=name, within=ids, exclude=ids, exact=True, expand=expand
+        )
         ranking = np.searchsorted(ids, found.ids)  # ids are sorted: result ids -> positions in this gallery
         figures = evaluate_rankings(ranking, labels, ks)
         curve = precision_curve(ranking, labels, curve_k)

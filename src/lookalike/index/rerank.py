@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .base import VectorIndex
+from .exact import exact_search
 
 
 def expand_queries(
@@ -72,3 +73,26 @@ def alpha_query_expansion(
         neighbours[found] = vectors_of(ids[found])
     expanded = expand_queries(queries, neighbours, np.where(found, scores, -np.inf), alpha)
     return search_excluding(index, expanded, k, allowed_ids, exclude_ids)
+
+
+def exact_query_expansion(
+    queries: np.ndarray,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    k: int,
+    *,
+    n_expand: int = 5,
+    alpha: float = 3.0,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`alpha_query_expansion` by brute force over `vectors` (rows of `ids`): (scores, ids) of the expanded
+    queries, each query's `exclude` id kept out of both the expansion and the results."""
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if n_expand <= 0:
+        return exact_search(queries, vectors, ids, k, exclude=exclude)
+    scores, found = exact_search(queries, vectors, ids, n_expand, exclude=exclude)
+    order = np.argsort(ids, kind="stable")
+    rows = order[np.searchsorted(ids[order], np.maximum(found, 0))]
+    neighbours = np.where((found >= 0)[..., None], vectors[rows], 0.0).astype(np.float32)
+    expanded = expand_queries(queries, neighbours, np.where(found >= 0, scores, -np.inf), alpha)
+    return exact_search(expanded, vectors, ids, k, exclude=exclude)
