@@ -292,10 +292,17 @@ def main(argv: list[str] | None = None) -> None:
         print("smoke run: no results written")
         return
     if args.merge and args.out.is_file():
+        # one file, several runs: each run's record (when, how loaded) under "runs", rows merged set by set
         earlier = json.loads(args.out.read_text())
-        report["results"] = {s: {**earlier["results"].get(s, {}), **rows} for s, rows in results.items()}
-        report["results"] = {**earlier["results"], **report["results"]}
-        report["runs"] = [*earlier.get("runs", []), {k: earlier[k] for k in ("started", "load_average_start")}]
+        run_keys = ("started", "finished", "load_average_start", "load_average_end", "idle")
+        this_run = {"sets": list(results), **{k: report[k] for k in run_keys if k in report}}
+        this_run.update(model_cpu_ms_per_image=cpu, expand=args.expand)
+        merged = {s: {**earlier["results"].get(s, {}), **rows} for s, rows in results.items()}
+        report = {
+            **{k: v for k, v in report.items() if k not in (*run_keys, "model_cpu_ms_per_image", "expand")},
+            "runs": [*earlier.get("runs", []), this_run],
+            "results": {**earlier["results"], **merged},
+        }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
