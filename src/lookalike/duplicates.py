@@ -109,6 +109,9 @@ HASH_NEIGHBOURS = 10
 #: comparing with every stored hash
 HASH_EXACT_LIMIT = 50_000
 HASH_NPROBE = 16
+#: perceptual hashes stored per transaction
+HASH_BATCH = 2000
+MASK64 = (1 << 64) - 1
 #: the hash check's band starts here: the stored pairs' floor (from 0.70 before; at 0.60 no pair precision changed on
 #: seeds 0-2 and seed 1's text overlays gained 0.013)
 HASH_FLOOR = 0.6
@@ -369,7 +372,7 @@ def update_pairs(
     kept under the collection's `duplicates/` folder and brought up to date here, new images only); each
     candidate pair is scored with the exact cosine of the two stored vectors. With `hashes` (the near tier),
     the searched images' perceptual hashes are computed and kept too, and their nearest by hash
-    (`hash_neighbours`) are stored with their cosine, however low."""
+    (`HashNeighbours`) are stored with their cosine, however low."""
     catalog = collection.catalog
     floor_key = f"duplicates-floor:{embedder}"
     settings = f"{EDGE_FLOOR} hashes {HASH_CANDIDATE_BITS}/{HASH_NEIGHBOURS}" if hashes else str(EDGE_FLOOR)
@@ -665,14 +668,11 @@ def perceptual_hashes(
                 new.append((record.id, record.sha256, signed(found[0]), signed(found[1])))
             if progress:
                 progress("hashing", n + 1, len(todo))
-            if len(new) >= VERIFY_BATCH * 10 or (new and n + 1 == len(todo)):
+            if len(new) >= HASH_BATCH or (new and n + 1 == len(todo)):
                 with collection.writing():
                     collection.catalog.put_perceptual_hashes(new)
                 new = []
     return out
-
-
-MASK64 = (1 << 64) - 1
 
 
 def perceptual_hash(image: Image.Image) -> int:
@@ -702,11 +702,10 @@ class HashNeighbours:
         """`hashes`: one row per id of `ids`, (pHash, dHash) as 64-bit ints (signed or not: the same bits)."""
         import faiss  # here: `import lookalike` stays light
 
-        self.ids = np.asarray(ids, dtype=np.int64)
-        hashes = np.ascontiguousarray(hashes).view(np.uint64).reshape(-1, 2)
+        order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")  # sorted ids: rows found by bisection
+        self.ids = np.asarray(ids, dtype=np.int64)[order]
+        hashes = np.ascontiguousarray(np.asarray(hashes)[order]).view(np.uint64).reshape(-1, 2)
         self.codes = [np.ascontiguousarray(hashes[:, n]).view(np.uint8).reshape(-1, 8) for n in range(2)]
-        order = np.argsort(self.ids)
-        self._sorted, self._order = self.ids[order], order
         self.indexes = []
         for codes in self.codes:
             if len(codes) <= HASH_EXACT_LIMIT:
@@ -724,12 +723,12 @@ class HashNeighbours:
         """For each of `ids`, the ids of its nearest (up to HASH_NEIGHBOURS by each hash, within the bits), -1 padded;
         an id without a stored hash finds nothing."""
         out = np.full((len(ids), 2 * HASH_NEIGHBOURS), -1, dtype=np.int64)
+        if len(self.ids) < 2:
+            return out
         ids = np.asarray(ids, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self._sorted, ids), max(len(self._sorted) - 1, 0))
-        known = self._sorted[at] == ids if len(self._sorted) else np.zeros(len(ids), dtype=bool)
-        rows = np.where(known, self._order[at] if len(self._sorted) else -1, -1)
-        have = np.flatnonzero(rows >= 0)
-        if not len(have) or len(self.ids) < 2:
+        rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        have = np.flatnonzero(self.ids[rows] == ids)
+        if not len(have):
             return out
         k = min(HASH_NEIGHBOURS + 1, len(self.ids))  # + 1: an image usually finds itself first
         for n, (codes, index) in enumerate(zip(self.codes, self.indexes, strict=True)):

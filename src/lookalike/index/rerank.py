@@ -62,17 +62,11 @@ def alpha_query_expansion(
     -1 for none) keeps each query's own image out of both the expansion and the results. Scores are
     cosines to the expanded query.
     """
-    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    if n_expand <= 0:
-        return search_excluding(index, queries, k, allowed_ids, exclude_ids)
-    vectors_of = vectors_of or index.reconstruct  # type: ignore[attr-defined]
-    scores, ids = search_excluding(index, queries, n_expand, allowed_ids, exclude_ids)
-    found = ids >= 0
-    neighbours = np.zeros((*ids.shape, queries.shape[1]), dtype=np.float32)
-    if found.any():
-        neighbours[found] = vectors_of(ids[found])
-    expanded = expand_queries(queries, neighbours, np.where(found, scores, -np.inf), alpha)
-    return search_excluding(index, expanded, k, allowed_ids, exclude_ids)
+
+    def search(q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return search_excluding(index, q, n, allowed_ids, exclude_ids)
+
+    return _expanded(search, vectors_of or index.reconstruct, queries, k, n_expand, alpha)  # type: ignore[attr-defined]
 
 
 def exact_query_expansion(
@@ -87,12 +81,33 @@ def exact_query_expansion(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`alpha_query_expansion` by brute force over `vectors` (rows of `ids`): (scores, ids) of the expanded
     queries, each query's `exclude` id kept out of both the expansion and the results."""
+    order = np.argsort(ids, kind="stable")
+
+    def search(q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return exact_search(q, vectors, ids, n, exclude=exclude)
+
+    def vectors_of(wanted: np.ndarray) -> np.ndarray:
+        return vectors[order[np.searchsorted(ids[order], wanted)]]
+
+    return _expanded(search, vectors_of, queries, k, n_expand, alpha)
+
+
+def _expanded(
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    queries: np.ndarray,
+    k: int,
+    n_expand: int,
+    alpha: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One round of alpha-QE with `search(queries, n) -> (scores, ids)` (-1 = none) and stored `vectors_of(ids)`."""
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     if n_expand <= 0:
-        return exact_search(queries, vectors, ids, k, exclude=exclude)
-    scores, found = exact_search(queries, vectors, ids, n_expand, exclude=exclude)
-    order = np.argsort(ids, kind="stable")
-    rows = order[np.searchsorted(ids[order], np.maximum(found, 0))]
-    neighbours = np.where((found >= 0)[..., None], vectors[rows], 0.0).astype(np.float32)
-    expanded = expand_queries(queries, neighbours, np.where(found >= 0, scores, -np.inf), alpha)
-    return exact_search(expanded, vectors, ids, k, exclude=exclude)
+        return search(queries, k)
+    scores, ids = search(queries, n_expand)
+    found = ids >= 0
+    neighbours = np.zeros((*ids.shape, queries.shape[1]), dtype=np.float32)
+    if found.any():
+        neighbours[found] = vectors_of(ids[found])
+    expanded = expand_queries(queries, neighbours, np.where(found, scores, -np.inf), alpha)
+    return search(expanded, k)
