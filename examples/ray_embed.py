@@ -131,7 +131,12 @@ def main() -> int:
     else:
         # A local Ray on loopback. Logical CPUs above the cores: reading and writing mostly wait on I/O, and
         # Ray Data stalls when the read, embed and write stages cannot all hold a CPU at once.
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), _node_ip_address="127.0.0.1", include_dashboard=False)
+        settings = {"num_cpus": max(4, os.cpu_count() or 1), "_node_ip_address": "127.0.0.1"}
+        try:
+            ray.init(**settings, include_dashboard=False)
+        except RuntimeError:  # its GCS server sometimes never starts (no log, no port file; twice in a row here)
+            ray.shutdown()
+            ray.init(**settings, include_dashboard=False)
     dim = embedders.create(args.embedder).dim
     index = create_index(kind, dim, name=args.embedder)  # drops an existing collection of that name
     index.save(Path(marker))
