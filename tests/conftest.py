@@ -94,13 +94,15 @@ def small_collection(tmp_path: Path, data_dir: Path):
 def shared_collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
     """A read-only collection of the sample images with efficientnet-lite0, built once per session.
 
-    Tests that change a collection build their own.
+    Lite0, not the default two-view embedder: half the embedding time, and tests compare its vectors with
+    the PyTorch network's. Its searches expand queries, as a new collection's do. Tests that change a
+    collection build their own.
     """
     from lookalike import Collection
 
     root = tmp_path_factory.mktemp("shared") / "photos"
     copy_samples(data_dir, root)
-    collection = Collection.open(root.parent / "collection")
+    collection = Collection.open(root.parent / "collection", embedder="efficientnet-lite0")
     collection.sync(root)
     yield collection
     collection.close()

@@ -47,9 +47,13 @@ def free_port(family: socket.AddressFamily = socket.AF_INET, address: str = "127
 
 
 @contextmanager
-def indexed(photos: Path, path: Path) -> Iterator[Collection]:
-    """A new collection at `path` with the photos under `photos` indexed; closed on leaving."""
-    with Collection.open(path) as collection:
+def indexed(photos: Path, path: Path, embedder: str | None = "efficientnet-lite0") -> Iterator[Collection]:
+    """A new collection at `path` with the photos under `photos` indexed; closed on leaving.
+
+    Lite0 unless told (None: the default embedder): half the default two-view embedder's time, and what the
+    server does with an embedder does not depend on which (test_faults.py serves the default).
+    """
+    with Collection.open(path, embedder=embedder) as collection:
         collection.sync(photos)
         yield collection
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from lookalike.embedders import DEFAULT_EMBEDDER
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 HEAVY = ["torch", "torchvision", "pytorch_metric_learning", "matplotlib", "sklearn"]
 
@@ -203,7 +205,7 @@ def test_the_first_use_of_a_network_says_it_is_being_prepared(tmp_path: Path) ->
 
     first = run()
     assert first.returncode == 0, first.stderr
-    assert "preparing efficientnet-lite0 for fast inference, once" in first.stderr
+    assert f"preparing {DEFAULT_EMBEDDER} for fast inference, once" in first.stderr
     assert "Warning" not in first.stderr and "warn" not in first.stderr.lower()
     second = run()
     assert second.returncode == 0 and "preparing" not in second.stderr

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from lookalike import Collection
 from lookalike.cli.main import main
+from lookalike.embedders import DEFAULT_EMBEDDER
 
 
 def test_index_search_evaluate(sample_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,7 +39,7 @@ def test_index_search_evaluate(sample_folder: Path, tmp_path: Path, capsys: pyte
     out = tmp_path / "report"
     assert main(["evaluate", str(sample_folder), "--collection", col, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| efficientnet-lite0 |" in printed and "MAP@R" in printed
+    assert f"| {DEFAULT_EMBEDDER} |" in printed and "MAP@R" in printed
     figures = json.loads((out / "results.json").read_text())
     result = figures["results"][0]
     assert figures["images"] == 24 and result["figures"]["queries"] == 24
@@ -47,8 +48,8 @@ def test_index_search_evaluate(sample_folder: Path, tmp_path: Path, capsys: pyte
     assert report.count("efficientnet-lite0") >= 2
     # Without --visuals the precision@k curve is a table (no plotting library needed), with the same figures.
     assert not (out / "precision_at_k.png").exists()
-    row = next(line for line in report.splitlines() if line.startswith("| efficientnet-lite0 |") and "k=" not in line)
-    curve_row = [line for line in report.splitlines() if line.startswith("| efficientnet-lite0 |")][-1]
+    row = next(line for line in report.splitlines() if line.startswith(f"| {DEFAULT_EMBEDDER} |") and "k=" not in line)
+    curve_row = [line for line in report.splitlines() if line.startswith(f"| {DEFAULT_EMBEDDER} |")][-1]
     assert row != curve_row and float(curve_row.split("|")[4]) == pytest.approx(
         result["figures"]["precision@5"], abs=1e-4
     )
@@ -132,7 +133,7 @@ def test_stats(shared_collection: Collection, tmp_path: Path, capsys: pytest.Cap
     assert stats["path"] == str(shared_collection.path)
     assert (stats["images"], stats["unreadable"], stats["labels"]) == (24, 0, {"cat": 12, "dog": 12})
     assert stats["default_embedder"] == "efficientnet-lite0" and stats["index_type"] == "auto"
-    assert stats["indexed_embedders"] == {"efficientnet-lite0": 24}
+    assert stats["indexed_embedders"] == {"efficientnet-lite0": 24} and stats["default_expand"] == 5
     assert main(["stats", "--collection", str(tmp_path / "none")]) == 2
     assert "lookalike index" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()

@@ -12,6 +12,7 @@ import pytest
 from conftest import embedding_held
 
 from lookalike import Collection
+from lookalike.embedders import DEFAULT_EMBEDDER
 
 
 def test_sync_indexes_every_image_then_nothing_on_a_second_run(sample_folder: Path, tmp_path: Path) -> None:
@@ -31,7 +32,7 @@ def test_changed_file_is_reembedded_and_deleted_file_leaves(
         collection.sync(sample_folder)
         changed = sample_folder / "cat" / "cat.1.jpg"
         old_id = collection.catalog.get_by_path(str(changed)).id
-        _, old_vector = collection.catalog.vectors("efficientnet-lite0", [old_id])
+        _, old_vector = collection.catalog.vectors(DEFAULT_EMBEDDER, [old_id])
         shutil.copy(data_dir / "cat" / "cat.100.jpg", changed)
         os.utime(changed, ns=(1, 1))  # make sure the mtime differs whatever the clock resolution
         (sample_folder / "dog" / "dog.1.jpg").unlink()
@@ -42,7 +43,7 @@ def test_changed_file_is_reembedded_and_deleted_file_leaves(
         assert report.embedded == 1
         record = collection.catalog.get_by_path(str(changed))
         assert record.id == old_id, "a changed file keeps its id"
-        _, new_vector = collection.catalog.vectors("efficientnet-lite0", [old_id])
+        _, new_vector = collection.catalog.vectors(DEFAULT_EMBEDDER, [old_id])
         assert not np.allclose(new_vector, old_vector)
         assert len(collection.index()) == 23
         results = collection.search(data_dir / "dog" / "dog.1.jpg", k=23)
@@ -78,12 +79,15 @@ def test_bad_files_are_skipped_reported_and_never_stop_the_run(sample_folder: Pa
 
 def test_search_excludes_the_query_itself_and_ranks_same_class_first(shared_collection: Collection) -> None:
     query = shared_collection.catalog.records(status="ok")[0]
-    results = shared_collection.search(query.path, k=5)
+    plain = shared_collection.search(query.path, k=5, expand=0)
+    scores = [r.score for r in plain]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+    results = shared_collection.search(query.path, k=5)  # the default: query expansion, nearest kept first
     assert len(results) == 5
     assert query.path not in {r.path for r in results}
     assert [r.rank for r in results] == [1, 2, 3, 4, 5]
-    scores = [r.score for r in results]
-    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+    assert results[0].id == plain[0].id and results[0].score == pytest.approx(plain[0].score, abs=1e-6)
+    assert all(-1.0 <= r.score <= 1.0 for r in results)
     assert sum(r.label == query.label for r in results) >= 4
 
 
@@ -112,14 +116,14 @@ def test_index_persists_and_is_rebuilt_when_stale(sample_folder: Path, tmp_path:
     with Collection.open(tmp_path / "col") as collection:
         collection.sync(sample_folder)
         expected = collection.search(sample_folder / "cat" / "cat.5.jpg", k=5)
-    index_file = tmp_path / "col" / "indexes" / "efficientnet-lite0.faiss"
+    index_file = tmp_path / "col" / "indexes" / f"{DEFAULT_EMBEDDER}.faiss"
     assert index_file.is_file()
     assert not list((tmp_path / "col").rglob("*.tmp")), "no temp files left behind"
     with Collection.open(tmp_path / "col") as reopened:
         assert reopened.search(sample_folder / "cat" / "cat.5.jpg", k=5) == expected
     # A stale index file (older generation) is never trusted: it is rebuilt from the catalog.
     index_file.write_bytes(b"garbage from an older version")
-    meta = tmp_path / "col" / "indexes" / "efficientnet-lite0.json"
+    meta = tmp_path / "col" / "indexes" / f"{DEFAULT_EMBEDDER}.json"
     meta.write_text('{"generation": -1}')
     with Collection.open(tmp_path / "col") as reopened:
         assert reopened.search(sample_folder / "cat" / "cat.5.jpg", k=5) == expected
@@ -184,7 +188,7 @@ def test_vectors_an_index_refuses_are_not_committed(sample_folder: Path, tmp_pat
         with pytest.raises(ConnectionError):
             collection.sync(sample_folder, batch_size=8)
         assert collection.catalog.count() == 8, "only the batch the index accepted is committed"
-        assert collection.catalog.count_vectors("efficientnet-lite0") == 8
+        assert collection.catalog.count_vectors(DEFAULT_EMBEDDER) == 8
         report = collection.sync(sample_folder, batch_size=8)  # a fresh index object, rebuilt from the catalog
         assert report.embedded == 16 and report.unchanged == 8
         assert len(collection.index()) == 24
@@ -267,8 +271,9 @@ def test_imports_that_do_not_fit_are_refused_and_write_nothing(sample_folder: Pa
 
 def test_query_expansion_re_ranks_and_still_excludes_the_query(shared_collection: Collection) -> None:
     query = shared_collection.catalog.records(status="ok")[5]
-    plain = shared_collection.search(query.path, k=10)
+    plain = shared_collection.search(query.path, k=10, expand=0)
     expanded = shared_collection.search(query.path, k=10, expand=5)
+    assert [r.id for r in shared_collection.search(query.path, k=10)] == [r.id for r in expanded], "the default"
     assert len(expanded) == 10 and query.id not in {r.id for r in expanded}
     assert [r.id for r in expanded] != [r.id for r in plain] or [r.score for r in expanded] != [r.score for r in plain]
     assert sum(r.label == query.label for r in expanded) >= 8
@@ -285,13 +290,13 @@ def test_every_search_path_gives_the_ranking_of_the_stored_vectors(shared_collec
     vectors = collection.vectors_of(ids)
     sims = vectors @ vectors.T
     np.fill_diagonal(sims, -np.inf)
-    batch = collection.search_batch([Query(id=int(i)) for i in ids], k=7)
-    exact = collection.search_vectors(vectors, 7, exclude=ids, exact=True)
+    batch = collection.search_batch([Query(id=int(i)) for i in ids], k=7, expand=0)
+    exact = collection.search_vectors(vectors, 7, exclude=ids, exact=True, expand=0)
     for row, record in enumerate(records):
         expected = ids[np.argsort(-sims[row], kind="stable")[:7]]
-        by_path = collection.search(record.path, k=7)
-        by_id = collection.search_id(record.id, k=7)
-        by_vector = collection.search_vector(vectors[row], k=7, exclude=record.id)
+        by_path = collection.search(record.path, k=7, expand=0)
+        by_id = collection.search_id(record.id, k=7, expand=0)
+        by_vector = collection.search_vector(vectors[row], k=7, exclude=record.id, expand=0)
         for results in (by_path, by_id, by_vector, batch[row]):
             assert [r.id for r in results] == expected.tolist()
             assert [r.score for r in results] == pytest.approx(np.sort(sims[row])[::-1][:7].tolist(), abs=1e-5)

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from lookalike import Collection
 from lookalike.cli.main import main
 from lookalike.concepts import TAG_MIN_SCORE, TOP_CLASSES, ConceptError, normalise, top_classes, vocabulary
+from lookalike.embedders import DEFAULT_EMBEDDER
 
 GOLDEN_RETRIEVER, TABBY, SCHOOL_BUS, SPORTS_CAR, MOUNTAIN_BIKE, AIRLINER = 207, 281, 779, 817, 671, 404
 DOG_CLASSES = set(range(151, 269))  # ImageNet-1k's dog breeds
@@ -119,8 +120,8 @@ def test_image_search_filtered_by_a_tag(shared_collection: Collection, data_dir:
     stored = shared_collection.catalog.concepts_of("efficientnet-lite0", tagged)
     for classes in stored.values():  # each shows a tag (a class of 0.1 or more) that is a dog breed
         assert any(c in DOG_CLASSES and score >= TAG_MIN_SCORE for c, score in classes)
-    dogs = shared_collection.search(query, k=5, tag="dog")
-    everything = shared_collection.search(query, k=24)
+    dogs = shared_collection.search(query, k=5, tag="dog", expand=0)
+    everything = shared_collection.search(query, k=24, expand=0)
     assert [h.id for h in dogs] == [h.id for h in everything if h.id in tagged][:5]  # the nearest tagged images
     with pytest.raises(ConceptError, match="closest"):
         shared_collection.search(query, k=5, tag="dgo")
@@ -131,21 +132,21 @@ def test_concepts_are_kept_with_the_vectors_and_go_with_them(sample_folder: Path
     collection.sync(sample_folder)
     catalog = collection.catalog
     ids = collection.vector_ids()
-    assert catalog.concept_ids("efficientnet-lite0") == ids and len(ids) == 24
-    assert {len(v) for v in catalog.concepts_of("efficientnet-lite0", ids).values()} == {TOP_CLASSES}
+    assert catalog.concept_ids(DEFAULT_EMBEDDER) == ids and len(ids) == 24
+    assert {len(v) for v in catalog.concepts_of(DEFAULT_EMBEDDER, ids).values()} == {TOP_CLASSES}
     # A changed file gets new concepts; a removed one loses them.
     changed = sample_folder / "cat" / "cat.1.jpg"
     shutil.copy2(data_dir / "dog" / "dog.50.jpg", changed)
     collection.sync(sample_folder)
     record = catalog.get_by_path(str(changed.resolve()))
-    top = catalog.concepts_of("efficientnet-lite0", [record.id])[record.id][0][0]
+    top = catalog.concepts_of(DEFAULT_EMBEDDER, [record.id])[record.id][0][0]
     assert top in DOG_CLASSES
     (sample_folder / "dog" / "dog.1.jpg").unlink()
     collection.sync(sample_folder)
-    assert len(catalog.concept_ids("efficientnet-lite0")) == 23
+    assert len(catalog.concept_ids(DEFAULT_EMBEDDER)) == 23
     # An added image gets its concepts with its vectors.
     added = collection.add_image((data_dir / "cat" / "cat.100.jpg").read_bytes(), sample_folder.parent / "new.jpg")
-    assert catalog.concept_ids("efficientnet-lite0") == collection.vector_ids()
+    assert catalog.concept_ids(DEFAULT_EMBEDDER) == collection.vector_ids()
     assert collection.search_text("cat", 30).results[0].label in ("cat", None)
     assert added.id in {r.id for r in collection.search_text("cat", 30).results}
     collection.close()
@@ -157,8 +158,8 @@ def test_a_collection_indexed_before_concepts_gets_them_from_the_next_index_run(
     collection_dir = sample_folder.parent / "collection"
     with Collection.open(collection_dir) as collection:
         collection.sync(sample_folder)
-        _, before = collection.catalog.vectors("efficientnet-lite0")
-        generation = collection.catalog.generation("efficientnet-lite0")
+        _, before = collection.catalog.vectors(DEFAULT_EMBEDDER)
+        generation = collection.catalog.generation(DEFAULT_EMBEDDER)
         # What a collection indexed by an older lookalike looks like: vectors, no concepts.
         collection.catalog._db.execute("DELETE FROM concepts")
         collection.catalog._db.execute("DELETE FROM meta WHERE key LIKE 'concepts:%'")
@@ -172,9 +173,9 @@ def test_a_collection_indexed_before_concepts_gets_them_from_the_next_index_run(
     with Collection.open(collection_dir) as collection:
         report = collection.sync(sample_folder)
         assert (report.unchanged, report.embedded, report.described) == (24, 0, 0)  # nothing left to do
-        _, after = collection.catalog.vectors("efficientnet-lite0")
+        _, after = collection.catalog.vectors(DEFAULT_EMBEDDER)
         np.testing.assert_array_equal(after, before)  # the vectors and the index were left alone
-        assert collection.catalog.generation("efficientnet-lite0") == generation
+        assert collection.catalog.generation(DEFAULT_EMBEDDER) == generation
         assert [r.label for r in collection.search_text("cat", 5).results] == ["cat"] * 5
 
 

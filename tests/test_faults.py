@@ -23,9 +23,10 @@ from fastapi.testclient import TestClient
 from lookalike import Collection
 from lookalike.cli.main import main
 from lookalike.collection import DiskFullError, ReadOnlyCollectionError
+from lookalike.embedders import DEFAULT_EMBEDDER
 from lookalike.server import create_app
 
-EMBEDDER = "efficientnet-lite0"
+EMBEDDER = DEFAULT_EMBEDDER
 
 
 def copy_photos(data_dir: Path, root: Path, per_label: int = 3) -> Path:

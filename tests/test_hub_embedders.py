@@ -93,7 +93,7 @@ def same_answers(collections: dict[str, Collection], data_dir: Path, name: str) 
     """Image searches (a new photo, an indexed one) give the same ids through both runtimes."""
     answers = {}
     for runtime, collection in collections.items():
-        new = collection.search(data_dir / "cat" / "cat.100.jpg", k=5)
+        new = collection.search(data_dir / "cat" / "cat.100.jpg", k=5, expand=0)  # plain: scores in order
         indexed = collection.search_id(3, k=5)
         answers[runtime] = ([r.id for r in new], [r.id for r in indexed])
         scores = np.array([r.score for r in new])

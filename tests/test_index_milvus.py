@@ -256,10 +256,10 @@ def test_a_collection_syncs_searches_filters_and_removes_through_milvus(milvus_c
     index = collection.index()
     assert isinstance(index, MilvusIndex) and len(index) == collection.catalog.count() == 24
     query = sample_folder / "cat" / "cat.1.jpg"
-    results = collection.search(query, k=5)
+    results = collection.search(query, k=5, expand=0)
     assert len(results) == 5 and all(r.path != str(query) for r in results)
     assert [r.rank for r in results] == [1, 2, 3, 4, 5] and results[0].score >= results[-1].score
-    # the same answers as exact search over the catalog's vectors
+    # the same answers as exact search over the catalog's vectors (plain cosine: no query expansion)
     ids, vectors = collection.catalog.vectors(collection.default_embedder)
     own = collection.catalog.get_by_path(str(query)).id
     expected = [i for i in exact(vectors[ids == own], ids, vectors, 6)[0] if i != own][:5]
@@ -396,7 +396,7 @@ def test_collections_sharing_a_remote_collection_find_each_others_images(tmp_pat
 
         dog = b.catalog.records()[0]
         query = b.stored_vector(dog.id)
-        found = a.search_vector(query, k=24)
+        found = a.search_vector(query, k=24, expand=0)
         assert [r.path for r in found] == ranked(query, 24)
         assert found[0].path == dog.path and found[0].score == pytest.approx(1.0, abs=1e-5)
         theirs = [r for r in found if r.catalog is not None]
@@ -410,7 +410,7 @@ def test_collections_sharing_a_remote_collection_find_each_others_images(tmp_pat
         # REST: this server serves its own images; the other collection's are named under `elsewhere`.
         with TestClient(create_app(a)) as client:
             upload = {"file": ("q.jpg", Path(dog.path).read_bytes())}
-            answer = client.post("/api/search", params={"k": 24}, files=upload)
+            answer = client.post("/api/search", params={"k": 24, "expand": 0}, files=upload)
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert [h["name"] for h in body["elsewhere"]] == [Path(r.path).name for r in theirs]

@@ -12,7 +12,8 @@ PNGs give exactly chosen vectors (x 100, plus 128 per channel):
 Plain search ranks a1, b1, d, a2. alpha-QE over the top 2 (alpha 3) searches with
 q' = q + 0.8944^3 a1/|a1| + 0.8754^3 b1/|b1| = (2.2272, 0.6430, 0.0294), |q'| = 2.3183, whose cosines are
 a1 0.9833, b1 0.9751, a2 0.7321, d 0.6100: the expansion pulls a2 (a neighbour of the neighbours) above
-the distractor d.
+the distractor d. The answer keeps q's own nearest (a1) first, and each result's score is its cosine to q
+itself, not to q'.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ VECTORS = {
 }
 PLAIN = ["a1", "b1", "d", "a2"]
 EXPANDED = ["a1", "b1", "a2", "d"]
-EXPANDED_SCORES = [0.9833, 0.9751, 0.7321, 0.6100]  # by hand, above
+EXPANDED_SCORES = [0.8944, 0.8754, 0.5145, 0.7873]  # cosines to q (above), in the expanded order
 
 
 @pytest.fixture()
@@ -65,7 +66,7 @@ def names(ids: dict[str, int], found: list[int]) -> list[str]:
 
 def test_query_expansion_pulls_in_the_neighbours_neighbour(colours) -> None:
     collection, query, ids = colours
-    plain = collection.search(query, k=4)
+    plain = collection.search(query, k=4, expand=0)
     assert names(ids, [r.id for r in plain]) == PLAIN
     assert [r.score for r in plain] == pytest.approx([0.8944, 0.8754, 0.7873, 0.5145], abs=1e-4)
     expanded = collection.search(query, k=4, expand=2)
@@ -77,12 +78,12 @@ def test_query_expansion_leaves_an_indexed_query_out(colours) -> None:
     collection, _, ids = colours
     # From a1 (itself left out): b1 0.9983, a2 0.8437, d 0.4621. Expanded with b1 and a2 (not with a1 itself,
     # whose weight 1 would leave the query where it is): q' = a1 + 0.9983^3 b1 + 0.8437^3 a2, whose cosines are
-    # b1 0.9942, a2 0.9117, d 0.3428.
-    plain = collection.search_id(ids["a1"], k=3)
+    # b1 0.9942, a2 0.9117, d 0.3428: the order is that of the plain search, and the scores stay cosines to a1.
+    plain = collection.search_id(ids["a1"], k=3, expand=0)
     assert [r.score for r in plain] == pytest.approx([0.9983, 0.8437, 0.4621], abs=1e-4)
     found = collection.search_id(ids["a1"], k=3, expand=2)
     assert names(ids, [r.id for r in found]) == ["b1", "a2", "d"]
-    assert [r.score for r in found] == pytest.approx([0.9942, 0.9117, 0.3428], abs=1e-4)
+    assert [r.score for r in found] == pytest.approx([0.9983, 0.8437, 0.4621], abs=1e-4)
 
 
 def test_query_expansion_over_rest(colours) -> None:
@@ -96,12 +97,12 @@ def test_query_expansion_over_rest(colours) -> None:
     assert [h["score"] for h in body["results"]] == pytest.approx(EXPANDED_SCORES, abs=1e-4)
     by_id = client.get(f"/api/images/{ids['a1']}/similar", params={"k": 3, "expand": 2}).json()
     assert names(ids, [h["id"] for h in by_id["results"]]) == ["b1", "a2", "d"]
-    assert [h["score"] for h in by_id["results"]] == pytest.approx([0.9942, 0.9117, 0.3428], abs=1e-4)
+    assert [h["score"] for h in by_id["results"]] == pytest.approx([0.9983, 0.8437, 0.4621], abs=1e-4)
 
 
 def test_cli_search_expand(colours, capsys: pytest.CaptureFixture[str]) -> None:
     collection, query, ids = colours
-    for option, expected in (([], PLAIN), (["--expand", "2"], EXPANDED)):
+    for option, expected in ((["--expand", "0"], PLAIN), (["--expand", "2"], EXPANDED)):
         assert main(["search", str(query), "-k", "4", "--collection", str(collection.path), "--json", *option]) == 0
         assert names(ids, [r["id"] for r in json.loads(capsys.readouterr().out)]) == expected
 
@@ -115,7 +116,7 @@ def test_exact_ranking_expands_the_query_as_the_index_does(colours) -> None:
     a1 = collection.vectors_of([ids["a1"]])
     found = collection.search_vectors(a1, 3, expand=2, exact=True, exclude=[ids["a1"]])
     assert names(ids, found.ids[0].tolist()) == ["b1", "a2", "d"]
-    assert found.scores[0].tolist() == pytest.approx([0.9942, 0.9117, 0.3428], abs=1e-4)
+    assert found.scores[0].tolist() == pytest.approx([0.9983, 0.8437, 0.4621], abs=1e-4)
 
 
 def test_evaluate_with_expand_ranks_every_query_expanded(colours, tmp_path: Path) -> None:
@@ -125,7 +126,8 @@ def test_evaluate_with_expand_ranks_every_query_expanded(colours, tmp_path: Path
     collection, _, _ = colours
     name = collection.default_embedder
     expanded = evaluate_folder(tmp_path / "photos", collection, [name], expand=2)
-    assert evaluate_folder(tmp_path / "photos", collection, [name]).expand == 0 and expanded.expand == 2
+    assert evaluate_folder(tmp_path / "photos", collection, [name], expand=0).expand == 0 and expanded.expand == 2
+    assert evaluate_folder(tmp_path / "photos", collection, [name]).expand == collection.default_expand
     sample = expanded.samples[name]
     gallery = np.array(sorted(r.id for r in collection.records()), dtype=np.int64)
     found = collection.search_vectors(
@@ -134,3 +136,30 @@ def test_evaluate_with_expand_ranks_every_query_expanded(colours, tmp_path: Path
     np.testing.assert_array_equal(sample.ranking, np.searchsorted(gallery, found.ids))
     md, _ = write_report(expanded, tmp_path / "report")
     assert "query expansion" in md.read_text()
+
+
+def test_a_new_collection_expands_by_default_and_an_older_one_does_not(colours, tmp_path: Path) -> None:
+    """Searches that do not say expand over the collection's `default_expand`: DEFAULT_EXPAND for a new
+    collection, none for one whose config predates it; the setting is saved with the collection."""
+    from lookalike.index.rerank import DEFAULT_EXPAND
+
+    collection, query, ids = colours
+    assert collection.default_expand == DEFAULT_EXPAND == 5
+    over_all = collection.search(query, k=4, expand=4)
+    assert [r.id for r in collection.search(query, k=4)] == [r.id for r in over_all]
+    client = TestClient(create_app(collection))
+    body = client.post("/api/search", params={"k": 4}, files={"file": ("q.png", query.read_bytes(), "image/png")})
+    assert body.json()["expand"] == DEFAULT_EXPAND
+    assert [h["id"] for h in body.json()["results"]] == [r.id for r in over_all]
+
+    collection.set_default_expand(0)
+    assert names(ids, [r.id for r in collection.search(query, k=4)]) == PLAIN
+    config = json.loads((collection.path / "config.json").read_text())
+    assert config["expand"] == 0
+    del config["expand"]  # as a collection made before query expansion was the default
+    (collection.path / "config.json").write_text(json.dumps(config))
+    with Collection.open(collection.path, create=False) as older:
+        assert older.default_expand == 0
+        assert names(ids, [r.id for r in older.search(query, k=4)]) == PLAIN
+    with pytest.raises(ValueError, match="expand"):
+        collection.set_default_expand(-1)

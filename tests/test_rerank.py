@@ -77,3 +77,27 @@ def test_allowed_ids_limit_expansion_and_results():
     allowed = np.array([11, 13])
     _, ids = alpha_query_expansion(Q[None], index, 3, n_expand=2, allowed_ids=allowed)
     assert ids[0].tolist() == [11, 13, -1]
+
+
+def test_the_query_s_nearest_stays_first_and_scores_are_cosines_to_the_query():
+    """Expansion towards a kind must not pass over the one photo the query is a copy of.
+
+    q's nearest is c (cos 0.90), a photo q is an edited copy of; x1 (0.89) and x3 (0.85) lean the same
+    other way. Expanded over the top 3, q' = q + 0.9^3 c + 0.89^3 x1 + 0.85^3 x3, whose cosines are
+    x1 0.964, x3 0.949, c 0.920: plain alpha-QE would rank x1 and x3 above c. c stays first; the
+    rest follow the expanded order, each scored by its cosine to q itself.
+    """
+    q = unit([1, 0, 0])[0]
+    c = np.array([0.9, np.sqrt(1 - 0.81), 0], dtype=np.float32)
+    x1 = np.array([0.89, 0, np.sqrt(1 - 0.89**2)], dtype=np.float32)
+    x3 = np.array([0.85, 0, np.sqrt(1 - 0.85**2)], dtype=np.float32)
+    index = create_index("flat", 3)
+    index.add(np.array([1, 2, 3]), np.stack([c, x1, x3]))
+    expanded = expand_queries(q[None], np.stack([c, x1, x3])[None], np.array([[0.9, 0.89, 0.85]]), 3.0)[0]
+    assert expanded @ x1 > expanded @ x3 > expanded @ c, "the setting: plain QE passes over c"
+    scores, ids = alpha_query_expansion(q[None], index, 3, n_expand=3, alpha=3.0)
+    assert ids[0].tolist() == [1, 2, 3]
+    np.testing.assert_allclose(scores[0], [0.9, 0.89, 0.85], atol=1e-6)
+    # with room for more than there are, the rest is padding, as without expansion
+    scores, ids = alpha_query_expansion(q[None], index, 5, n_expand=3, alpha=3.0)
+    assert ids[0].tolist() == [1, 2, 3, -1, -1] and np.isneginf(scores[0, 3:]).all()

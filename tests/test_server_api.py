@@ -70,8 +70,15 @@ def test_search_by_upload_returns_mostly_the_same_kind(client: TestClient, data_
     labels = [hit["label"] for hit in body["results"]]
     assert len(labels) == 6
     assert labels.count("cat") >= 5, labels
-    scores = [hit["score"] for hit in body["results"]]
-    assert scores == sorted(scores, reverse=True)
+    assert body["expand"] == 5  # a new collection's default: query expansion, the query's nearest kept first
+    plain = client.post("/api/search?k=6&expand=0", files=jpeg_upload((data_dir / NEW_CAT).read_bytes())).json()
+    assert plain["expand"] == 0 and plain["results"][0]["id"] == body["results"][0]["id"]
+    scores = [hit["score"] for hit in plain["results"]]
+    assert scores == sorted(scores, reverse=True)  # by plain cosine; an expanded order need not be
+    expanded_scores = {hit["id"]: hit["score"] for hit in body["results"]}
+    for hit in plain["results"]:  # a result's score is its cosine to the query, expanded or not
+        if hit["id"] in expanded_scores:
+            assert expanded_scores[hit["id"]] == pytest.approx(hit["score"], abs=1e-5)
     assert [hit["rank"] for hit in body["results"]] == list(range(1, 7))
     assert all("/" not in hit["name"] for hit in body["results"])  # file names only, never server paths
 
@@ -131,11 +138,12 @@ def test_box_searches_only_that_region(client: TestClient, collection: Collectio
 
 def test_box_on_an_indexed_image(client: TestClient, collection: Collection) -> None:
     record = collection.catalog.records()[15]
-    response = client.get(f"/api/images/{record.id}/similar", params={"k": 4, "box": "0,0,120,100"})
+    # plain ranking: with expansion, the image searched as a picture would expand over itself
+    response = client.get(f"/api/images/{record.id}/similar", params={"k": 4, "box": "0,0,120,100", "expand": 0})
     assert response.status_code == 200
     body = response.json()
     assert body["query"]["box"] == [0, 0, 120, 100]
-    expected = collection.search(Image.open(record.path), k=5, box=(0, 0, 120, 100))
+    expected = collection.search(Image.open(record.path), k=5, box=(0, 0, 120, 100), expand=0)
     assert [h["id"] for h in body["results"]] == [r.id for r in expected if r.id != record.id][:4]
 
 
@@ -448,7 +456,7 @@ def test_stats_and_embedders(client: TestClient) -> None:
     assert stats["indexed_embedders"] == {"efficientnet-lite0": 24}
     assert "path" not in stats
     embedders = client.get("/api/embedders").json()
-    assert embedders["default"] == "efficientnet-lite0"
+    assert embedders["default"] == "efficientnet-lite0"  # the fixture's (servers.indexed)
     by_name = {e["name"]: e for e in embedders["embedders"]}
     assert by_name["efficientnet-lite0"] == {
         "name": "efficientnet-lite0",
@@ -546,7 +554,10 @@ def test_unknown_host_names_are_refused_when_hosts_are_restricted(collection: Co
 
 
 def exact_search(matrix: np.ndarray, batch_sizes: list[int], delay: float = 0.0):
-    def search(queries: np.ndarray, count: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        queries: np.ndarray, count: int, exclude: np.ndarray | None = None, expand: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert expand == 0, "these callers never expand"
         batch_sizes.append(len(queries))
         time.sleep(delay)  # a slow index, so that concurrent callers queue up behind it
         scores = queries @ matrix.T
@@ -591,6 +602,39 @@ def test_batched_search_gives_each_caller_its_own_exact_results() -> None:
     assert max(batch_sizes) <= 8
 
 
+def test_batched_search_searches_each_query_expansion_of_a_batch_on_its_own() -> None:
+    """Callers asking for different query expansions share a batch but never a search: each (expansion) group is
+    searched once with its own expansion, and each caller gets its group's answer."""
+    calls: list[tuple[int, int]] = []
+    release = threading.Event()
+
+    def search(queries: np.ndarray, count: int, exclude: np.ndarray, expand: int) -> tuple[np.ndarray, np.ndarray]:
+        calls.append((len(queries), expand))
+        release.wait(5)  # the first caller holds the index while the others queue up
+        ids = np.full((len(queries), count), expand, dtype=np.int64)  # an answer that says which expansion
+        return np.zeros((len(queries), count), dtype=np.float32), ids
+
+    batched = BatchedSearch(search)
+    results: dict[int, np.ndarray] = {}
+
+    def one(i: int, expand: int) -> None:
+        results[i] = batched.search(np.ones(4, dtype=np.float32), 2, -1, expand)[1]
+
+    first = threading.Thread(target=one, args=(0, 0))
+    first.start()
+    while not calls:
+        time.sleep(0.01)
+    others = [threading.Thread(target=one, args=(i, 5 if i % 2 else 0)) for i in range(1, 7)]
+    for thread in others:
+        thread.start()
+    time.sleep(0.2)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(timeout=10)
+    assert calls[0] == (1, 0) and sorted(calls[1:]) == [(3, 0), (3, 5)]
+    assert all(results[i].tolist() == [5 if i % 2 else 0] * 2 for i in range(7))
+
+
 def test_batched_search_alone_is_a_plain_search_and_errors_reach_every_caller() -> None:
     matrix = np.eye(4, dtype=np.float32)
     sizes: list[int] = []
@@ -598,7 +642,7 @@ def test_batched_search_alone_is_a_plain_search_and_errors_reach_every_caller() 
     scores, ids = batched.search(matrix[2], 2)
     assert ids.tolist()[0] == 2 and sizes == [1]
 
-    def broken(queries: np.ndarray, count: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def broken(queries: np.ndarray, count: int, exclude: np.ndarray, expand: int) -> tuple[np.ndarray, np.ndarray]:
         time.sleep(0.05)
         raise RuntimeError("index unavailable")
 

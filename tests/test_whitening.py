@@ -86,7 +86,8 @@ def test_collection_whitens_its_index_refits_when_grown_and_keeps_raw_vectors(
         (later / label).mkdir(parents=True)
         for i in range(9, 13):
             shutil.move(sample_folder / label / f"{label}.{i}.jpg", later / label / f"{label}.{i}.jpg")
-    collection = Collection.open(tmp_path / "coll")
+    collection = Collection.open(tmp_path / "coll", embedder="efficientnet-lite0")
+    collection.set_default_expand(0)  # rankings by hand below are plain cosine ones
     collection.set_whitening(SMALL)
     collection.sync(sample_folder)
     fit = collection.whitening()
@@ -144,7 +145,7 @@ def test_collection_whitens_its_index_refits_when_grown_and_keeps_raw_vectors(
 
 
 def test_too_few_vectors_are_searched_raw_until_there_are_enough(sample_folder: Path, tmp_path: Path) -> None:
-    collection = Collection.open(tmp_path / "coll")
+    collection = Collection.open(tmp_path / "coll", embedder="efficientnet-lite0")
     collection.set_whitening(WhiteningSettings(dim=4, min_vectors=30))
     collection.sync(sample_folder)  # 24 photos
     assert collection.whitening() is None and collection.index().dim == 1280

@@ -40,7 +40,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, open_image
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
 from .index.base import FOREIGN_IDS_FROM, distinct
 from .index.milvus import is_milvus_kind
-from .index.rerank import alpha_query_expansion, exact_query_expansion, search_excluding
+from .index.rerank import DEFAULT_EXPAND, alpha_query_expansion, exact_query_expansion, search_excluding
 from .index.whitening import Whitening, WhiteningSettings, fit_whitening
 from .results import (
     Box,
@@ -195,7 +195,12 @@ class Collection:
             if index is not None:
                 check_index_kind(index)
             path.mkdir(parents=True, exist_ok=True)
-            config = {"version": 1, "default_embedder": embedder or DEFAULT_EMBEDDER, "index": index or DEFAULT_INDEX}
+            config = {
+                "version": 1,
+                "default_embedder": embedder or DEFAULT_EMBEDDER,
+                "index": index or DEFAULT_INDEX,
+                "expand": DEFAULT_EXPAND,
+            }
             write_json(config_path, config)
         collection = cls(path, config, read_only=bool(read_only) or not writable)
         if embedder is not None:
@@ -221,6 +226,26 @@ class Collection:
     @property
     def default_embedder(self) -> str:
         return str(self.config.get("default_embedder", DEFAULT_EMBEDDER))
+
+    @property
+    def default_expand(self) -> int:
+        """Query expansion over this many top neighbours when a search does not say (0: off).
+
+        A new collection gets `DEFAULT_EXPAND`; one made before query expansion was the default has
+        none in its config and keeps searching without it.
+        """
+        return int(self.config.get("expand", 0))
+
+    def set_default_expand(self, n: int) -> None:
+        """Make every search that does not say expand over `n` neighbours (0: off); saved with the collection."""
+        if n < 0:
+            raise ValueError(f"expand must be >= 0, not {n}")
+        if self.read_only:
+            raise ReadOnlyCollectionError("this collection is read-only: its settings cannot be changed")
+        with self._lock:
+            self.config["expand"] = int(n)
+            on_disk = json.loads((self.path / "config.json").read_text())  # only this key, as `set_whitening`
+            write_json(self.path / "config.json", {**on_disk, "expand": int(n)})
 
     @property
     def models_dir(self) -> Path:
@@ -1038,7 +1063,7 @@ class Collection:
         embedder: str | None = None,
         box: Box | None = None,
         label: str | None = None,
-        expand: int = 0,
+        expand: int | None = None,
         tag: str | None = None,
     ) -> list[SearchResult]:
         """The k images most similar to `image`, best first (`tag`: only images showing that concept).
@@ -1055,7 +1080,7 @@ class Collection:
         *,
         embedder: str | None = None,
         label: str | None = None,
-        expand: int = 0,
+        expand: int | None = None,
         tag: str | None = None,
     ) -> list[SearchResult]:
         """Neighbours of an indexed image (itself excluded)."""
@@ -1069,7 +1094,7 @@ class Collection:
         embedder: str | None = None,
         label: str | None = None,
         exclude: int | None = None,
-        expand: int = 0,
+        expand: int | None = None,
     ) -> list[SearchResult]:
         """The k nearest indexed images to `vector` (`exclude`: an id never returned)."""
         query = Query(vector=vector, exclude=exclude)
@@ -1082,7 +1107,7 @@ class Collection:
         *,
         embedder: str | None = None,
         label: str | None = None,
-        expand: int = 0,
+        expand: int | None = None,
         tag: str | None = None,
     ) -> list[list[SearchResult]]:
         """The k most similar images of each query, best first: the one search every entry point uses.
@@ -1153,7 +1178,7 @@ class Collection:
         label: str | None = None,
         within: np.ndarray | None = None,
         exclude: np.ndarray | Sequence[int] | None = None,
-        expand: int = 0,
+        expand: int | None = None,
         exact: bool = False,
         tag: str | None = None,
     ) -> Neighbours:
@@ -1162,15 +1187,16 @@ class Collection:
         `label`, `tag` (words: images tagged with that concept, see `tagged_ids`) and `within` (ids)
         restrict the candidates; `exclude` is one id per query never
         returned (-1: none); `expand` > 0 re-ranks by alpha query expansion over that many top
-        neighbours (index/rerank.py); `exact` ranks by brute force over the stored vectors
-        whatever the index (evaluation). A hit deleted by another thread or process between the
-        index search and the catalog lookup is replaced by searching again.
+        neighbours (index/rerank.py), None the collection's `default_expand`; `exact` ranks by brute
+        force over the stored vectors whatever the index (evaluation). A hit deleted by another thread
+        or process between the index search and the catalog lookup is replaced by searching again.
 
         With a remote index that several catalogs share (Milvus), hits include other catalogs' images
         under their remote keys (>= FOREIGN_IDS_FROM); `label`, `tag`, `within` and `exact` keep to this
         catalog's images, and query expansion folds in other catalogs' vectors read from the index.
         """
         name = embedder or self.default_embedder
+        expand = self.default_expand if expand is None else expand
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         excluded = np.full(len(vectors), -1, dtype=np.int64) if exclude is None else np.asarray(exclude, np.int64)
         allowed = within
@@ -1357,7 +1383,7 @@ class Collection:
             model = self.embedder(name)
         if model is not None and model.encodes_text:
             vector = model.embed_texts([text])
-            found = self.search_vectors(vector, k, embedder=name, label=label, tag=tag)
+            found = self.search_vectors(vector, k, embedder=name, label=label, tag=tag, expand=0)  # words: no QE
             return TextSearch(text, self.results(found)[0], "text-encoder", name)
         source, vocab = self._concept_vocabulary(embedder)
         terms = tuple(self.read_text(text, embedder=source, strict=False))
@@ -1537,6 +1563,7 @@ class Collection:
             "unreadable": self.catalog.count("error"),
             "labels": self.catalog.labels(),
             "default_embedder": self.default_embedder,
+            "default_expand": self.default_expand,
             "indexed_embedders": {name: self.catalog.count_vectors(name) for name in self.catalog.embedders()},
             "index_type": self.config.get("index", DEFAULT_INDEX),
             **self._remote_index_stats(),

@@ -74,7 +74,8 @@ def nearest_neighbour_similarities(
     if not len(found):
         return np.empty(0, dtype=np.float32)
     with searching() if searching is not None else nullcontext():
-        nearest = collection.search_vectors(vectors, 1, embedder=name, exclude=found)  # each image's nearest other
+        # each image's nearest other, by the plain cosine the thresholds are for
+        nearest = collection.search_vectors(vectors, 1, embedder=name, exclude=found, expand=0)
     return nearest.scores[nearest.ids[:, 0] >= 0, 0].astype(np.float32)
 
 

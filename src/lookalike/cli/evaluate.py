@@ -30,9 +30,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--expand",
         type=int,
-        default=0,
         metavar="N",
-        help="rank as `search --expand N` does: query expansion over each query's top N neighbours (default 0: off)",
+        help="rank as `search --expand N` does: query expansion over each query's top N neighbours "
+        "(0: off; default: the collection's, as `search`)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.set_defaults(run=run)

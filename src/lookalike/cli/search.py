@@ -27,7 +27,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tag", metavar="WORDS", help="only return images tagged with this concept, e.g. dog")
     parser.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="search a region only")
     parser.add_argument(
-        "--expand", type=int, default=0, metavar="N", help="re-rank by query expansion over the top N (default off)"
+        "--expand",
+        type=int,
+        metavar="N",
+        help="re-rank by query expansion over the top N (0: off; default: the collection's, 5 for a new one)",
     )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(run=run)

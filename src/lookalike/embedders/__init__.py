@@ -14,7 +14,7 @@ from pathlib import Path
 from . import copy, hub, pretrained, trained
 from .base import Embedder, EmbedderError, Preprocessing, l2_normalise
 
-DEFAULT_EMBEDDER = "efficientnet-lite0"
+DEFAULT_EMBEDDER = "efficientnet-lite0-gem-ms"
 
 # name -> factory(weights=None, runtime="auto") -> Embedder
 _BUILTIN: dict[str, Callable[..., Embedder]] = {

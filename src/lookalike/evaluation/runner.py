@@ -144,7 +144,7 @@ def evaluate_folder(
     progress: Progress | None = None,
     only_paths: set[str] | None = None,
     held_out: bool | None = None,
-    expand: int = 0,
+    expand: int | None = None,
 ) -> Evaluation:
     """Index `folder` with each embedder (incrementally) and score leave-one-out retrieval.
 
@@ -152,9 +152,11 @@ def evaluate_folder(
     `held_out` (default: whenever a trained embedder is among `embedders`) restricts every
     embedder, pretrained ones included, to the test split of the trained models, minus any
     image one of them was trained or validated on. `expand` > 0 ranks as `search --expand` does: each query
-    re-ranked by alpha query expansion over its top `expand` neighbours (no labels used).
+    re-ranked by alpha query expansion over its top `expand` neighbours (no labels used); None (the default)
+    as the collection's searches do (`Collection.default_expand`).
     """
     started = time.perf_counter()
+    expand = collection.default_expand if expand is None else expand
     root = Path(folder).expanduser().resolve()
     evaluation: Evaluation | None = None
     trained = trained_models(collection, embedders)

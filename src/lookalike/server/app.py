@@ -196,6 +196,11 @@ class SearchOut(BaseModel):
     label: str | None
     query: QueryOut
     results: list[SearchHit]
+    expand: int = Field(
+        0,
+        description="query expansion over this many top results (0: none); the first result is the query's own "
+        "nearest and every score its cosine to the query",
+    )
     took_ms: float
     elsewhere: list[ElsewhereHit] = Field(
         [], description="hits that are other collections' images sharing this collection's remote index"
@@ -454,7 +459,12 @@ ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="catalog id of a
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="how many results")]
 EmbedderParam = Annotated[str | None, Query(description="embedder name (default: the collection's)")]
 ExpandParam = Annotated[
-    int, Query(ge=0, le=MAX_EXPAND, description="re-rank by query expansion over the top N results (0: off)")
+    int | None,
+    Query(
+        ge=0,
+        le=MAX_EXPAND,
+        description="re-rank by query expansion over the top N results (0: off; default: the collection's)",
+    ),
 ]
 LabelParam = Annotated[str | None, Query(max_length=MAX_LABEL_LENGTH, description="only return images with this label")]
 TagParam = Annotated[
@@ -652,16 +662,17 @@ def search_response(
     k: int,
     embedder: str,
     label: str | None,
-    expand: int,
+    expand: int | None,
     query: QueryOut,
     started: float,
     tag: str | None = None,
 ) -> SearchOut:
     """Search with a query vector (the query's own image, when indexed, left out) and shape the answer."""
     exclude = -1 if query.id is None else query.id
+    expand = state.collection.default_expand if expand is None else expand
     for _ in range(MAX_SEARCH_ATTEMPTS):
-        if label is None and expand == 0 and tag is None:
-            scores, ids = state.batched_search[embedder].search(vector, k, exclude)
+        if label is None and tag is None:
+            scores, ids = state.batched_search[embedder].search(vector, k, exclude, expand)
             found = Neighbours(ids[None, :], scores[None, :], embedder)
         else:
             with state.index_lock.reading():
@@ -686,8 +697,9 @@ def search_response(
     ]  # fmt: skip
     took_ms = (time.perf_counter() - started) * 1000
     out = SearchOut(
-        embedder=embedder, k=k, label=label, query=query, results=hits, took_ms=round(took_ms, 2), elsewhere=elsewhere
-    )
+        embedder=embedder, k=k, label=label, query=query, results=hits, expand=expand, took_ms=round(took_ms, 2),
+        elsewhere=elsewhere,
+    )  # fmt: skip
     return mark_weak_matches(state, out)
 
 
@@ -739,7 +751,7 @@ def search_upload(
     embedder: EmbedderParam = None,
     label: LabelParam = None,
     box: BoxParam = None,
-    expand: ExpandParam = 0,
+    expand: ExpandParam = None,
     tag: TagParam = None,
 ) -> Response:
     started = time.perf_counter()
@@ -767,7 +779,7 @@ def search_by_id(
     embedder: EmbedderParam = None,
     label: LabelParam = None,
     box: BoxParam = None,
-    expand: ExpandParam = 0,
+    expand: ExpandParam = None,
     tag: TagParam = None,
 ) -> Response:
     started = time.perf_counter()
@@ -1161,9 +1173,9 @@ class SameOriginWritesMiddleware:
 def locked_search(collection: Collection, embedder: str, lock: ReadWriteLock) -> SearchFunction:
     """The batched searches of one embedder: the collection's search, alongside other readers."""
 
-    def search(queries: np.ndarray, count: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def search(queries: np.ndarray, count: int, exclude: np.ndarray, expand: int) -> tuple[np.ndarray, np.ndarray]:
         with lock.reading():
-            found = collection.search_vectors(queries, count, embedder=embedder, exclude=exclude)
+            found = collection.search_vectors(queries, count, embedder=embedder, exclude=exclude, expand=expand)
         return found.scores, found.ids
 
     return search

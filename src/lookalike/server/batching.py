@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# (queries (n, dim), how many per query, an id to leave out per query or -1) -> (scores (n, k), ids (n, k)), best first
-SearchFunction = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (queries (n, dim), how many per query, an id to leave out per query or -1, query expansion over how many
+# neighbours (0: none)) -> (scores (n, k), ids (n, k)), best first
+SearchFunction = Callable[[np.ndarray, int, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 MAX_BATCH = 32
 
@@ -26,6 +27,7 @@ class _Request:
     vector: np.ndarray
     count: int
     exclude: int = -1
+    expand: int = 0
     done: bool = False
     scores: np.ndarray | None = None
     ids: np.ndarray | None = None
@@ -42,9 +44,12 @@ class BatchedSearch:
         self._queue: list[_Request] = []
         self._busy = False
 
-    def search(self, vector: np.ndarray, count: int, exclude: int = -1) -> tuple[np.ndarray, np.ndarray]:
-        """The top `count` (scores, ids) of one vector, never `exclude`, searched together with concurrent callers."""
-        request = _Request(np.asarray(vector, dtype=np.float32), count, int(exclude))
+    def search(
+        self, vector: np.ndarray, count: int, exclude: int = -1, expand: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top `count` (scores, ids) of one vector, never `exclude`, searched together with concurrent callers
+        (with query expansion over `expand` neighbours: one search per expansion in a batch)."""
+        request = _Request(np.asarray(vector, dtype=np.float32), count, int(exclude), int(expand))
         with self._condition:
             self._queue.append(request)
         while True:
@@ -66,19 +71,22 @@ class BatchedSearch:
 
     @staticmethod
     def _run(search: SearchFunction, batch: list[_Request]) -> None:
-        """Search a batch; each request gets its rows, or the error (never raised here)."""
-        try:
-            count = max(r.count for r in batch)
-            excludes = np.asarray([r.exclude for r in batch], dtype=np.int64)
-            scores, ids = search(np.stack([r.vector for r in batch]), count, excludes)
-            for row, request in enumerate(batch):
-                request.scores, request.ids = scores[row, : request.count], ids[row, : request.count]
-        except Exception as exc:
-            for request in batch:
-                request.error = exc
-        finally:
-            for request in batch:
-                request.done = True
+        """Search a batch, one call per query expansion in it; each request gets its rows, or the error
+        (never raised here)."""
+        for expand in sorted({r.expand for r in batch}):
+            group = [r for r in batch if r.expand == expand]
+            try:
+                count = max(r.count for r in group)
+                excludes = np.asarray([r.exclude for r in group], dtype=np.int64)
+                scores, ids = search(np.stack([r.vector for r in group]), count, excludes, expand)
+                for row, request in enumerate(group):
+                    request.scores, request.ids = scores[row, : request.count], ids[row, : request.count]
+            except Exception as exc:
+                for request in group:
+                    request.error = exc
+            finally:
+                for request in group:
+                    request.done = True
 
     @staticmethod
     def _result(request: _Request) -> tuple[np.ndarray, np.ndarray]:
