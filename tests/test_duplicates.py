@@ -25,6 +25,7 @@ from lookalike.duplicates import (
     THRESHOLDS,
     DuplicatesError,
     HashNeighbours,
+    default_threshold,
     choose_keeper,
     difference_hash,
     perceptual_hash,
@@ -496,3 +497,16 @@ def test_a_catalog_from_before_dhash_gains_the_column_and_computes_the_missing_h
     ids, codes = catalog.perceptual_hash_arrays()
     assert ids.tolist() == [7] and codes.tolist() == [[-5, -6]]
     catalog.close()
+
+
+def test_the_similar_tier_threshold_follows_the_embedder_that_scores_it(tmp_path: Path) -> None:
+    """The two-view descriptor's cosines run higher than Lite0's: its `similar` tier needs more, so that a new
+    collection (which embeds with it) groups about as many pairs as Lite0 did at 0.85. `near` is always scored
+    by the copy descriptor, `exact` by pixels: theirs do not move."""
+    assert default_threshold("similar", "efficientnet-lite0") == THRESHOLDS["similar"] == 0.85
+    assert default_threshold("similar", "efficientnet-lite0-gem-ms") == 0.89
+    for tier in ("exact", "near"):
+        assert default_threshold(tier, "efficientnet-lite0-gem-ms") == THRESHOLDS[tier]
+    with Collection.open(tmp_path / "col") as collection:  # a new collection: the default embedder
+        report = collection.duplicates(tier="similar")
+        assert report.threshold == default_threshold("similar", collection.default_embedder) == 0.89

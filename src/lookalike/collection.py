@@ -1496,7 +1496,7 @@ class Collection:
 
         `tier`: "exact" (same bytes or same pixels), "near" (the same photo after edits; the default) or
         "similar" (another shot of the same scene). `threshold` overrides the tier's calibrated cosine
-        (`duplicates.THRESHOLDS`). `under`: only images under this folder. Groups resolved by a decision
+        (`duplicates.default_threshold`). `under`: only images under this folder. Groups resolved by a decision
         (`decide_duplicates`) are left out unless `include_resolved`. The `near` tier embeds images that
         have no copy-descriptor vector yet, and only images not compared before are searched. With `verify`
         (the default) it also checks the pairs scoring a little below the threshold geometrically (local

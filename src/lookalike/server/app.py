@@ -58,7 +58,16 @@ from ..collection import (
 )
 from ..concepts import ConceptError
 from ..confidence import calibrate_weak_match
-from ..duplicates import DEFAULT_TIER, EDGE_FLOOR, THRESHOLDS, TIERS, DuplicateGroup, DuplicateReport, DuplicatesError
+from ..duplicates import (
+    DEFAULT_TIER,
+    EDGE_FLOOR,
+    TIERS,
+    DuplicateGroup,
+    DuplicateReport,
+    DuplicatesError,
+    default_threshold,
+    tier_embedder,
+)
 from ..embedders import EmbedderError
 from ..images import ImageError, open_image
 from .access import (
@@ -1062,7 +1071,9 @@ def list_duplicates(
     return DuplicatesOut(
         tier=report.tier,
         threshold=report.threshold,
-        thresholds={name: THRESHOLDS[name] for name in TIERS},
+        thresholds={
+            name: default_threshold(name, tier_embedder(name, state.collection.default_embedder)) for name in TIERS
+        },
         min_threshold=EDGE_FLOOR,
         groups=shown,
         unreadable=[
