@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lookalike import Collection
+from lookalike.embedders import DEFAULT_EMBEDDER
 
 IMAGES = 96
 # Each test embeds 96 photos in real `lookalike index` processes (about half a minute of CPU).
@@ -71,7 +72,7 @@ def _rerun_completes_each_image_once(command: list[str], folder: Path, collectio
         records = collection.catalog.records()
         assert len(records) == IMAGES and len({r.path for r in records}) == IMAGES
         assert all(r.status == "ok" for r in records)
-        ids, _ = collection.catalog.vectors("efficientnet-lite0")
+        ids, _ = collection.catalog.vectors(DEFAULT_EMBEDDER)
         assert len(ids) == IMAGES and len(set(ids.tolist())) == IMAGES
         assert len(collection.index()) == IMAGES
         third = collection.sync(folder)
