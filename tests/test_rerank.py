@@ -101,3 +101,27 @@ def test_the_query_s_nearest_stays_first_and_scores_are_cosines_to_the_query():
     # with room for more than there are, the rest is padding, as without expansion
     scores, ids = alpha_query_expansion(q[None], index, 5, n_expand=3, alpha=3.0)
     assert ids[0].tolist() == [1, 2, 3, -1, -1] and np.isneginf(scores[0, 3:]).all()
+
+
+def test_expansion_reorders_the_plain_shortlist_through_any_index_and_by_brute_force_alike():
+    """The expanded query orders the plain search's top max(SHORTLIST, k), nothing beyond it: the index path
+    and the exact path (evaluation) give the same answers, and every result's score is its plain cosine."""
+    from lookalike.index.rerank import SHORTLIST, exact_query_expansion
+
+    rng = np.random.default_rng(0)
+    stored = unit(*rng.standard_normal((600, 16)).tolist())
+    ids = np.arange(1000, 1600)
+    queries = unit(*rng.standard_normal((20, 16)).tolist())
+    index = create_index("flat", 16)
+    index.add(ids, stored)
+    k = 30
+    scores, found = alpha_query_expansion(queries, index, k, n_expand=5)
+    exact_scores, exact_found = exact_query_expansion(queries, stored, ids, k, n_expand=5)
+    np.testing.assert_array_equal(found, exact_found)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    _, plain = index.search(queries, SHORTLIST)
+    for row in range(len(queries)):
+        assert set(found[row].tolist()) <= set(plain[row].tolist())
+        assert found[row, 0] == plain[row, 0]
+        np.testing.assert_allclose(scores[row], stored[found[row] - 1000] @ queries[row], atol=1e-5)
+    assert (found != plain[:, :k]).any(), "the expansion changes some orders"

