@@ -17,7 +17,7 @@ from .exact import BLOCK, exact_search
 
 #: Query expansion over this many neighbours in a new collection's searches (`Collection.default_expand`).
 #: Measured with efficientnet-lite0-gem-ms (benchmarks/results/descriptors.json): caltech101-dev MAP@R
-#: 0.605 -> 0.661, cats-and-dogs precision@5 0.973 -> 0.973, copy detection top-1 unchanged (the nearest
+#: 0.605 -> 0.660, cats-and-dogs precision@5 0.973 -> 0.973, copy detection top-1 unchanged (the nearest
 #: result stays first).
 DEFAULT_EXPAND = 5
 #: the expanded query re-ranks the plain search's top max(SHORTLIST, k) results, not the whole collection: one
