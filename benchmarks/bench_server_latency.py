@@ -51,8 +51,11 @@ def photos(data: Path = DATA) -> list[Path]:
     return files
 
 
-def build_synthetic_collection(folder: Path, size: int = COLLECTION_SIZE, seed: int = 0) -> Path:
-    """A collection of `size` real, servable image files with random unit vectors; returns its path."""
+def build_synthetic_collection(
+    folder: Path, size: int = COLLECTION_SIZE, seed: int = 0, embedder: str = EMBEDDER
+) -> Path:
+    """A collection of `size` real, servable image files with random unit vectors of `embedder` (its default, with
+    a new collection's other defaults: query expansion); returns its path."""
     from lookalike import Collection
 
     real = photos()
@@ -71,9 +74,9 @@ def build_synthetic_collection(folder: Path, size: int = COLLECTION_SIZE, seed: 
     vectors = rng.standard_normal((size, EMBEDDER_DIM), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
-    with Collection.open(folder / "collection", embedder=EMBEDDER) as collection:
-        collection.import_vectors(files, vectors, embedder=EMBEDDER)  # files read for their hash, not decoded
-        collection.index(EMBEDDER)  # build and save the index now, not in the server's startup
+    with Collection.open(folder / "collection", embedder=embedder) as collection:
+        collection.import_vectors(files, vectors, embedder=embedder)  # files read for their hash, not decoded
+        collection.index(embedder)  # build and save the index now, not in the server's startup
     return folder / "collection"
 
 

@@ -65,14 +65,16 @@ TARGET_FAIRNESS_RATIO = 3.0
 PHASES = ("model", "uploads", "writes", "fairness")
 
 
-def model_only(collection: Path, payloads: list[tuple[str, bytes]], seconds: float) -> dict[str, object]:
+def model_only(
+    collection: Path, payloads: list[tuple[str, bytes]], seconds: float, name: str = EMBEDDER
+) -> dict[str, object]:
     """Images/s of the embedder alone, one preprocessed image per call, with 1 and `slots` calls at once, each
     call on the embedder's default threads and on one thread; the best of these is the reference."""
     from lookalike import Collection
     from lookalike.images import open_image
 
     with Collection.open(collection, create=False) as opened:
-        default = opened.embedder(EMBEDDER)
+        default = opened.embedder(name)
         arrays = [default.preprocess(open_image(data))[None] for _, data in payloads[:32]]
         slots = max(1, os.cpu_count() or 1)  # as the server's embedding slots
         rates: dict[str, float] = {}
@@ -389,6 +391,7 @@ def main() -> None:
     parser.add_argument("--model-seconds", type=float, default=10.0, help="how long the model-only rate is measured")
     parser.add_argument("--request-timeout", type=float, default=30.0)
     parser.add_argument("--size", type=int, default=COLLECTION_SIZE, help="images in the collection")
+    parser.add_argument("--embedder", default=EMBEDDER, help=f"the collection's embedder (default {EMBEDDER})")
     parser.add_argument("--out", type=Path, default=RESULTS / "server_load.json")
     parser.add_argument("--smoke", action="store_true", help="200 images, 4 clients, 2 s phases; writes nothing")
     parser.add_argument(
@@ -408,13 +411,13 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="lookalike-bench-load-"))
     record = run_record()
     try:
-        collection = build_synthetic_collection(workdir, size=args.size)
+        collection = build_synthetic_collection(workdir, size=args.size, embedder=args.embedder)
         with running_server(collection, workdir / "server.log") as url:
             # One warm-up request, so the run measures the steady state.
             httpx.post(f"{url}/api/search", files={"file": payloads[0]}, timeout=60).raise_for_status()
             measured: dict[str, dict[str, object]] = {}
             if "model" in phases or "uploads" in phases or "writes" in phases:
-                measured["model_only"] = model = model_only(collection, payloads, args.model_seconds)
+                measured["model_only"] = model = model_only(collection, payloads, args.model_seconds, args.embedder)
             if "uploads" in phases:
                 uploads = asyncio.run(run_clients(url, payloads, args.clients, args.seconds, args.request_timeout))
                 uploads["target"] = against_target(uploads, model)
@@ -447,6 +450,8 @@ def main() -> None:
         "collection": {
             "images": args.size,
             "how": "8,000 real photos + 2,000 symlinks to them; random unit vectors instead of embeddings",
+            "embedder": args.embedder,
+            "query_expansion": "a new collection's default (over the top 5, nearest kept first)",
         },
         "request": "POST /api/search?k=12 with a real cats-and-dogs JPEG (random of 500), on 127.0.0.1",
         "note": "client and server share the machine's cores",
