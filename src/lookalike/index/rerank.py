@@ -105,10 +105,12 @@ def exact_query_expansion(
     def score(expanded: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         out = np.full(candidates.shape, -np.inf, dtype=np.float32)
         valid = candidates >= 0
+        if not valid.any():  # nothing stored (or nothing found): nothing to order
+            return out
         for start in range(0, len(expanded), BLOCK):  # a (block, n) similarity matrix at a time, as exact_search
             sims = expanded[start : start + BLOCK] @ vectors.T
             block = slice(start, start + len(sims))
-            cand = np.where(valid[block], candidates[block], sorted_ids[0] if len(sorted_ids) else 0)
+            cand = np.where(valid[block], candidates[block], sorted_ids[0])
             gathered = np.take_along_axis(sims, rows_of(cand), axis=1)
             out[block] = np.where(valid[block], gathered, -np.inf)
         return out
