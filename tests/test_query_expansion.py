@@ -163,3 +163,17 @@ def test_a_new_collection_expands_by_default_and_an_older_one_does_not(colours, 
         assert names(ids, [r.id for r in older.search(query, k=4)]) == PLAIN
     with pytest.raises(ValueError, match="expand"):
         collection.set_default_expand(-1)
+
+
+def test_index_sets_the_collection_s_default_expansion(colours, capsys: pytest.CaptureFixture[str]) -> None:
+    """`lookalike index --expand N` saves N as the collection's default: later searches (CLI, Python) use it."""
+    collection, query, ids = colours
+    folder = query.parent / "photos"
+    assert main(["index", str(folder), "--collection", str(collection.path), "--expand", "0", "--json"]) == 0
+    capsys.readouterr()
+    with Collection.open(collection.path, create=False) as reopened:
+        assert reopened.default_expand == 0
+    assert main(["search", str(query), "-k", "4", "--collection", str(collection.path), "--json"]) == 0
+    assert names(ids, [r["id"] for r in json.loads(capsys.readouterr().out)]) == PLAIN
+    assert main(["index", str(folder), "--collection", str(collection.path), "--expand", "-1"]) == 2
+    assert "--expand must be 0 or more" in capsys.readouterr().err

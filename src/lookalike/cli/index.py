@@ -13,13 +13,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("index", help="index a folder of images (incremental)")
     parser.add_argument("folder", type=Path)
     add_collection_option(parser)
-    parser.add_argument("--embedder", help="embedder name (default: the collection's, efficientnet-lite0)")
+    parser.add_argument(
+        "--embedder", help="embedder name (default: the collection's; a new one's is efficientnet-lite0-gem-ms)"
+    )
     parser.add_argument("--weights", type=Path, help="local weights file for a pretrained embedder")
     parser.add_argument(
         "--index",
         dest="index_kind",
         help="index type of a new collection: auto (default), flat, hnsw, hnsw-sq8, ivf, ivf-sq8, ivf-pq, ivf-pq-flat,"
         " milvus://HOST:PORT/NAME (a Milvus server) or milvus-lite:/abs/path.db",
+    )
+    parser.add_argument(
+        "--expand",
+        type=int,
+        metavar="N",
+        help="make the collection's searches expand queries over their top N by default (0: plain cosine ranking; "
+        "a new collection: 5); a search's own --expand still decides for it",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
@@ -36,7 +45,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..collection import Collection
 
+    if args.expand is not None and args.expand < 0:
+        raise ValueError(f"--expand must be 0 or more, not {args.expand}")
     with Collection.open(args.collection, embedder=args.embedder, index=args.index_kind) as collection:
+        if args.expand is not None:
+            collection.set_default_expand(args.expand)
         if args.weights:
             collection.embedder(args.embedder, weights=args.weights)
         with progress_bars(not args.json) as progress:
