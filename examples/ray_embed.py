@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from lookalike.embedders import DEFAULT_EMBEDDER
 from lookalike.index import create_index, load_index
 
 IMAGE_EXTENSIONS = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
@@ -94,7 +95,7 @@ def main() -> int:
     target.add_argument("--milvus", help="milvus://HOST:PORT/NAME[?index=HNSW|IVF_SQ8|...] of a running Milvus")
     target.add_argument("--milvus-lite", type=Path, help="a Milvus Lite file, served by this driver on a local port")
     parser.add_argument("--out", required=True, help="folder for the manifest (Parquet) and the index marker")
-    parser.add_argument("--embedder", default="efficientnet-lite0")
+    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER, help=f"as lookalike index (default {DEFAULT_EMBEDDER})")
     parser.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start Ray here")
     parser.add_argument(
         "--embedders", type=int, default=1, help="embedding actors, 1 CPU each (on a cluster: one per core or GPU)"
