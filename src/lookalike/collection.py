@@ -243,9 +243,18 @@ class Collection:
         if self.read_only:
             raise ReadOnlyCollectionError("this collection is read-only: its settings cannot be changed")
         with self._lock:
-            self.config["expand"] = int(n)
-            on_disk = json.loads((self.path / "config.json").read_text())  # only this key, as `set_whitening`
-            write_json(self.path / "config.json", {**on_disk, "expand": int(n)})
+            self._set_config("expand", int(n))
+
+    def _set_config(self, key: str, value: object) -> None:
+        """Set (None: remove) one key of the collection's config, here and in config.json, where only this key
+        changes: the session's other choices (`open(embedder=...)`) are not the collection's. Under `_lock`."""
+        on_disk = json.loads((self.path / "config.json").read_text())
+        for config in (self.config, on_disk):
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        write_json(self.path / "config.json", on_disk)
 
     @property
     def models_dir(self) -> Path:
@@ -267,10 +276,7 @@ class Collection:
                     weights = remembered.get(name)
                 self._embedders[name] = embedder_registry.create(name, weights=weights, models_dir=self.models_dir)
                 if weights is not None and remembered.get(name) != str(Path(weights).expanduser().resolve()):
-                    self.config["weights"] = {**remembered, name: str(Path(weights).expanduser().resolve())}
-                    # only this key: the session's other choices (open(embedder=...)) are not the collection's
-                    on_disk = json.loads((self.path / "config.json").read_text())
-                    write_json(self.path / "config.json", {**on_disk, "weights": self.config["weights"]})
+                    self._set_config("weights", {**remembered, name: str(Path(weights).expanduser().resolve())})
             return self._embedders[name]
 
     def use_embedder(self, embedder: Embedder) -> None:
@@ -337,14 +343,7 @@ class Collection:
         if settings is not None and is_milvus_kind(str(self.config.get("index", DEFAULT_INDEX))):
             raise ValueError("whitening is not available with a Milvus index: its rows are shared, raw vectors")
         with self._lock:
-            on_disk = json.loads((self.path / "config.json").read_text())
-            if settings is None:
-                self.config.pop("whitening", None)
-                on_disk.pop("whitening", None)
-            else:
-                self.config["whitening"] = settings.to_dict()
-                on_disk["whitening"] = settings.to_dict()
-            write_json(self.path / "config.json", on_disk)
+            self._set_config("whitening", None if settings is None else settings.to_dict())
             for path in (self.path / "whitening").glob("*.npz"):
                 path.unlink()
             self._indexes.clear()
