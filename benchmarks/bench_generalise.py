@@ -1,6 +1,6 @@
 """Does training generalise? The metric-learning papers' protocol on caltech101-dev.
 
-    .venv/bin/python benchmarks/bench_generalise.py                 # about 20-40 min on 2 shared cores
+    .venv/bin/python benchmarks/bench_generalise.py                 # 7 min on 2 idle cores
     .venv/bin/python benchmarks/bench_generalise.py --smoke         # 4 classes x 6 photos, 1 epoch; writes nothing
 
 The class folders are sorted by name (Python's `sorted`, so upper case first: Faces, Faces_easy,
