@@ -8,7 +8,7 @@ and training import this module; searching and indexing run the exported file (`
 - Pretrained: EfficientNet-Lite0/1/2 (weights from their pip packages), torchvision's ResNet-50
   and VGG-16 (weights downloaded by torchvision, or a local file). The classifiers among them are
   wrapped by `NormalisedFeaturesAndClasses`: the same unit vectors, plus ImageNet class probabilities.
-- Trained (`build_module`): an `Embedding` = backbone -> head, described by the `architecture`
+- Trained (`build_module`): an `Embedding` = backbone -> head (-> learned whitening), described by the `architecture`
   dict that training writes into `models/NAME/model.json`.
 """
 
@@ -449,33 +449,53 @@ class FeatureEncoder(nn.Module):
         return self.layers(self.normalise(features))
 
 
+class LearnedWhitening(nn.Module):
+    """x -> (unit(x) - mean) @ projection.T: the learned whitening a training run may end with
+    (`training.whitening`); the buffers are saved with the weights and exported to ONNX with them."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("projection", torch.eye(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (nn.functional.normalize(x, dim=1) - self.mean) @ self.projection.T
+
+
 class Embedding(nn.Module):
-    """backbone -> head: the module exported for inference (pixels in, embedding out).
+    """backbone -> head (-> whitening): the module exported for inference (pixels in, embedding out).
 
     `flip_average`: embed the image and its mirror image and sum the two unit vectors
     (test-time augmentation; the caller L2-normalises the sum). A photo and its mirror show
     the same thing, so this removes a source of noise at twice the inference cost.
+    `whitening`: a `LearnedWhitening` fit after training (None until then, and for models without one).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, flip_average: bool = False):
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, flip_average: bool = False, whitening: nn.Module | None = None
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.flip_average = flip_average
+        self.whitening = whitening
+
+    def whiten(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors if self.whitening is None else self.whitening(vectors)
 
     def from_cached(self, cached: torch.Tensor) -> torch.Tensor:
         """Training path: start from the feature cache (pretrained backbones) or from pixels."""
         if isinstance(self.backbone, EfficientNetBackbone):
-            return self.head(self.backbone.after_cut(cached))
-        return self.head(self.backbone(cached))
+            return self.whiten(self.head(self.backbone.after_cut(cached)))
+        return self.whiten(self.head(self.backbone(cached)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if not self.flip_average:
-            return self.head(self.backbone(images))
+            return self.whiten(self.head(self.backbone(images)))
         # One batch of both, so the backbone runs once over 2n images (NCHW: dim 3 is the width).
         both = self.head(self.backbone(torch.cat([images, images.flip(3)])))
         plain, mirrored = both.chunk(2)
-        return nn.functional.normalize(plain, dim=1) + nn.functional.normalize(mirrored, dim=1)
+        return self.whiten(nn.functional.normalize(plain, dim=1) + nn.functional.normalize(mirrored, dim=1))
 
 
 def build_module(arch: dict) -> Embedding:
@@ -499,4 +519,5 @@ def build_module(arch: dict) -> Embedding:
         head = nn.Identity()
     else:
         raise EmbedderError(f"unknown head {head_kind!r}")
-    return Embedding(backbone, head, bool(arch.get("flip_average", False)))
+    whitening = LearnedWhitening(dim) if arch.get("whiten") else None
+    return Embedding(backbone, head, bool(arch.get("flip_average", False)), whitening)

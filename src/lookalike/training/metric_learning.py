@@ -17,6 +17,7 @@ Heads: `mlp` (a new 128-d embedding replaces the pretrained features) or `residu
 correction added to them, zero at the start: `embedders.networks.ResidualHead`). `--distill W` adds
 W x `neighbourhood_distillation`: the trained vectors of a batch must keep the pretrained vectors'
 softmaxed cosine similarities, so training separates the labels without forgetting general similarity.
+`--whiten` ends training with learned whitening, fit in closed form (`training.whitening`, `MetricTask.finish`).
 
 The spec (the options of `lookalike train siamese|triplet`) and the two registry entries are in
 `training/methods/metric.py`, free of PyTorch; this module is the task, imported when training runs.
@@ -37,6 +38,7 @@ from ..embedders.networks import (
     EFFICIENTNET_FEATURES,
     EfficientNetBackbone,
     Embedding,
+    LearnedWhitening,
     ResidualHead,
     SmallConvNet,
     projection_head,
@@ -46,6 +48,7 @@ from .data import Augmentation, FeatureCache, PixelCache, pixel_batch
 from .loop import Task
 from .methods.metric import MetricSpec
 from .prepared import Prepared, batched, validation_figures
+from .whitening import fit_learned_whitening
 
 
 def build_head(spec: MetricSpec, features: int) -> nn.Module:
@@ -209,6 +212,43 @@ class MetricTask(Task):
                 inputs = torch.from_numpy(np.asarray(self.val_inputs[idx, 0], dtype=np.float32))
             out.append(self.model.from_cached(inputs))
         return validation_figures(torch.cat(out), self.prepared.val_labels)
+
+    def finish(self) -> dict[str, object]:
+        """`--whiten`: fit learned whitening (`training.whitening`) on the training photos' vectors, every cached
+        view, and keep it only if the validation MAP@R does not drop. Returns the figures (and, when it is not
+        kept, the architecture without the layer) for model.json."""
+        if not self.spec.whiten:
+            return {}
+        self.model.eval()
+        with torch.no_grad():
+            before = self.validate()
+            views = 1 if self.pixels else self.train_inputs.shape[1]
+            vectors, labels = [], []
+            for view in range(views):
+                for idx in batched(len(self.train_inputs), 128):
+                    if self.pixels:
+                        inputs = pixel_batch(self.train_inputs[idx], None)
+                    else:
+                        inputs = torch.from_numpy(np.asarray(self.train_inputs[idx, view], dtype=np.float32))
+                    vectors.append(self.model.from_cached(inputs).numpy())
+                    labels.append(self.prepared.train_labels[idx])
+            fit_on = np.concatenate(vectors)
+            mean, projection = fit_learned_whitening(fit_on, np.concatenate(labels), self.spec.whiten_shrinkage)
+            layer = LearnedWhitening(len(mean))
+            layer.mean.copy_(torch.from_numpy(mean))
+            layer.projection.copy_(torch.from_numpy(projection))
+            self.model.whitening = layer
+            after = self.validate()
+        kept = after[self.monitor] >= before[self.monitor]
+        figures: dict[str, object] = {
+            "whitening": {"kept": kept, "validation_before": before, "validation_after": after, "fit_on": len(fit_on)}
+        }
+        if not kept:
+            self.model.whitening = None
+            architecture = self.spec.architecture()
+            architecture.pop("whiten", None)
+            figures["architecture"] = architecture
+        return figures
 
 
 def random_pairs(labels: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:

@@ -73,6 +73,7 @@ def train(
 
     run_config = {"method": run.method, "spec": asdict(spec), "split": _split_digest(split)}
     result = fit(task, model_dir, config, run_config=run_config, progress=progress, figures=figures, on_epoch=on_epoch)
+    finished = task.finish()  # a last closed-form step, if the method has one; may amend the architecture
     encoder = task.embedding
     info = {
         "method": run.method,
@@ -93,6 +94,7 @@ def train(
         "cache_seconds": round(task.cache_seconds, 2),
         "training_seconds": round(result.seconds + task.cache_seconds, 2),
         "trained_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        **finished,
     }
     info = save_model(model_dir, encoder, split, info)
     collection.forget_embedder(name)  # vectors of an earlier model of this name would be stale

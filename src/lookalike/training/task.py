@@ -47,5 +47,10 @@ class Task(ABC):
         """Optimiser groups; by default every trainable parameter at `lr`."""
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
 
+    def finish(self) -> dict[str, object]:
+        """After the loop restored the best epoch, before saving: a last step that is not a gradient step
+        (the metric methods' learned whitening). Returns model.json fields to add or replace."""
+        return {}
+
     def start_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:  # noqa: B027 (optional hook)
         """Called before each epoch (also after a resume): a place for per-epoch schedules."""

@@ -71,11 +71,19 @@ class MetricSpec(MethodSpec):
     )
     head_warmup_epochs: int = option(1, "finetune: epochs that train only the new head before the blocks move")
     backbone_lr_scale: float = option(0.02, "finetune: learning rate of the pretrained blocks relative to the head's")
+    whiten: bool = option(
+        False,
+        "end with learned whitening: a linear map fit in closed form on the training photos' vectors that"
+        " scales down how photos of one label vary (kept only if the validation MAP@R does not drop)",
+    )
+    whiten_shrinkage: float = option(0.7, "learned whitening: shrinkage of the within-label covariance, in (0, 1]")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.distill < 0:
             raise ValueError("distill must be >= 0")
+        if not 0.0 < self.whiten_shrinkage <= 1.0:
+            raise ValueError("whiten_shrinkage must be in (0, 1]")
         if self.distill and self.backbone == "scratch":
             raise ValueError("--distill keeps a pretrained backbone's neighbourhoods; the scratch backbone has none")
 
@@ -88,6 +96,8 @@ class MetricSpec(MethodSpec):
     def architecture(self) -> dict[str, object]:
         """What `embedders.networks.build_module` needs to rebuild the inference network."""
         head = {"head": self.head, "hidden": self.hidden, "dim": self.embedding_dim, "flip_average": self.flip_average}
+        if self.whiten:  # the layer `MetricTask.finish` adds (it drops the key again if whitening is not kept)
+            head["whiten"] = True
         if self.backbone == "scratch":
             return {"backbone": "small-cnn", "features": self.scratch_features, "width": self.width, **head}
         blocks = self.trainable_blocks if self.backbone == "finetune" else 0
