@@ -419,9 +419,10 @@ def test_collections_sharing_a_remote_collection_find_each_others_images(tmp_pat
         assert sorted(h["rank"] for h in body["results"] + body["elsewhere"]) == list(range(1, 25))
         assert str(tmp_path) not in answer.text, "no server path in an HTTP answer"
 
-        # alpha query expansion (rerank.py: alpha 3) over both catalogs' top 3, by hand
+        # alpha query expansion (rerank.py: alpha 3, relative to the nearest) over both catalogs' top 3, by hand
         top = np.argsort(-(stored @ query), kind="stable")[:3]
-        weights = np.maximum(stored[top] @ query, 0) ** 3
+        cosines = np.maximum(stored[top] @ query, 0)
+        weights = (cosines / cosines[0]) ** 3
         expanded = query + weights @ stored[top]
         expanded /= np.linalg.norm(expanded)
         assert [r.path for r in a.search_vector(query, k=10, expand=3)] == ranked(expanded, 10)

@@ -9,9 +9,10 @@ PNGs give exactly chosen vectors (x 100, plus 128 per channel):
     d  = (0.8, -0.55, 0.3)   cos(q, .) = 0.8 / sqrt(1.0325)        = 0.7873
     a2 = (0.6, 1, 0)         cos(q, .) = 0.6 / sqrt(1.36)          = 0.5145
 
-Plain search ranks a1, b1, d, a2. alpha-QE over the top 2 (alpha 3) searches with
-q' = q + 0.8944^3 a1/|a1| + 0.8754^3 b1/|b1| = (2.2272, 0.6430, 0.0294), |q'| = 2.3183, whose cosines are
-a1 0.9833, b1 0.9751, a2 0.7321, d 0.6100: the expansion pulls a2 (a neighbour of the neighbours) above
+Plain search ranks a1, b1, d, a2. alpha-QE over the top 2 (alpha 3, each weight relative to the nearest
+neighbour's cosine) searches with q' = q + a1/|a1| + (0.8754 / 0.8944)^3 b1/|b1| = (2.7151, 0.8986, 0.0410),
+|q'| = 2.8602, whose cosines are a1 0.9895, b1 0.9828, a2 0.7578, d 0.5815: the expansion pulls a2 (a
+neighbour of the neighbours) above
 the distractor d. The answer keeps q's own nearest (a1) first, and each result's score is its cosine to q
 itself, not to q'.
 """
@@ -77,8 +78,8 @@ def test_query_expansion_pulls_in_the_neighbours_neighbour(colours) -> None:
 def test_query_expansion_leaves_an_indexed_query_out(colours) -> None:
     collection, _, ids = colours
     # From a1 (itself left out): b1 0.9983, a2 0.8437, d 0.4621. Expanded with b1 and a2 (not with a1 itself,
-    # whose weight 1 would leave the query where it is): q' = a1 + 0.9983^3 b1 + 0.8437^3 a2, whose cosines are
-    # b1 0.9942, a2 0.9117, d 0.3428: the order is that of the plain search, and the scores stay cosines to a1.
+    # whose weight 1 would leave the query where it is): q' = a1 + b1 + (0.8437 / 0.9983)^3 a2, whose cosines are
+    # b1 0.9942, a2 0.9118, d 0.3425: the order is that of the plain search, and the scores stay cosines to a1.
     plain = collection.search_id(ids["a1"], k=3, expand=0)
     assert [r.score for r in plain] == pytest.approx([0.9983, 0.8437, 0.4621], abs=1e-4)
     found = collection.search_id(ids["a1"], k=3, expand=2)

@@ -28,13 +28,28 @@ Q, A1, B1, A2, D = unit([1, 0, 0], [1, 0.5, 0], [1, 0.55, 0.05], [0.6, 1, 0], [0
 IDS = np.array([10, 11, 12, 13])  # a1, b1, a2, d
 
 
-def test_expanded_query_weights_neighbours_by_score_to_the_alpha():
+def test_expanded_query_weights_neighbours_by_score_relative_to_the_nearest_to_the_alpha():
     neighbours = np.stack([A1, B1])[None]
     scores = np.array([[0.5, 0.25]], dtype=np.float32)
-    expected = Q + 0.5**3 * A1 + 0.25**3 * B1
-    np.testing.assert_allclose(expand_queries(Q[None], neighbours, scores, 3.0)[0], expected / np.linalg.norm(expected))
+    expected = Q + 1.0 * A1 + (0.25 / 0.5) ** 3 * B1
+    np.testing.assert_allclose(
+        expand_queries(Q[None], neighbours, scores, 3.0)[0], expected / np.linalg.norm(expected), rtol=1e-6
+    )
     average = Q + A1 + B1  # alpha = 0: average query expansion
     np.testing.assert_allclose(expand_queries(Q[None], neighbours, scores, 0.0)[0], average / np.linalg.norm(average))
+
+
+def test_expansion_does_not_depend_on_how_high_cosines_run():
+    """An embedder whose cosines all run lower (a whitened one) expands its queries just as much."""
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(4, 8)).astype(np.float32)
+    neighbours = rng.normal(size=(4, 5, 8)).astype(np.float32)
+    scores = np.sort(rng.uniform(0.3, 0.9, size=(4, 5)), axis=1)[:, ::-1].astype(np.float32)
+    np.testing.assert_allclose(
+        expand_queries(queries, neighbours, scores * 0.5, 3.0),
+        expand_queries(queries, neighbours, scores, 3.0),
+        atol=1e-6,
+    )
 
 
 def test_missing_and_negative_neighbours_do_not_move_the_query():
