@@ -1,7 +1,8 @@
 """Does training generalise? The metric-learning papers' protocol on caltech101-dev.
 
-    .venv/bin/python benchmarks/bench_generalise.py                 # 7 min on 2 idle cores
+    .venv/bin/python benchmarks/bench_generalise.py                 # 24 min on 2 idle cores
     .venv/bin/python benchmarks/bench_generalise.py --smoke         # 4 classes x 6 photos, 1 epoch; writes nothing
+    .venv/bin/python benchmarks/bench_generalise.py --work DIR --reuse   # score again the models trained in DIR
 
 The class folders are sorted by name (Python's `sorted`, so upper case first: Faces, Faces_easy,
 Leopards, Motorbikes, accordion, ...); the first 50 are the *seen* classes, the other 51 the *unseen*
@@ -41,27 +42,30 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "caltech101-dev
 PRETRAINED = "efficientnet-lite0"
 SEEN_CLASSES = 50
 #: name -> (method, spec options, maximum epochs or None for the method's default): the heads on the frozen Lite0
-#: features, so the comparison is the head's, then the last 6 blocks of Lite0 fine-tuned too
+#: features, so the comparison is the head's, then the last 6 or 9 blocks of Lite0 fine-tuned too; "-whiten" ends
+#: the same training with learned whitening (`--whiten`)
+FROZEN_RESIDUAL = {
+    "backbone": "frozen",
+    "backbone_model": PRETRAINED,
+    "flip_average": False,
+    "head": "residual",
+    "distill": 3.0,
+}
+FINETUNE = {
+    "backbone": "finetune",
+    "backbone_model": PRETRAINED,
+    "backbone_lr_scale": 0.2,
+    "flip_average": False,
+    "head": "residual",
+    "distill": 1.0,
+}
 CONFIGS: dict[str, tuple[str, dict[str, object], int | None]] = {
     "siamese-mlp": ("siamese", {"backbone": "frozen", "backbone_model": PRETRAINED, "flip_average": False}, None),
-    "siamese-residual": (
-        "siamese",
-        {"backbone": "frozen", "backbone_model": PRETRAINED, "flip_average": False, "head": "residual", "distill": 3.0},
-        None,
-    ),
-    "siamese-finetune6": (
-        "siamese",
-        {
-            "backbone": "finetune",
-            "backbone_model": PRETRAINED,
-            "trainable_blocks": 6,
-            "backbone_lr_scale": 0.2,
-            "flip_average": False,
-            "head": "residual",
-            "distill": 1.0,
-        },
-        15,
-    ),
+    "siamese-residual": ("siamese", FROZEN_RESIDUAL, None),
+    "siamese-residual-whiten": ("siamese", {**FROZEN_RESIDUAL, "whiten": True}, None),
+    "siamese-finetune6": ("siamese", {**FINETUNE, "trainable_blocks": 6}, 15),
+    "siamese-finetune6-whiten": ("siamese", {**FINETUNE, "trainable_blocks": 6, "whiten": True}, 15),
+    "siamese-finetune9-whiten": ("siamese", {**FINETUNE, "trainable_blocks": 9, "whiten": True}, 15),
     "selfsup": ("selfsup", {"views": 3}, None),
 }
 
@@ -93,10 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: each method's)")
     parser.add_argument("--out", type=Path, default=RESULTS / "generalise_caltech101-dev.json")
     parser.add_argument("--smoke", action="store_true", help="2 seen and 2 unseen classes of 6 photos; no results")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --work: evaluate the models an earlier run trained there with the same settings, train the rest",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) if args.work is None or args.smoke else args.work
-        record = run(args.data, work, args.epochs, args.smoke)
+        record = run(args.data, work, args.epochs, args.smoke, args.reuse and not args.smoke)
     if args.smoke:
         print(json.dumps(record["unseen"], indent=1))
         return
@@ -106,7 +115,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out}")
 
 
-def run(data: Path, work: Path, epochs: int | None, smoke: bool) -> dict[str, object]:
+def trained_before(collection: Collection, request: TrainingRun) -> dict | None:
+    """model.json of a model of the request's name already trained with the same method, options and epochs."""
+    model_dir = collection.models_dir / str(request.name)
+    if not (model_dir / "model.json").exists():
+        return None
+    info = read_info(model_dir)
+    same = info["method"] == request.method and info["loop"]["epochs"] == request.resolve()[2].epochs
+    if same and all(info["spec"].get(key) == value for key, value in request.spec.items()):
+        return info
+    return None
+
+
+def run(data: Path, work: Path, epochs: int | None, smoke: bool, reuse: bool = False) -> dict[str, object]:
     record = run_record()
     seen, unseen = class_split(data, 2 if smoke else SEEN_CLASSES)
     if smoke:
@@ -129,12 +150,18 @@ def run(data: Path, work: Path, epochs: int | None, smoke: bool) -> dict[str, ob
                 restart=True,
             )
             started = time.perf_counter()
-            info = train(collection, request).info
+            info = trained_before(collection, request) if reuse else None
+            reused = info is not None
+            info = info or train(collection, request).info
             record["configs"][name] = {"method": method, "spec": options}
             record["training"][name] = {
-                "wall_seconds": round(time.perf_counter() - started, 1),
+                "reused": reused,  # trained by an earlier run with the same settings: its own time is training_seconds
+                "wall_seconds": None if reused else round(time.perf_counter() - started, 1),
+                "training_seconds": info["training_seconds"],
                 **{k: info[k] for k in ("best_epoch", "epochs_run", "monitor", "best_score", "cache_seconds", "dim")},
             }
+            if "whitening" in info:
+                record["training"][name]["whitening"] = info["whitening"]
             names.append(name)
         evaluation = evaluate_folder(unseen_dir, collection, names, ks=(1, 5), held_out=False, expand=0)
         record["unseen"] = {r.embedder: _figures(r.figures) for r in evaluation.results}
@@ -153,6 +180,8 @@ def run(data: Path, work: Path, epochs: int | None, smoke: bool) -> dict[str, ob
             info = read_info(collection.models_dir / name)
             best = info["best_epoch"]  # 0: no epoch beat the untrained network, which was kept
             record["seen"][name] = _figures(info["history"][best - 1]["validation"]) if best else None
+            if info.get("whitening", {}).get("kept"):
+                record["seen"][name] = _figures(info["whitening"]["validation_after"])
     return finish_record(record)
 
 
