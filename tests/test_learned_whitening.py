@@ -84,13 +84,22 @@ def kinds_folder(data_dir: Path, tmp_path: Path) -> Path:
     return root
 
 
-def test_a_trained_model_ends_with_the_whitening_and_reloads_with_it(kinds_folder: Path, tmp_path: Path) -> None:
+def test_a_trained_model_ends_with_the_whitening_and_reloads_with_it(
+    kinds_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lookalike.cli.main import main
     from lookalike.training.saved import load_module
 
     photos = sorted(kinds_folder.rglob("*.jpg"))[::30]
+    argv = ["train", "siamese", str(kinds_folder), "--collection", str(tmp_path / "col"), "--backbone", "frozen"]
+    argv += ["--head", "residual", "--whiten", "--views", "2", "--batch-size", "8", "--epochs", "1", "--lr", "3e-3"]
+    assert main([*argv, "--val-fraction", "0.25", "--test-fraction", "0.25"]) == 0
+    printed = capsys.readouterr().out
     with Collection.open(tmp_path / "col") as collection:
-        info = train(collection, training(kinds_folder)).info
+        info = json.loads((collection.models_dir / "siamese" / "model.json").read_text())
         whitening = info["whitening"]
+        before, after = whitening["validation_before"]["MAP@R"], whitening["validation_after"]["MAP@R"]
+        assert f"learned whitening: validation MAP@R {before:.4f} -> {after:.4f}, kept" in printed
         assert whitening["fit_on"] == 2 * info["split"]["counts"]["train"]  # every cached view
         assert whitening["validation_after"]["MAP@R"] >= whitening["validation_before"]["MAP@R"]
         assert whitening["kept"] and info["architecture"]["whiten"] is True

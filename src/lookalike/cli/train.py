@@ -138,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
         f"{info['epochs_run']}, validation {info['monitor']} {info['best_score']:.4f}; "
         f"{info['training_seconds']:.0f} s (feature cache {info['cache_seconds']:.0f} s)"
     )
+    whitening = info.get("whitening")
+    if whitening:
+        before, after = whitening["validation_before"][info["monitor"]], whitening["validation_after"][info["monitor"]]
+        verdict = "kept" if whitening["kept"] else "dropped: it lowered validation"
+        print(f"learned whitening: validation {info['monitor']} {before:.4f} -> {after:.4f}, {verdict}")
     print(f"split: {counts['train']} train, {counts['val']} validation, {counts['test']} held out for evaluation")
     print(f"use it: lookalike evaluate {args.folder} --embedders efficientnet-lite0,{info['name']}")
     return 0
