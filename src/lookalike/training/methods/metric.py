@@ -72,7 +72,7 @@ class MetricSpec(MethodSpec):
     head_warmup_epochs: int = option(1, "finetune: epochs that train only the new head before the blocks move")
     backbone_lr_scale: float = option(0.02, "finetune: learning rate of the pretrained blocks relative to the head's")
     whiten: bool = option(
-        False,
+        True,
         "end with learned whitening: a linear map fit in closed form on the training photos' vectors that"
         " scales down how photos of one label vary (kept only if the validation MAP@R does not drop)",
     )
