@@ -142,7 +142,10 @@ def run(args: argparse.Namespace) -> int:
     if whitening:
         before, after = whitening["validation_before"][info["monitor"]], whitening["validation_after"][info["monitor"]]
         verdict = "kept" if whitening["kept"] else "dropped: it lowered validation"
-        print(f"learned whitening: validation {info['monitor']} {before:.4f} -> {after:.4f}, {verdict}")
+        print(
+            f"learned whitening: validation {info['monitor']} {before:.4f} -> {after:.4f}, {verdict}"
+            f" ({whitening['seconds']:.0f} s)"
+        )
     print(f"split: {counts['train']} train, {counts['val']} validation, {counts['test']} held out for evaluation")
     print(f"use it: lookalike evaluate {args.folder} --embedders efficientnet-lite0,{info['name']}")
     return 0

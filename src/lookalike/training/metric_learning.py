@@ -26,6 +26,7 @@ The spec (the options of `lookalike train siamese|triplet`) and the two registry
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -219,6 +220,7 @@ class MetricTask(Task):
         kept, the architecture without the layer) for model.json."""
         if not self.spec.whiten:
             return {}
+        started = time.perf_counter()
         self.model.eval()
         with torch.no_grad():
             before = self.validate()
@@ -241,7 +243,13 @@ class MetricTask(Task):
             after = self.validate()
         kept = after[self.monitor] >= before[self.monitor]
         figures: dict[str, object] = {
-            "whitening": {"kept": kept, "validation_before": before, "validation_after": after, "fit_on": len(fit_on)}
+            "whitening": {
+                "kept": kept,
+                "validation_before": before,
+                "validation_after": after,
+                "fit_on": len(fit_on),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
         }
         if not kept:
             self.model.whitening = None
