@@ -43,7 +43,7 @@ PRETRAINED = "efficientnet-lite0"
 SEEN_CLASSES = 50
 #: name -> (method, spec options, maximum epochs or None for the method's default): the heads on the frozen Lite0
 #: features, so the comparison is the head's, then the last 6 or 9 blocks of Lite0 fine-tuned too; "-whiten" ends
-#: the same training with learned whitening (`--whiten`)
+#: the same training with learned whitening (`--whiten`, the default since), the others say `--no-whiten`
 FROZEN_RESIDUAL = {
     "backbone": "frozen",
     "backbone_model": PRETRAINED,
@@ -59,13 +59,18 @@ FINETUNE = {
     "head": "residual",
     "distill": 1.0,
 }
+PLAIN, WHITEN = {"whiten": False}, {"whiten": True}
 CONFIGS: dict[str, tuple[str, dict[str, object], int | None]] = {
-    "siamese-mlp": ("siamese", {"backbone": "frozen", "backbone_model": PRETRAINED, "flip_average": False}, None),
-    "siamese-residual": ("siamese", FROZEN_RESIDUAL, None),
-    "siamese-residual-whiten": ("siamese", {**FROZEN_RESIDUAL, "whiten": True}, None),
-    "siamese-finetune6": ("siamese", {**FINETUNE, "trainable_blocks": 6}, 15),
-    "siamese-finetune6-whiten": ("siamese", {**FINETUNE, "trainable_blocks": 6, "whiten": True}, 15),
-    "siamese-finetune9-whiten": ("siamese", {**FINETUNE, "trainable_blocks": 9, "whiten": True}, 15),
+    "siamese-mlp": (
+        "siamese",
+        {"backbone": "frozen", "backbone_model": PRETRAINED, "flip_average": False, **PLAIN},
+        None,
+    ),
+    "siamese-residual": ("siamese", {**FROZEN_RESIDUAL, **PLAIN}, None),
+    "siamese-residual-whiten": ("siamese", {**FROZEN_RESIDUAL, **WHITEN}, None),
+    "siamese-finetune6": ("siamese", {**FINETUNE, "trainable_blocks": 6, **PLAIN}, 15),
+    "siamese-finetune6-whiten": ("siamese", {**FINETUNE, "trainable_blocks": 6, **WHITEN}, 15),
+    "siamese-finetune9-whiten": ("siamese", {**FINETUNE, "trainable_blocks": 9, **WHITEN}, 15),
     "selfsup": ("selfsup", {"views": 3}, None),
 }
 
