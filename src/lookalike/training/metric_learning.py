@@ -204,15 +204,19 @@ class MetricTask(Task):
             loss = loss + self.spec.distill * neighbourhood_distillation(embeddings, self.teacher(inputs))
         return loss
 
-    def validate(self) -> dict[str, float]:
+    def _vectors(self, cached: np.ndarray, view: int = 0) -> torch.Tensor:
+        """The network's vectors of every image of a cache (one cached view of each; pixels are unaugmented)."""
         out = []
-        for idx in batched(len(self.val_inputs), 128):
+        for idx in batched(len(cached), 128):
             if self.pixels:
-                inputs = pixel_batch(self.val_inputs[idx], None)
+                inputs = pixel_batch(cached[idx], None)
             else:
-                inputs = torch.from_numpy(np.asarray(self.val_inputs[idx, 0], dtype=np.float32))
+                inputs = torch.from_numpy(np.asarray(cached[idx, view], dtype=np.float32))
             out.append(self.model.from_cached(inputs))
-        return validation_figures(torch.cat(out), self.prepared.val_labels)
+        return torch.cat(out)
+
+    def validate(self) -> dict[str, float]:
+        return validation_figures(self._vectors(self.val_inputs), self.prepared.val_labels)
 
     def finish(self) -> dict[str, object]:
         """`--whiten`: fit learned whitening (`training.whitening`) on the training photos' vectors, every cached
@@ -225,17 +229,9 @@ class MetricTask(Task):
         with torch.no_grad():
             before = self.validate()
             views = 1 if self.pixels else self.train_inputs.shape[1]
-            vectors, labels = [], []
-            for view in range(views):
-                for idx in batched(len(self.train_inputs), 128):
-                    if self.pixels:
-                        inputs = pixel_batch(self.train_inputs[idx], None)
-                    else:
-                        inputs = torch.from_numpy(np.asarray(self.train_inputs[idx, view], dtype=np.float32))
-                    vectors.append(self.model.from_cached(inputs).numpy())
-                    labels.append(self.prepared.train_labels[idx])
-            fit_on = np.concatenate(vectors)
-            mean, projection = fit_learned_whitening(fit_on, np.concatenate(labels), self.spec.whiten_shrinkage)
+            fit_on = torch.cat([self._vectors(self.train_inputs, view) for view in range(views)]).numpy()
+            labels = np.tile(self.prepared.train_labels, views)
+            mean, projection = fit_learned_whitening(fit_on, labels, self.spec.whiten_shrinkage)
             layer = LearnedWhitening(len(mean))
             layer.mean.copy_(torch.from_numpy(mean))
             layer.projection.copy_(torch.from_numpy(projection))

@@ -35,17 +35,17 @@ def fit_learned_whitening(
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     mean = x.mean(axis=0)
     within = np.zeros((x.shape[1], x.shape[1]))
-    pairs = 0
+    counted = 0
     for label in np.unique(labels):
         group = x[labels == label]
         if len(group) < 2:
             continue
         centred = group - group.mean(axis=0)
         within += centred.T @ centred
-        pairs += len(group)
-    if not pairs:
+        counted += len(group)
+    if not counted:
         raise ValueError("learned whitening needs a label with at least two vectors")
-    within /= pairs
+    within /= counted
     eigenvalues, axes = np.linalg.eigh(within)
     eigenvalues = np.clip(eigenvalues, 0.0, None)
     shrunk = (1.0 - shrinkage) * eigenvalues + shrinkage * eigenvalues.mean()
