@@ -149,7 +149,8 @@ class Collection:
         # One `embed_missing` at a time: it embeds without holding `_lock` (searches go on meanwhile) and takes
         # that only to commit each batch.
         self._embedding = threading.Lock()
-        #: decode JPEGs in draft mode when indexing (see benchmarks/bench_indexing.py for its effect)
+        #: decode JPEGs in draft mode when indexing, and so when adding and querying (`draft_size`; see
+        #: benchmarks/bench_indexing.py and bench_draft_decoding.py for its effect)
         self.draft = True
         self._writes = 0  # changes committed through this object (SQLite's data_version counts the others)
         self._all_ids: tuple[tuple[int, int], np.ndarray, str] | None = None
@@ -836,8 +837,8 @@ class Collection:
         most that many threads (`Embedder.on_threads`; the server's adds take one, leaving the other
         cores to searches).
         """
-        image = open_image(data, max_pixels=max_pixels)
         names = sorted(set(self.catalog.embedders()) | {self.default_embedder})
+        image = open_image(data, max_pixels=max_pixels, draft_size=self.draft_size(*names))
         outputs = {}
         for n in names:
             model = self.embedder(n) if threads is None else self.embedder(n).on_threads(threads)
@@ -1042,17 +1043,35 @@ class Collection:
     ) -> np.ndarray:
         """Images (paths, bytes or Pillow images), each optionally cropped to its box, as (n, dim) vectors.
 
-        `threads`: run the network on at most that many threads (`Embedder.on_threads`), as `prepare_image`."""
+        `threads`: run the network on at most that many threads (`Embedder.on_threads`), as `prepare_image`.
+        Paths and bytes are decoded as `sync` decodes them (`draft_size`), except for a region, which keeps
+        every pixel; a Pillow image is taken as it is."""
+        model = self.embedder(embedder)
+        draft = self.draft_size(embedder)
         pils = []
         for i, image in enumerate(images):
+            box = boxes[i] if boxes is not None else None
             if isinstance(image, Image.Image):
                 pil = image.convert("RGB")
             else:
-                pil = open_image(image if isinstance(image, bytes) else Path(image))
-            box = boxes[i] if boxes is not None else None
+                source = image if isinstance(image, bytes) else Path(image)
+                pil = open_image(source, draft_size=draft if box is None else None)
             pils.append(pil.crop(_clamp_box(_box_in_decoded_pixels(box, pil), pil.size)) if box is not None else pil)
-        model = self.embedder(embedder)
         return (model if threads is None else model.on_threads(threads)).embed_images(pils)
+
+    def draft_size(self, *embedders: str | None) -> tuple[int, int] | None:
+        """The size a large JPEG may be decoded reduced to (JPEG draft mode) for these embedders (None: the
+        default one), the largest any of them needs; None when the collection decodes every pixel (`draft`).
+
+        `sync` decodes each file so, and so do queries and added images: an indexed photo searched for
+        again gets the very vector it was indexed with (decoded whole, a 12-megapixel photo's vector moves
+        to a cosine as low as 0.96 from its draft-decoded one: benchmarks/results/draft_decoding.json), and
+        a phone photo is decoded and resized in a tenth of the time.
+        """
+        if not self.draft:
+            return None
+        sizes = [self.embedder(name).preprocessing.draft_size for name in embedders or (None,)]
+        return max(w for w, _ in sizes), max(h for _, h in sizes)
 
     def search(
         self,

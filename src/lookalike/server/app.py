@@ -627,10 +627,11 @@ def read_upload(state: ServerState, upload: UploadFile) -> bytes:
     return data
 
 
-def decode_upload(state: ServerState, data: bytes) -> Image.Image:
-    """The upload as an upright RGB image, or a clear 413/422 error."""
+def decode_upload(state: ServerState, data: bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """The upload as an upright RGB image (a large JPEG reduced to no less than `draft_size`), or a clear
+    413/422 error."""
     try:
-        return open_image(data, max_pixels=state.max_pixels)
+        return open_image(data, max_pixels=state.max_pixels, draft_size=draft_size)
     except ImageError as exc:
         raise upload_error(exc) from exc
 
@@ -723,7 +724,8 @@ def embed_query(state: ServerState, data: bytes, embedder: str, box: Box | None)
         # how the cores embed the most images per second (EfficientNet-Lite0 on 2 cores, one image per call:
         # 1 thread x 2 at once 158-174 images/s, 2 threads x 2 at once 133-138).
         threads = None if state.embed_slots.taken <= 1 else 1
-        image = decode_upload(state, data)
+        # Decoded as the indexed files were (a large JPEG reduced in draft mode), except for a region.
+        image = decode_upload(state, data, state.collection.draft_size(embedder) if box is None else None)
         width, height = image.info.get("original_size", image.size)
         check_box_overlaps(box, width, height)
         return state.collection.embed(image, embedder=embedder, box=box, threads=threads), (width, height)
