@@ -2,7 +2,8 @@
 
 Indexing decodes a large JPEG reduced in draft mode (`Collection.draft`). A query or an upload decoded
 whole gets a different vector for the same file (on 12-megapixel photos a cosine as low as 0.96 to its
-stored one), and costs ten times the decoding: both paths now decode as `sync` does, except regions.
+stored one), and costs ten times the decoding: both paths now decode as `sync` does (a region reduced no
+further than keeps it as large as the network's input).
 """
 
 from __future__ import annotations
@@ -88,11 +89,32 @@ def test_a_large_photo_added_through_the_api_is_stored_as_indexing_stores_it(
     assert float(prepared.outputs[EMBEDDER][1][0] @ collection.embed(open_image(data))) < 0.9999
 
 
-def test_a_region_is_cut_from_every_pixel(collection: Collection) -> None:
+def test_a_region_is_reduced_no_further_than_keeps_it_as_large_as_the_network_input(collection: Collection) -> None:
     path = next(Path(r.path) for r in collection.catalog.records() if Path(r.path).name == "big-0.jpg")
-    box = (300.0, 200.0, 900.0, 800.0)  # a 600-pixel square: a draft decode would leave it 150 pixels wide
-    whole = collection.embed(open_image(path.read_bytes()), box=box)
-    assert float(collection.embed(path, box=box) @ whole) > 0.99999
+    data = path.read_bytes()
+    wanted = collection.embedder(EMBEDDER).preprocessing.draft_size  # 256 x 256
+    # A 600-pixel square of a 2400 x 1800 photo: reduced by 2 it would be 300 pixels, but then the whole
+    # image would be 1200 x 900, less than 1024 = 256 x 2400 / 600 wide: decoded whole, the same vector.
+    small = (300.0, 200.0, 900.0, 800.0)
+    assert collection.draft_size(EMBEDDER, box=small, size=(2400, 1800)) == (1024, 1024)
+    whole = collection.embed(open_image(data), box=small)
+    assert float(collection.embed(path, box=small) @ whole) > 0.99999
+    # Half of each side: decoded at 1/2 (1200 x 900), the region 600 x 450 pixels, still above 256.
+    half = (600.0, 450.0, 1800.0, 1350.0)
+    draft = collection.draft_size(EMBEDDER, box=half, size=(2400, 1800))
+    assert draft == (2 * wanted[0], 2 * wanted[1])
+    assert open_image(data, draft_size=draft).size == (1200, 900)
+    reduced = collection.embed(data, box=half)
+    assert float(reduced @ collection.embed(open_image(data), box=half)) > 0.99  # close to every pixel's
+    assert float(reduced @ collection.embed(path, box=half)) > 0.99999  # a path and its bytes alike
+    with TestClient(create_app(collection)) as client:
+        body = client.post(
+            "/api/search?k=3&expand=0&box=600,450,1800,1350", files={"file": ("q.jpg", data, "image/jpeg")}
+        ).json()
+    expected = collection.search(data, k=3, box=half, expand=0)
+    assert [h["id"] for h in body["results"]] == [r.id for r in expected]
+    assert [h["score"] for h in body["results"]] == pytest.approx([r.score for r in expected], abs=1e-5)
+    assert body["query"]["box"] == list(half)
 
 
 def test_a_collection_told_not_to_draft_decodes_every_pixel(collection: Collection) -> None:

@@ -69,7 +69,7 @@ from ..duplicates import (
     tier_embedder,
 )
 from ..embedders import EmbedderError
-from ..images import ImageError, open_image
+from ..images import ImageError, open_image, upright_size
 from .access import (
     LOOPBACK_HOST_NAMES,
     TOKEN_ENV,
@@ -636,6 +636,17 @@ def decode_upload(state: ServerState, data: bytes, draft_size: tuple[int, int] |
         raise upload_error(exc) from exc
 
 
+def query_draft_size(state: ServerState, data: bytes, embedder: str, box: Box | None) -> tuple[int, int] | None:
+    """`Collection.draft_size` of an upload searched with `embedder`, whole or in `box`."""
+    if box is None or not state.collection.draft:
+        return state.collection.draft_size(embedder)
+    try:
+        size = upright_size(data)
+    except ImageError as exc:
+        raise upload_error(exc) from exc
+    return state.collection.draft_size(embedder, box=box, size=size)
+
+
 def upload_error(exc: ImageError) -> HTTPException:
     if exc.reason.startswith("image too large"):
         return HTTPException(413, exc.reason)
@@ -724,8 +735,9 @@ def embed_query(state: ServerState, data: bytes, embedder: str, box: Box | None)
         # how the cores embed the most images per second (EfficientNet-Lite0 on 2 cores, one image per call:
         # 1 thread x 2 at once 158-174 images/s, 2 threads x 2 at once 133-138).
         threads = None if state.embed_slots.taken <= 1 else 1
-        # Decoded as the indexed files were (a large JPEG reduced in draft mode), except for a region.
-        image = decode_upload(state, data, state.collection.draft_size(embedder) if box is None else None)
+        # Decoded as the indexed files were (a large JPEG reduced in draft mode; a region no further than keeps
+        # it as large as the network's input).
+        image = decode_upload(state, data, query_draft_size(state, data, embedder, box))
         width, height = image.info.get("original_size", image.size)
         check_box_overlaps(box, width, height)
         return state.collection.embed(image, embedder=embedder, box=box, threads=threads), (width, height)
