@@ -1054,14 +1054,26 @@ class Collection:
             if isinstance(image, Image.Image):
                 pil = image.convert("RGB")
             else:
-                source: bytes | Path = image if isinstance(image, bytes) else Path(image)
-                size = None
-                if box is not None and self.draft:  # the header says how far the region may be reduced
-                    source = source if isinstance(source, bytes) else source.read_bytes()
-                    size = upright_size(source)
-                pil = open_image(source, draft_size=self.draft_size(embedder, box=box, size=size))
+                pil = self.decode_query(image if isinstance(image, bytes) else Path(image), embedder, box)
             pils.append(pil.crop(_clamp_box(_box_in_decoded_pixels(box, pil), pil.size)) if box is not None else pil)
         return (model if threads is None else model.on_threads(threads)).embed_images(pils)
+
+    def decode_query(
+        self,
+        source: bytes | Path,
+        embedder: str | None = None,
+        box: Box | None = None,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Image.Image:
+        """A query image (file or bytes) decoded upright as `sync` decodes for `embedder` (`draft_size`; for a
+        region, `box` in upright original pixels, reduced no further than keeps it as large); `ImageError`
+        if it cannot be."""
+        size = None
+        if box is not None and self.draft:  # the header says how far the region may be reduced
+            source = source if isinstance(source, bytes) else source.read_bytes()
+            size = upright_size(source)
+        return open_image(source, max_pixels=max_pixels, draft_size=self.draft_size(embedder, box=box, size=size))
 
     def draft_size(
         self, *embedders: str | None, box: Box | None = None, size: tuple[int, int] | None = None

@@ -69,7 +69,7 @@ from ..duplicates import (
     tier_embedder,
 )
 from ..embedders import EmbedderError
-from ..images import ImageError, open_image, upright_size
+from ..images import ImageError
 from .access import (
     LOOPBACK_HOST_NAMES,
     TOKEN_ENV,
@@ -627,24 +627,13 @@ def read_upload(state: ServerState, upload: UploadFile) -> bytes:
     return data
 
 
-def decode_upload(state: ServerState, data: bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """The upload as an upright RGB image (a large JPEG reduced to no less than `draft_size`), or a clear
-    413/422 error."""
+def decode_upload(state: ServerState, data: bytes, embedder: str, box: Box | None) -> Image.Image:
+    """The upload as an upright RGB image, decoded as the indexed files were (`Collection.decode_query`: a
+    large JPEG reduced in draft mode), or a clear 413/422 error."""
     try:
-        return open_image(data, max_pixels=state.max_pixels, draft_size=draft_size)
+        return state.collection.decode_query(data, embedder, box, max_pixels=state.max_pixels)
     except ImageError as exc:
         raise upload_error(exc) from exc
-
-
-def query_draft_size(state: ServerState, data: bytes, embedder: str, box: Box | None) -> tuple[int, int] | None:
-    """`Collection.draft_size` of an upload searched with `embedder`, whole or in `box`."""
-    if box is None or not state.collection.draft:
-        return state.collection.draft_size(embedder)
-    try:
-        size = upright_size(data)
-    except ImageError as exc:
-        raise upload_error(exc) from exc
-    return state.collection.draft_size(embedder, box=box, size=size)
 
 
 def upload_error(exc: ImageError) -> HTTPException:
@@ -735,9 +724,7 @@ def embed_query(state: ServerState, data: bytes, embedder: str, box: Box | None)
         # how the cores embed the most images per second (EfficientNet-Lite0 on 2 cores, one image per call:
         # 1 thread x 2 at once 158-174 images/s, 2 threads x 2 at once 133-138).
         threads = None if state.embed_slots.taken <= 1 else 1
-        # Decoded as the indexed files were (a large JPEG reduced in draft mode; a region no further than keeps
-        # it as large as the network's input).
-        image = decode_upload(state, data, query_draft_size(state, data, embedder, box))
+        image = decode_upload(state, data, embedder, box)
         width, height = image.info.get("original_size", image.size)
         check_box_overlaps(box, width, height)
         return state.collection.embed(image, embedder=embedder, box=box, threads=threads), (width, height)
