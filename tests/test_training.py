@@ -77,8 +77,10 @@ def test_autoencoder_loss_falls_and_model_reloads_to_the_same_vectors(sample_fol
         assert losses[-1] < losses[0] * 0.9, losses
         images = [sample_folder / "cat" / "cat.1.jpg", sample_folder / "dog" / "dog.2.jpg"]
         embedder = collection.embedder("autoencoder")
+        # decoded as indexing and queries decode for this small-input network (a large JPEG reduced in draft mode)
+        decoded = [collection.decode_query(p, "autoencoder") for p in images]
         expected = torch.nn.functional.normalize(
-            trained.module(torch.from_numpy(np.stack([embedder.preprocessing(_open(p)) for p in images]))), dim=1
+            trained.module(torch.from_numpy(np.stack([embedder.preprocessing(image) for image in decoded]))), dim=1
         ).detach()
         vectors = np.stack([collection.embed(p, embedder="autoencoder") for p in images])
     assert vectors.shape == (2, 256)
@@ -89,7 +91,7 @@ def test_autoencoder_loss_falls_and_model_reloads_to_the_same_vectors(sample_fol
     from lookalike.embedders import create
 
     eager = create("autoencoder", runtime="torch", models_dir=tmp_path / "col" / "models")
-    np.testing.assert_allclose(eager.embed_images([_open(images[1])])[0], vectors[1], atol=1e-4)
+    np.testing.assert_allclose(eager.embed_images([decoded[1]])[0], vectors[1], atol=1e-4)
 
 
 def _open(path: Path):
