@@ -50,7 +50,10 @@ def upload_searches(collection: Collection, photos: list[Path], repeats: int) ->
     server = uvicorn.Server(uvicorn.Config(create_app(collection), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 60
     while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
         time.sleep(0.05)
     out: dict[str, dict[str, list[float]]] = {mode: {"ms": [], "self_score": []} for mode in MODES}
     try:

@@ -52,15 +52,15 @@ def collection(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iter
         yield opened
 
 
-def stored(collection: Collection, name: str) -> tuple[int, np.ndarray]:
+def stored(collection: Collection, name: str) -> tuple[int, Path, np.ndarray]:
+    """(id, path, stored vector) of the indexed photo called `name`."""
     (record,) = [r for r in collection.catalog.records() if Path(r.path).name == name]
     _, vectors = collection.catalog.vectors(EMBEDDER, [record.id])
-    return record.id, vectors[0]
+    return record.id, Path(record.path), vectors[0]
 
 
 def test_a_large_photo_searched_again_gets_its_stored_vector(collection: Collection) -> None:
-    image_id, vector = stored(collection, "big-0.jpg")
-    path = next(Path(r.path) for r in collection.catalog.records() if r.id == image_id)
+    _, path, vector = stored(collection, "big-0.jpg")
     whole = collection.embed(open_image(path.read_bytes()))  # a Pillow image is embedded as given: every pixel
     assert float(whole @ vector) < 0.9999  # decoded whole, the same file is another vector
     for query in (path, path.read_bytes()):  # as the CLI and the Python API read a query
@@ -68,8 +68,8 @@ def test_a_large_photo_searched_again_gets_its_stored_vector(collection: Collect
 
 
 def test_an_uploaded_large_photo_gets_its_stored_vector(collection: Collection) -> None:
-    image_id, _ = stored(collection, "big-1.jpg")
-    data = next(Path(r.path) for r in collection.catalog.records() if r.id == image_id).read_bytes()
+    image_id, path, _ = stored(collection, "big-1.jpg")
+    data = path.read_bytes()
     with TestClient(create_app(collection)) as client:
         body = client.post("/api/search?k=1&expand=0", files={"file": ("q.jpg", data, "image/jpeg")}).json()
     assert body["query"]["width"] == 2400 and body["query"]["height"] == 1800  # the original's size, still
@@ -82,15 +82,17 @@ def test_a_large_photo_added_through_the_api_is_stored_as_indexing_stores_it(
 ) -> None:
     photo = sample_files(data_dir, per_label=6)[-1]  # not among the indexed ones
     data = phone_sized(photo, seed=7)
-    prepared = collection.prepare_image(data)
-    expected = collection.embed(open_image(data, draft_size=collection.draft_size(EMBEDDER)))
-    assert float(prepared.outputs[EMBEDDER][1][0] @ expected) > 0.99999
-    assert (prepared.width, prepared.height) == (2400, 1800)
-    assert float(prepared.outputs[EMBEDDER][1][0] @ collection.embed(open_image(data))) < 0.9999
+    with TestClient(create_app(collection)) as client:
+        added = client.post("/api/images", files={"file": ("new.jpg", data, "image/jpeg")})
+    assert added.status_code == 201, added.text
+    assert (added.json()["width"], added.json()["height"]) == (2400, 1800)
+    _, (vector,) = collection.catalog.vectors(EMBEDDER, [added.json()["id"]])
+    assert float(vector @ collection.embed(open_image(data, draft_size=collection.draft_size(EMBEDDER)))) > 0.99999
+    assert float(vector @ collection.embed(open_image(data))) < 0.9999  # what it was when decoded whole
 
 
 def test_a_region_is_reduced_no_further_than_keeps_it_as_large_as_the_network_input(collection: Collection) -> None:
-    path = next(Path(r.path) for r in collection.catalog.records() if Path(r.path).name == "big-0.jpg")
+    _, path, _ = stored(collection, "big-0.jpg")
     data = path.read_bytes()
     wanted = collection.embedder(EMBEDDER).preprocessing.draft_size  # 256 x 256
     # A 600-pixel square of a 2400 x 1800 photo: reduced by 2 it would be 300 pixels, but then the whole
@@ -118,7 +120,7 @@ def test_a_region_is_reduced_no_further_than_keeps_it_as_large_as_the_network_in
 
 
 def test_a_collection_told_not_to_draft_decodes_every_pixel(collection: Collection) -> None:
-    path = next(Path(r.path) for r in collection.catalog.records() if Path(r.path).name == "big-0.jpg")
+    _, path, _ = stored(collection, "big-0.jpg")
     whole = collection.embed(open_image(path.read_bytes()))
     collection.draft = False
     try:
