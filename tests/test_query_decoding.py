@@ -21,7 +21,7 @@ from PIL import Image
 from servers import indexed
 
 from lookalike import Collection
-from lookalike.images import open_image
+from lookalike.images import ImageError, open_image
 from lookalike.server import create_app
 
 EMBEDDER = "efficientnet-lite0"
@@ -129,3 +129,11 @@ def test_a_collection_told_not_to_draft_decodes_every_pixel(collection: Collecti
     finally:
         collection.draft = True
     assert collection.draft_size(EMBEDDER) == collection.embedder(EMBEDDER).preprocessing.draft_size
+
+
+def test_an_unreadable_region_query_is_a_clear_image_error(collection: Collection, tmp_path: Path) -> None:
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    for box in (None, (0.0, 0.0, 10.0, 10.0)):  # a region reads the header first: the same error
+        with pytest.raises(ImageError, match="cannot read: Is a directory"):
+            collection.embed(folder, box=box)

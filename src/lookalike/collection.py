@@ -1071,7 +1071,11 @@ class Collection:
         if it cannot be."""
         size = None
         if box is not None and self.draft:  # the header says how far the region may be reduced
-            source = source if isinstance(source, bytes) else source.read_bytes()
+            if not isinstance(source, bytes):
+                try:
+                    source = source.read_bytes()
+                except OSError as exc:  # as open_image says it: a folder, no permission...
+                    raise ImageError(str(source), f"cannot read: {exc.strerror or exc}") from exc
             size = upright_size(source)
         return open_image(source, max_pixels=max_pixels, draft_size=self.draft_size(embedder, box=box, size=size))
 
