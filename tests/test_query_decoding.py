@@ -9,6 +9,7 @@ further than keeps it as large as the network's input).
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,9 +132,12 @@ def test_a_collection_told_not_to_draft_decodes_every_pixel(collection: Collecti
     assert collection.draft_size(EMBEDDER) == collection.embedder(EMBEDDER).preprocessing.draft_size
 
 
-def test_an_unreadable_region_query_is_a_clear_image_error(collection: Collection, tmp_path: Path) -> None:
+def test_a_query_path_that_is_not_a_regular_file_is_a_clear_image_error(collection: Collection, tmp_path: Path) -> None:
     folder = tmp_path / "folder.jpg"
     folder.mkdir()
-    for box in (None, (0.0, 0.0, 10.0, 10.0)):  # a region reads the header first: the same error
-        with pytest.raises(ImageError, match="cannot read: Is a directory"):
-            collection.embed(folder, box=box)
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)  # opened for reading the usual way, it would wait for a writer for ever
+    for path, kind in ((folder, "a folder"), (fifo, "a FIFO")):
+        for box in (None, (0.0, 0.0, 10.0, 10.0)):
+            with pytest.raises(ImageError, match=f"not a regular file \\({kind}\\)"):
+                collection.embed(path, box=box)

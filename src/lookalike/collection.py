@@ -1068,15 +1068,14 @@ class Collection:
     ) -> Image.Image:
         """A query image (file or bytes) decoded upright as `sync` decodes for `embedder` (`draft_size`; for a
         region, `box` in upright original pixels, reduced no further than keeps it as large); `ImageError`
-        if it cannot be."""
-        size = None
-        if box is not None and self.draft:  # the header says how far the region may be reduced
-            if not isinstance(source, bytes):
-                try:
-                    source = source.read_bytes()
-                except OSError as exc:  # as open_image says it: a folder, no permission...
-                    raise ImageError(str(source), f"cannot read: {exc.strerror or exc}") from exc
-            size = upright_size(source)
+        if it cannot be, or if the file is not a regular file of at most `DEFAULT_MAX_FILE_BYTES`."""
+        if not isinstance(source, bytes):  # only a regular file (a FIFO never waits), within the indexer's limit
+            try:
+                source, _ = read_regular_file(source, follow_symlinks=True, max_bytes=DEFAULT_MAX_FILE_BYTES)
+            except _NotReadable as exc:
+                raise ImageError(str(source), exc.short) from None
+        # For a region, the header says how far the photo may be reduced.
+        size = upright_size(source) if box is not None and self.draft else None
         return open_image(source, max_pixels=max_pixels, draft_size=self.draft_size(embedder, box=box, size=size))
 
     def draft_size(
