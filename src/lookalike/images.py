@@ -19,8 +19,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Extensions a folder walk picks up. The content decides the decoder, not the name:
 # a PNG called .jpg still decodes.
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".avif"}
+    | {".heic", ".heif", ".hif"}
 )
+
+# HEIF/HEIC (what iPhones and many Android phones write) is decoded by pillow-heif, an optional dependency
+# (`lookalike[heif]`: its wheel bundles an HEVC encoder under the GPL). Importing it takes about 0.3 s, so it
+# is loaded only when a file Pillow cannot identify has a HEIF header; AVIF is Pillow's own.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"})
+HEIF_MISSING = "HEIC/HEIF image: decoding it needs pillow-heif (pip install 'lookalike[heif]')"
+_HEIF_LOCK = threading.Lock()
+_heif_opener: bool | None = None  # None: not tried yet; then whether pillow-heif's Pillow plugin is registered
 
 ORIENTATION_TAG = 0x0112
 
@@ -136,13 +145,55 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.3g} MP"
 
 
-def _open_unchecked(fp: io.BytesIO | str | os.PathLike[str]) -> Image.Image:
-    """`Image.open` (it reads the header only) without Pillow's own pixel limit.
+def is_heif(header: bytes) -> bool:
+    """Whether a file's first 12 bytes are those of a HEIF image (an ISO-BMFF `ftyp` box of a HEIF brand)."""
+    return header[4:8] == b"ftyp" and header[8:12] in HEIF_BRANDS
+
+
+def heif_support() -> bool:
+    """Whether HEIF images can be decoded: pillow-heif's Pillow plugin, registered at the first call."""
+    global _heif_opener
+    with _HEIF_LOCK:
+        if _heif_opener is None:
+            try:
+                import pillow_heif
+            except ImportError:
+                _heif_opener = False
+            else:
+                pillow_heif.register_heif_opener()
+                _heif_opener = True
+        return _heif_opener
+
+
+def _open_unchecked(fp: io.BytesIO | str | os.PathLike[str], name: str = "<bytes>") -> Image.Image:
+    """`Image.open` (it reads the header only) without Pillow's own pixel limit; a HEIF file
+    with pillow-heif's plugin (`heif_support`), or `ImageError` saying what to install.
 
     `open_image` checks the size itself before anything is decoded, with room for JPEGs
     decoded reduced. Pillow's limit is a process-wide setting, so it is lifted under a lock,
     only for the time of the header parse, and put back.
     """
+    try:
+        return _open_without_limit(fp)
+    except UnidentifiedImageError:
+        if isinstance(fp, io.BytesIO):
+            header = fp.getvalue()[:12]
+        else:
+            with open(fp, "rb") as f:
+                header = f.read(12)
+        if not is_heif(header):
+            raise
+        if not heif_support():
+            raise ImageError(name, HEIF_MISSING) from None
+        if isinstance(fp, io.BytesIO):
+            fp.seek(0)
+        try:
+            return _open_without_limit(fp)
+        except UnidentifiedImageError:
+            raise ImageError(name, "corrupt or truncated image: a HEIF header, no image pillow-heif can read") from None
+
+
+def _open_without_limit(fp: io.BytesIO | str | os.PathLike[str]) -> Image.Image:
     with _PILLOW_LIMIT_LOCK:
         previous = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
@@ -194,7 +245,7 @@ def open_image(
                 raise ImageError(name, "empty file (0 bytes)")
             fp = source
         # At most `decode_limit()` images are decoded (and converted) at once in this process.
-        with _decode_slots, _open_unchecked(fp) as image:
+        with _decode_slots, _open_unchecked(fp, name) as image:
             width, height = image.size
             pixels = width * height
             progressive = bool(image.info.get("progressive") or image.info.get("progression"))

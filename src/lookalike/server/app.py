@@ -69,7 +69,7 @@ from ..duplicates import (
     tier_embedder,
 )
 from ..embedders import EmbedderError
-from ..images import ImageError
+from ..images import ImageError, is_heif
 from .access import (
     LOOPBACK_HOST_NAMES,
     TOKEN_ENV,
@@ -121,6 +121,8 @@ _EXTENSION_BY_FORMAT = {
     "BMP": ".bmp",
     "TIFF": ".tif",
     "PPM": ".ppm",
+    "AVIF": ".avif",
+    "HEIF": ".heic",
 }
 _MEDIA_TYPE_BY_SIGNATURE = [
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -737,6 +739,10 @@ def media_type_of(data: bytes) -> str:
             return media_type
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return "image/avif"
+    if is_heif(head):
+        return "image/heic"
     return "application/octet-stream"
 
 
