@@ -21,6 +21,7 @@ FULL = [
     ["bench_server_latency.py"],
     ["bench_server_load.py"],
     ["bench_query_decoding.py"],
+    ["bench_photo_formats.py"],
     ["bench_concepts.py"],
 ]
 # Every benchmark has a seconds-long --smoke version that writes no results (tests/test_benchmarks.py runs each).
