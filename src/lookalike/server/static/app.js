@@ -580,7 +580,10 @@ function setupInputs() {
   window.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("dragging");
-    const file = [...(event.dataTransfer?.files ?? [])].find((f) => f.type.startsWith("image/"));
+    // A HEIC photo may come without a media type where the system does not know the format: its name says.
+    const file = [...(event.dataTransfer?.files ?? [])].find(
+      (f) => f.type.startsWith("image/") || /\.(heic|heif|hif|avif)$/i.test(f.name),
+    );
     if (file) useFile(file);
     else setStatus("Drop an image file", true);
   });
