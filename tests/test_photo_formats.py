@@ -159,6 +159,10 @@ def test_without_pillow_heif_a_heic_is_skipped_with_what_to_install(photos: Path
     assert report["skipped"] == [
         [str(folder / "photo-0.heic"), "HEIC/HEIF image: decoding it needs pillow-heif (pip install 'lookalike[heif]')"]
     ]
+    with Collection.open(tmp_path / "c") as collection:  # pillow-heif installed since: the file is read again
+        again = collection.sync(folder)
+    assert again.updated == [str(folder / "photo-0.heic")] and again.skipped == [] and again.unchanged == 2
+    assert again.embedded == 1  # its row existed (as unreadable); now it has its vector
 
 
 def test_indexing_jpegs_does_not_load_pillow_heif(photos: Path, tmp_path: Path) -> None:

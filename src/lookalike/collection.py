@@ -37,7 +37,15 @@ from . import embedders as embedder_registry
 from .catalog import Catalog, ImageRecord
 from .concepts import TAG_MIN_SCORE, ConceptError, Tag, Term, top_classes, vocabulary
 from .embedders import DEFAULT_EMBEDDER, Embedder
-from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, open_image, upright_size
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    HEIF_MISSING,
+    ImageError,
+    heif_support,
+    iter_image_files,
+    open_image,
+    upright_size,
+)
 from .index import DEFAULT_INDEX, VectorIndex, check_index_kind, create_index, load_index
 from .index.base import FOREIGN_IDS_FROM, distinct
 from .index.milvus import is_milvus_kind
@@ -618,7 +626,8 @@ class Collection:
                     continue
                 seen.add(key)
                 if record is not None and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
-                    if record.status == "error":
+                    # a HEIC skipped for want of pillow-heif is read again once it is installed
+                    if record.status == "error" and not (record.error == HEIF_MISSING and heif_support()):
                         report.skipped.append((key, record.error or "unreadable"))
                         continue
                     if record.id in have_vectors:
