@@ -126,6 +126,16 @@ def test_heic_and_avif_uploads_search_and_add(collection: Collection, photos: Pa
             assert client.delete(f"/api/images/{image_id}").status_code in (200, 204)
 
 
+def test_a_heic_and_the_jpeg_of_the_same_shot_are_near_duplicates(collection: Collection, data_dir: Path) -> None:
+    """A phone's export often keeps both: each HEIC or AVIF is grouped with its JPEG, and with nothing else."""
+    jpegs = [p.name for p in sample_files(data_dir, per_label=3)[:3]]
+    near = collection.duplicates("near")
+    groups = sorted(sorted(Path(m.path).name for m in group.members) for group in near.groups)
+    assert groups == sorted(
+        sorted(pair) for pair in zip(jpegs, ["photo-0.heic", "photo-1.avif", "rotated-2.heic"], strict=True)
+    )
+
+
 def test_a_corrupt_heic_is_a_clear_error(photos: Path) -> None:
     data = (photos / "photo-0.heic").read_bytes()
     for cut in (len(data) // 2, 200, 24):  # the image data cut short, or the boxes that describe it
