@@ -246,3 +246,24 @@ def test_a_server_gone_fails_clearly_and_a_rerun_indexes_every_image_once(server
     assert_agree(server, "gone", col, 24)
     code, out, err = finish(lookalike("search", query, "--collection", str(col), "-k", "3", "--json"))
     assert code == 0 and len(json.loads(out)) == 3, err
+
+
+def test_a_port_taken_before_the_first_start_is_picked_anew(tmp_path):
+    """A port picked free may be taken before the server binds it (a CI run once lost one to another
+    process's outgoing connection): the first start picks new ports instead of failing."""
+    from pymilvus import MilvusClient
+
+    from lookalike.index.milvus_server import EmbeddedMilvus
+
+    second = EmbeddedMilvus(tmp_path / "second")
+    taken = second.port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        with second:
+            assert second.running and second.port != taken
+            client = MilvusClient(uri=f"http://{second.address}", timeout=30)
+            try:
+                assert client.list_collections() == []  # it answers on the port it says
+            finally:
+                client.close()

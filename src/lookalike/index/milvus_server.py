@@ -26,6 +26,8 @@ from typing import Any
 
 #: seconds to wait for a server to answer its health check after start
 START_TIMEOUT = 180.0
+#: starts tried on newly picked ports when a port was taken between picking and binding it
+PORT_ATTEMPTS = 3
 #: the components of a standalone server, each listening on its own port
 ROLES = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
 
@@ -65,6 +67,7 @@ class EmbeddedMilvus:
         config = _Config()
         self._ports = {key: free_port() for key in config.configurable_items if key.endswith("_port")}
         self._server: Any = MilvusServer(config, wait_for_started=False, **self._ports)
+        self._started_once = False
         self._server.set_base_dir(str(self.base_dir))
         # Each component registers an address the others dial; left unset that is the machine's first
         # network address, so keep all of the server's traffic on loopback.
@@ -117,7 +120,27 @@ class EmbeddedMilvus:
     # --- starting and stopping -------------------------------------------------------------------
 
     def start(self) -> EmbeddedMilvus:
-        """Start the server and wait until it answers its health check (RuntimeError if it does not)."""
+        """Start the server and wait until it answers its health check (RuntimeError if it does not).
+
+        The ports were free when picked, but another process may take one before the server binds it (an
+        outgoing connection's ephemeral port, say): at the first start, new ones are picked and the start
+        tried again, up to PORT_ATTEMPTS times; a restart keeps its ports, which its clients know.
+        """
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_on_ports()
+                break
+            except RuntimeError as exc:
+                if self._started_once or "bind failed" not in str(exc) or attempt == PORT_ATTEMPTS:
+                    raise
+                self._ports = {key: free_port() for key in self._ports}
+                self._server.config.update(**self._ports)
+                self.etcd_peer_port = free_port()
+        self._started_once = True
+        self._wait_healthy()
+        return self
+
+    def _start_on_ports(self) -> None:
         etcd_port = self._ports["etcd_port"]
         etcd_config = self.base_dir / "configs" / "embed-etcd.yaml"
         etcd_config.parent.mkdir(parents=True, exist_ok=True)
@@ -136,8 +159,6 @@ class EmbeddedMilvus:
                 os.environ.pop("ETCD_CONFIG_PATH", None)
             else:
                 os.environ["ETCD_CONFIG_PATH"] = before
-        self._wait_healthy()
-        return self
 
     def _wait_healthy(self) -> None:
         url = f"http://127.0.0.1:{self._server.webservice_port}/healthz"
