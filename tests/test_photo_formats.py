@@ -93,6 +93,27 @@ def test_a_sideways_heic_is_decoded_upright(photos: Path, data_dir: Path) -> Non
     assert np.abs(np.asarray(image, dtype=np.float32) - upright).mean() < 4  # HEVC's loss, not a quarter turn
 
 
+def test_the_page_gets_an_upright_jpeg_preview_of_a_heic_upload(
+    collection: Collection, photos: Path, data_dir: Path
+) -> None:
+    """For browsers that cannot show HEIC: the server's JPEG of the upload, upright and one pixel per photo pixel
+    (a region drawn on it is in the coordinates a search's box uses); a searching-only token may ask for it."""
+    upright = np.asarray(Image.open(sample_files(data_dir, per_label=3)[2]).convert("RGB"), dtype=np.float32)
+    sideways = (photos / "rotated-2.heic").read_bytes()
+    with TestClient(create_app(collection, token="t" * 32, public_read=True)) as client:
+        answer = client.post("/api/preview", files={"file": ("IMG_0002.HEIC", sideways, "")})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "image/jpeg" and answer.headers["cache-control"] == "no-store"
+        preview = np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGB"), dtype=np.float32)
+        assert preview.shape == upright.shape
+        assert np.abs(preview - upright).mean() < 5  # HEVC's and JPEG's losses, not a quarter turn
+        searched = client.post("/api/search?k=1", files={"file": ("IMG_0002.HEIC", sideways, "")})
+        assert searched.json()["query"]["width"] == upright.shape[1]  # the search's pixels are the preview's
+        broken = client.post("/api/preview", files={"file": ("IMG_0003.HEIC", sideways[: len(sideways) // 3], "")})
+        assert broken.status_code == 422 and "not a readable image" in broken.json()["detail"]
+        assert str(photos) not in broken.text and "/tmp" not in broken.text
+
+
 def test_a_heic_query_finds_its_jpeg(collection: Collection, photos: Path, data_dir: Path) -> None:
     jpeg_id, _ = vector_of(collection, sample_files(data_dir, per_label=3)[0].name)
     heic_id, stored = vector_of(collection, "photo-0.heic")

@@ -11,6 +11,8 @@ from conftest import SAMPLE_PER_LABEL, copy_samples
 from PIL import Image
 from servers import BROWSER_MARKS, chromium_page, images_loaded, indexed, save_screenshot, serving, wait_until
 
+from lookalike.images import ORIENTATION_TAG
+
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the package only)")
 expect = playwright_api.expect
 expect.set_options(timeout=15_000)  # the machine may be shared: waits are generous, they end as soon as met
@@ -202,12 +204,17 @@ def test_dropping_an_image_searches_with_it(page, server_url: str, data_dir: Pat
 
 
 def test_dropping_a_heic_photo_without_a_media_type_searches_with_it(page, server_url: str, data_dir: Path) -> None:
-    """Where the system does not know HEIC, a dropped iPhone photo comes with no media type: its name says."""
+    """Where the system does not know HEIC, a dropped iPhone photo comes with no media type: its name says.
+    Chromium cannot show HEIC, so the page shows the server's JPEG of it, upright, and a region drawn on that
+    is in the photo's own pixels."""
     import io
 
     pillow_heif = pytest.importorskip("pillow_heif", reason="the heif extra (pillow-heif) is not installed")
+    cat = Image.open(data_dir / QUERY_CAT).convert("RGB")
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6  # stored sideways, as an iPhone does: turn a quarter to show it
     buffer = io.BytesIO()
-    pillow_heif.from_pillow(Image.open(data_dir / QUERY_CAT).convert("RGB")).save(buffer, quality=90)
+    pillow_heif.from_pillow(cat.transpose(Image.Transpose.ROTATE_90)).save(buffer, quality=90, exif=exif.tobytes())
     page.goto(server_url)
     expect(page.locator("#collection-info")).to_contain_text("24 images")
     transfer = page.evaluate_handle(
@@ -218,13 +225,28 @@ def test_dropping_a_heic_photo_without_a_media_type_searches_with_it(page, serve
         }""",
         list(buffer.getvalue()),
     )
-    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    with page.expect_response(lambda response: "/api/preview" in response.url) as previewed:
+        page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    assert previewed.value.status == 200 and previewed.value.header_value("content-type") == "image/jpeg"
     cards = page.locator("#results .card")
     cards.nth(11).wait_for()
     labels = [cards.nth(i).get_attribute("data-label") for i in range(cards.count())]
     assert labels.count("cat") >= 9, labels  # what the same photo as a JPEG finds (test_upload_a_cat_and_see_cats)
-    # The search ran on the server's decoding; Chromium may show no HEIC preview, and the caption then says so
-    assert page.locator("#query-caption").text_content().startswith("IMG_0001.HEIC")
+    expect(page.locator("#query-caption")).to_have_text("IMG_0001.HEIC")
+    expect(page.locator("#query-image")).to_be_visible()
+    shown = page.locator("#query-image").evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert shown == list(cat.size)  # upright, one preview pixel per photo pixel
+
+    with page.expect_request(lambda request: "/api/search?" in request.url and "box=" in request.url) as searched:
+        frame = page.locator("#query-image").bounding_box()
+        page.mouse.move(frame["x"] + frame["width"] * 0.2, frame["y"] + frame["height"] * 0.1)
+        page.mouse.down()
+        page.mouse.move(frame["x"] + frame["width"] * 0.8, frame["y"] + frame["height"] * 0.6, steps=5)
+        page.mouse.up()
+    box = [float(v) for v in searched.value.url.split("box=")[1].split("&")[0].replace("%2C", ",").split(",")]
+    width, height = cat.size
+    assert box == pytest.approx([0.2 * width, 0.1 * height, 0.8 * width, 0.6 * height], abs=4)
+    expect(page.locator("#status")).to_contain_text("12 results (region)")
 
 
 # --- state in the URL -------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ class TokenMiddleware:
         path, method = scope["path"], scope["method"]
         if not path.startswith("/api/") or method == "OPTIONS":  # the page, its files, the API docs; preflights
             return False
-        is_read = method in _READ_METHODS or (method == "POST" and path == "/api/search")
+        is_read = method in _READ_METHODS or (method == "POST" and path in ("/api/search", "/api/preview"))
         if path.startswith("/api/duplicates"):  # a listing may embed the whole collection under the write lock
             is_read = False
         return not (is_read and self.public_read)

@@ -69,7 +69,7 @@ from ..duplicates import (
     tier_embedder,
 )
 from ..embedders import EmbedderError
-from ..images import ImageError, is_heif
+from ..images import ImageError, is_heif, open_image
 from .access import (
     LOOPBACK_HOST_NAMES,
     TOKEN_ENV,
@@ -143,6 +143,7 @@ PAGE_SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 IMAGE_CACHE_CONTROL = "private, max-age=86400"
+PREVIEW_QUALITY = 90
 
 
 # --- response models (they also document the API at /docs) --------------------------------------
@@ -779,6 +780,32 @@ def search_upload(
         search_response(
             state, vector, k=k, embedder=name, label=label, expand=expand, query=query, started=started, tag=tag
         )
+    )
+
+
+@router.post(
+    "/preview",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    summary="An uploaded photo as a JPEG of the same size, upright: for formats a browser cannot show (HEIC)",
+)
+def preview_upload(state: State, file: Annotated[UploadFile, File(description="the photo")]) -> Response:
+    """The page shows this instead of a photo the browser cannot decode, so a region can still be drawn on it: the
+    pixels are the upright original's, one for one, the coordinate system of a search's `box`."""
+    data = read_upload(state, file)
+    with state.embed_slots:  # as many decoded uploads at once as searches may hold
+        try:
+            image = open_image(data, max_pixels=state.max_pixels)
+        except ImageError as exc:
+            raise upload_error(exc) from exc
+        if image.size != image.info.get("original_size", image.size):  # a JPEG over the pixel limit, reduced
+            raise HTTPException(413, "the photo is too large to preview; a browser shows its JPEG itself")
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=PREVIEW_QUALITY)
+    return Response(
+        out.getvalue(),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
     )
 
 

@@ -595,12 +595,31 @@ function setupInputs() {
       useFile(item.getAsFile());
     }
   });
-  $("query-image").addEventListener("error", () => {
-    if (!$("query-image").getAttribute("src")) return;
+  $("query-image").addEventListener("error", async () => {
+    const image = $("query-image");
+    if (!image.getAttribute("src")) return;
     // The browser cannot show it (not an image, or a format it does not display): no broken picture.
     $("query-frame").hidden = true;
     $("region-help").hidden = true;
-    $("query-caption").textContent = `${shown.query?.name ?? "the photo"} (no preview)`;
+    const query = shown.query;
+    if (query?.kind === "upload" && !query.previewed) {
+      // A photo the server reads and this browser does not (HEIC outside Safari): the server's JPEG of it, the
+      // same size and upright, so a region drawn on it is in the photo's own pixels.
+      query.previewed = true;
+      try {
+        const form = new FormData();
+        form.append("file", query.blob, query.name || "query");
+        const preview = await (await request("/api/preview", { method: "POST", body: form })).blob();
+        if (shown.query !== query) return;
+        URL.revokeObjectURL(query.src);
+        query.src = URL.createObjectURL(preview);
+        image.src = query.src;
+        return;
+      } catch (_) {
+        if (shown.query !== query) return; // the server cannot read it either: the search says why
+      }
+    }
+    $("query-caption").textContent = `${query?.name ?? "the photo"} (no preview)`;
   });
   $("query-image").addEventListener("load", () => {
     $("query-frame").hidden = false;
