@@ -93,11 +93,10 @@ def test_a_sideways_heic_is_decoded_upright(photos: Path, data_dir: Path) -> Non
     assert np.abs(np.asarray(image, dtype=np.float32) - upright).mean() < 4  # HEVC's loss, not a quarter turn
 
 
-def test_the_page_gets_an_upright_jpeg_preview_of_a_heic_upload(
-    collection: Collection, photos: Path, data_dir: Path
-) -> None:
-    """For browsers that cannot show HEIC: the server's JPEG of the upload, upright and one pixel per photo pixel
-    (a region drawn on it is in the coordinates a search's box uses); a searching-only token may ask for it."""
+def test_the_page_gets_an_upright_jpeg_preview_of_a_heic(collection: Collection, photos: Path, data_dir: Path) -> None:
+    """For browsers that cannot show HEIC: the server's JPEG of an upload or an indexed photo, upright and one pixel
+    per photo pixel (a region drawn on it is in the coordinates a search's box uses); reads need no token with
+    --public-read, so neither does a preview."""
     upright = np.asarray(Image.open(sample_files(data_dir, per_label=3)[2]).convert("RGB"), dtype=np.float32)
     sideways = (photos / "rotated-2.heic").read_bytes()
     with TestClient(create_app(collection, token="t" * 32, public_read=True)) as client:
@@ -112,6 +111,13 @@ def test_the_page_gets_an_upright_jpeg_preview_of_a_heic_upload(
         broken = client.post("/api/preview", files={"file": ("IMG_0003.HEIC", sideways[: len(sideways) // 3], "")})
         assert broken.status_code == 422 and "not a readable image" in broken.json()["detail"]
         assert str(photos) not in broken.text and "/tmp" not in broken.text
+        # an indexed HEIC: the same, from the checked file
+        image_id, _ = vector_of(collection, "rotated-2.heic")
+        indexed = client.get(f"/api/images/{image_id}/preview")
+        assert indexed.status_code == 200 and indexed.headers["content-type"] == "image/jpeg"
+        assert indexed.content == answer.content  # the same bytes decode to the same pixels
+        assert client.get(f"/api/images/{image_id}").json()["width"] == upright.shape[1]
+        assert client.get(f"/api/images/{10**6}/preview").status_code == 404
 
 
 def test_a_heic_query_finds_its_jpeg(collection: Collection, photos: Path, data_dir: Path) -> None:

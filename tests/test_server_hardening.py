@@ -37,7 +37,7 @@ def assert_no_path(text: str, *folders: Path) -> None:
 # --- huge ids (finding 7) ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", ["", "/file", "/thumbnail", "/similar"])
+@pytest.mark.parametrize("suffix", ["", "/file", "/thumbnail", "/preview", "/similar"])
 def test_huge_ids_are_refused_not_overflowed(small_collection: Collection, suffix: str) -> None:
     client = TestClient(create_app(small_collection), raise_server_exceptions=False)
     for number in (HUGE, "99999999999999999999999999", "9223372036854775807"):
@@ -97,6 +97,7 @@ def test_thumbnails_and_region_searches_use_only_the_indexed_bytes(
     path.unlink()
     path.symlink_to(other.path)  # another image: its pixels must not appear under this id
     assert client.get(f"/api/images/{record.id}/thumbnail").status_code == 404
+    assert client.get(f"/api/images/{record.id}/preview").status_code == 404
     response = client.get(f"/api/images/{record.id}/similar", params={"box": "0,0,100,100"})
     assert response.status_code == 404
     assert_no_path(response.json()["detail"], small_collection.path, tmp_path)
@@ -108,6 +109,7 @@ def test_thumbnails_and_region_searches_use_only_the_indexed_bytes(
     Path(linked.path).unlink()
     Path(linked.path).symlink_to(twin)
     assert client.get(f"/api/images/{linked.id}/thumbnail").status_code == 200
+    assert client.get(f"/api/images/{linked.id}/preview").status_code == 200
     assert client.get(f"/api/images/{linked.id}/similar", params={"box": "0,0,100,100"}).status_code == 200
     assert client.get(f"/api/images/{linked.id}/file").status_code == 404
 
@@ -123,6 +125,7 @@ def test_an_indexed_file_replaced_by_a_folder_leaks_no_path(small_collection: Co
     for url in (
         f"/api/images/{record.id}/file",
         f"/api/images/{record.id}/thumbnail",
+        f"/api/images/{record.id}/preview",
         f"/api/images/{record.id}/similar?box=0,0,50,50",
     ):
         response = client.get(url)

@@ -249,6 +249,44 @@ def test_dropping_a_heic_photo_without_a_media_type_searches_with_it(page, serve
     expect(page.locator("#status")).to_contain_text("12 results (region)")
 
 
+def test_an_indexed_heic_photo_is_shown_through_its_jpeg_preview(page, server_url: str, data_dir: Path) -> None:
+    """Searching with an indexed HEIC (a result, a link) and its details show the server's JPEG of it in Chromium,
+    upright and full size, so a region can be drawn on it too."""
+    import io
+
+    pillow_heif = pytest.importorskip("pillow_heif", reason="the heif extra (pillow-heif) is not installed")
+    cat = Image.open(data_dir / QUERY_CAT).convert("RGB")
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(cat.transpose(Image.Transpose.ROTATE_90)).save(buffer, quality=90, exif=exif.tobytes())
+    added = page.request.post(
+        f"{server_url}/api/images",
+        multipart={"file": {"name": "IMG_0002.HEIC", "mimeType": "image/heic", "buffer": buffer.getvalue()}},
+    )
+    assert added.status == 201, added.text()
+    image_id = added.json()["id"]
+
+    with page.expect_response(lambda response: f"/api/images/{image_id}/preview" in response.url) as previewed:
+        page.goto(f"{server_url}/?id={image_id}")
+    assert previewed.value.status == 200
+    expect(page.locator("#query-image")).to_be_visible()
+    shown = page.locator("#query-image").evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
+    assert shown == [True, *cat.size]
+    expect(page.locator("#query-caption")).to_have_text(f"{added.json()['name']} (id {image_id})")  # no "no preview"
+    with page.expect_request(lambda request: "/similar?" in request.url and "box=" in request.url):
+        frame = page.locator("#query-image").bounding_box()
+        page.mouse.move(frame["x"] + frame["width"] * 0.2, frame["y"] + frame["height"] * 0.2)
+        page.mouse.down()
+        page.mouse.move(frame["x"] + frame["width"] * 0.7, frame["y"] + frame["height"] * 0.7, steps=4)
+        page.mouse.up()
+    expect(page.locator("#status")).to_contain_text("(region)")
+
+    page.goto(f"{server_url}/?id={image_id}&detail={image_id}")
+    expect(page.locator("#detail")).to_be_visible()
+    wait_until(lambda: page.locator("#detail-image").evaluate("img => img.complete && img.naturalWidth") == cat.width)
+
+
 # --- state in the URL -------------------------------------------------------------------------------
 
 

@@ -783,30 +783,59 @@ def search_upload(
     )
 
 
-@router.post(
-    "/preview",
-    response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
-    summary="An uploaded photo as a JPEG of the same size, upright: for formats a browser cannot show (HEIC)",
-)
-def preview_upload(state: State, file: Annotated[UploadFile, File(description="the photo")]) -> Response:
-    """The page shows this instead of a photo the browser cannot decode, so a region can still be drawn on it: the
-    pixels are the upright original's, one for one, the coordinate system of a search's `box`."""
-    data = read_upload(state, file)
-    with state.embed_slots:  # as many decoded uploads at once as searches may hold
-        try:
-            image = open_image(data, max_pixels=state.max_pixels)
-        except ImageError as exc:
-            raise upload_error(exc) from exc
-        if image.size != image.info.get("original_size", image.size):  # a JPEG over the pixel limit, reduced
+def full_size_jpeg(state: ServerState, data: bytes) -> bytes:
+    """A photo's bytes as a JPEG of the same pixel size, upright: what the page shows in place of a photo the
+    browser cannot decode (HEIC outside Safari), so a region drawn on it is in the coordinates of a search's `box`.
+    ImageError for bytes that are no image; 413 for a JPEG over the pixel limit (it is decoded reduced)."""
+    with state.embed_slots:  # as many decoded photos at once as searches may hold
+        image = open_image(data, max_pixels=state.max_pixels)
+        if image.size != image.info.get("original_size", image.size):
             raise HTTPException(413, "the photo is too large to preview; a browser shows its JPEG itself")
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=PREVIEW_QUALITY)
-    return Response(
-        out.getvalue(),
-        media_type="image/jpeg",
-        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
-    )
+        return out.getvalue()
+
+
+def jpeg_response(data: bytes, cache_control: str) -> Response:
+    headers = {"Cache-Control": cache_control, "X-Content-Type-Options": "nosniff"}
+    return Response(data, media_type="image/jpeg", headers=headers)
+
+
+PREVIEW_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"content": {"image/jpeg": {}}},
+    404: {"model": ErrorOut},
+    413: {"model": ErrorOut},
+    422: {"model": ErrorOut},
+}
+
+
+@router.post(
+    "/preview",
+    response_class=Response,
+    responses=PREVIEW_RESPONSES,
+    summary="An uploaded photo as a JPEG of the same size, upright: for formats a browser cannot show (HEIC)",
+)
+def preview_upload(state: State, file: Annotated[UploadFile, File(description="the photo")]) -> Response:
+    try:
+        return jpeg_response(full_size_jpeg(state, read_upload(state, file)), "no-store")
+    except ImageError as exc:
+        raise upload_error(exc) from exc
+
+
+@router.get(
+    "/images/{image_id}/preview",
+    response_class=Response,
+    responses=PREVIEW_RESPONSES,
+    summary="An indexed photo as a JPEG of the same size, upright: for formats a browser cannot show (HEIC)",
+)
+def get_preview(state: State, image_id: ImageId) -> Response:
+    record = indexed_record(state, image_id)
+    # A re-encode of the checked bytes only; a link is followed, as for thumbnails.
+    data = verified_bytes(state, record, follow_symlinks=True)
+    try:
+        return jpeg_response(full_size_jpeg(state, data), IMAGE_CACHE_CONTROL)
+    except ImageError as exc:
+        raise HTTPException(404, f"image {image_id} is no longer readable") from exc
 
 
 @router.get(
@@ -971,11 +1000,7 @@ def get_thumbnail(state: State, image_id: ImageId) -> Response:
         data = state.thumbnails.get(record, lambda: verified_bytes(state, record, follow_symlinks=True))
     except ImageError as exc:
         raise HTTPException(404, f"image {image_id} is no longer readable") from exc
-    return Response(
-        data,
-        media_type="image/jpeg",
-        headers={"Cache-Control": IMAGE_CACHE_CONTROL, "X-Content-Type-Options": "nosniff"},
-    )
+    return jpeg_response(data, IMAGE_CACHE_CONTROL)
 
 
 @router.delete(

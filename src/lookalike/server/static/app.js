@@ -563,6 +563,12 @@ function useFile(file) {
   navigate(queryChanges({ upload: key }));
 }
 
+// An indexed photo's server-made JPEG (`/api/images/ID/preview`): the same size and upright, for a photo this
+// browser cannot show.
+function previewUrl(fileUrl) {
+  return fileUrl.replace(/\/file(\?|$)/, "/preview$1");
+}
+
 function setupInputs() {
   $("file-input").addEventListener("change", (event) => {
     useFile(event.target.files[0]);
@@ -595,6 +601,10 @@ function setupInputs() {
       useFile(item.getAsFile());
     }
   });
+  $("detail-image").addEventListener("error", () => {
+    const src = $("detail-image").getAttribute("src");
+    if (src && previewUrl(src) !== src) $("detail-image").src = previewUrl(src); // once: HEIC outside Safari
+  });
   $("query-image").addEventListener("error", async () => {
     const image = $("query-image");
     if (!image.getAttribute("src")) return;
@@ -602,9 +612,15 @@ function setupInputs() {
     $("query-frame").hidden = true;
     $("region-help").hidden = true;
     const query = shown.query;
+    // A photo the server reads and this browser does not (HEIC outside Safari): the server's JPEG of it, the
+    // same size and upright, so a region drawn on it is in the photo's own pixels.
+    if (query?.kind === "id" && !query.previewed) {
+      query.previewed = true;
+      query.src = previewUrl(query.src);
+      image.src = query.src;
+      return;
+    }
     if (query?.kind === "upload" && !query.previewed) {
-      // A photo the server reads and this browser does not (HEIC outside Safari): the server's JPEG of it, the
-      // same size and upright, so a region drawn on it is in the photo's own pixels.
       query.previewed = true;
       try {
         const form = new FormData();
