@@ -622,6 +622,7 @@ function setupInputs() {
     }
     if (query?.kind === "upload" && !query.previewed) {
       query.previewed = true;
+      $("query-caption").textContent = `${query.name} (preparing a preview…)`;
       try {
         const form = new FormData();
         form.append("file", query.blob, query.name || "query");
@@ -629,6 +630,7 @@ function setupInputs() {
         if (shown.query !== query) return;
         URL.revokeObjectURL(query.src);
         query.src = URL.createObjectURL(preview);
+        $("query-caption").textContent = query.name;
         image.src = query.src;
         return;
       } catch (_) {
