@@ -23,6 +23,15 @@ UPLOAD_LIMIT = 2 * 2**20
 pytestmark = BROWSER_MARKS
 
 
+def draw_region(page, start: tuple[float, float], end: tuple[float, float], steps: int) -> None:
+    """Drag with the mouse over the query photo from `start` to `end`, as fractions of its shown width and height."""
+    frame = page.locator("#query-image").bounding_box()
+    page.mouse.move(frame["x"] + frame["width"] * start[0], frame["y"] + frame["height"] * start[1])
+    page.mouse.down()
+    page.mouse.move(frame["x"] + frame["width"] * end[0], frame["y"] + frame["height"] * end[1], steps=steps)
+    page.mouse.up()
+
+
 @pytest.fixture()
 def server_url(request: pytest.FixtureRequest, tmp_path: Path, data_dir: Path) -> Iterator[str]:
     """The app over a fresh collection of sample photos, served by uvicorn in a thread on 127.0.0.1.
@@ -94,11 +103,7 @@ def test_upload_a_cat_and_see_cats(page, server_url: str, data_dir: Path, tmp_pa
 
     # A region drawn on the query searches only that region, in original-image pixels.
     with page.expect_request(lambda request: "/api/search?" in request.url and "box=" in request.url) as searched:
-        frame = page.locator("#query-image").bounding_box()
-        page.mouse.move(frame["x"] + frame["width"] * 0.2, frame["y"] + frame["height"] * 0.1)
-        page.mouse.down()
-        page.mouse.move(frame["x"] + frame["width"] * 0.8, frame["y"] + frame["height"] * 0.6, steps=5)
-        page.mouse.up()
+        draw_region(page, (0.2, 0.1), (0.8, 0.6), steps=5)
     box = [float(v) for v in searched.value.url.split("box=")[1].split("&")[0].replace("%2C", ",").split(",")]
     assert box == pytest.approx([0.2 * 403, 0.1 * 499, 0.8 * 403, 0.6 * 499], abs=4)
     expect(page.locator("#status")).to_contain_text("12 results (region)")
@@ -238,11 +243,7 @@ def test_dropping_a_heic_photo_without_a_media_type_searches_with_it(page, serve
     assert shown == list(cat.size)  # upright, one preview pixel per photo pixel
 
     with page.expect_request(lambda request: "/api/search?" in request.url and "box=" in request.url) as searched:
-        frame = page.locator("#query-image").bounding_box()
-        page.mouse.move(frame["x"] + frame["width"] * 0.2, frame["y"] + frame["height"] * 0.1)
-        page.mouse.down()
-        page.mouse.move(frame["x"] + frame["width"] * 0.8, frame["y"] + frame["height"] * 0.6, steps=5)
-        page.mouse.up()
+        draw_region(page, (0.2, 0.1), (0.8, 0.6), steps=5)
     box = [float(v) for v in searched.value.url.split("box=")[1].split("&")[0].replace("%2C", ",").split(",")]
     width, height = cat.size
     assert box == pytest.approx([0.2 * width, 0.1 * height, 0.8 * width, 0.6 * height], abs=4)
@@ -275,11 +276,7 @@ def test_an_indexed_heic_photo_is_shown_through_its_jpeg_preview(page, server_ur
     assert shown == [True, *cat.size]
     expect(page.locator("#query-caption")).to_have_text(f"{added.json()['name']} (id {image_id})")  # no "no preview"
     with page.expect_request(lambda request: "/similar?" in request.url and "box=" in request.url):
-        frame = page.locator("#query-image").bounding_box()
-        page.mouse.move(frame["x"] + frame["width"] * 0.2, frame["y"] + frame["height"] * 0.2)
-        page.mouse.down()
-        page.mouse.move(frame["x"] + frame["width"] * 0.7, frame["y"] + frame["height"] * 0.7, steps=4)
-        page.mouse.up()
+        draw_region(page, (0.2, 0.2), (0.7, 0.7), steps=4)
     expect(page.locator("#status")).to_contain_text("(region)")
 
     page.goto(f"{server_url}/?id={image_id}&detail={image_id}")
@@ -298,11 +295,7 @@ def test_the_url_keeps_query_region_label_k_and_page(page, server_url: str, data
     page.set_input_files("#file-input", str(data_dir / QUERY_CAT))
     status_says(page, "12 results with")
     assert re.search(r"\?upload=[\w-]+$", page.url), page.url
-    frame = page.locator("#query-image").bounding_box()
-    page.mouse.move(frame["x"] + frame["width"] * 0.1, frame["y"] + frame["height"] * 0.1)
-    page.mouse.down()
-    page.mouse.move(frame["x"] + frame["width"] * 0.7, frame["y"] + frame["height"] * 0.7, steps=4)
-    page.mouse.up()
+    draw_region(page, (0.1, 0.1), (0.7, 0.7), steps=4)
     status_says(page, "12 results (region) with")
     page.select_option("#label", "dog")
     status_says(page, "(region) labelled “dog” with")
