@@ -43,7 +43,8 @@ PRETRAINED = "efficientnet-lite0"
 SEEN_CLASSES = 50
 #: name -> (method, spec options, maximum epochs or None for the method's default): the heads on the frozen Lite0
 #: features, so the comparison is the head's, then the last 6 or 9 blocks of Lite0 fine-tuned too; "-whiten" ends
-#: the same training with learned whitening (`--whiten`, the default since), the others say `--no-whiten`
+#: the same training with learned whitening (`--whiten`, the default since), the others say `--no-whiten`; the last
+#: is the 9-block recipe with the proxy-anchor loss (its paper's settings) in place of the contrastive one
 FROZEN_RESIDUAL = {
     "backbone": "frozen",
     "backbone_model": PRETRAINED,
@@ -71,6 +72,7 @@ CONFIGS: dict[str, tuple[str, dict[str, object], int | None]] = {
     "siamese-finetune6": ("siamese", {**FINETUNE, "trainable_blocks": 6, **PLAIN}, 15),
     "siamese-finetune6-whiten": ("siamese", {**FINETUNE, "trainable_blocks": 6, **WHITEN}, 15),
     "siamese-finetune9-whiten": ("siamese", {**FINETUNE, "trainable_blocks": 9, **WHITEN}, 15),
+    "proxy-anchor-finetune9-whiten": ("proxy-anchor", {**FINETUNE, "trainable_blocks": 9, **WHITEN}, 15),
     "selfsup": ("selfsup", {"views": 3}, None),
 }
 

@@ -102,7 +102,11 @@ def _open(path: Path):
 
 @pytest.mark.parametrize(
     ("method", "spec"),
-    [("siamese", {"backbone": "frozen", "mining": "random"}), ("triplet", {"backbone": "frozen"})],
+    [
+        ("siamese", {"backbone": "frozen", "mining": "random"}),
+        ("triplet", {"backbone": "frozen"}),
+        ("proxy-anchor", {"backbone": "frozen"}),
+    ],
 )
 def test_metric_learning_loss_falls_on_the_training_images(
     shared_collection: Collection, method: str, spec: dict, tmp_path: Path
@@ -341,6 +345,53 @@ def test_finetune_warms_up_the_head_first_and_embeds_mirror_images_alike(
     assert np.abs(vectors[0] - vectors[1]).max() > 1e-3  # ... and different images stay different
 
 
+def test_proxy_anchor_trains_its_proxies_with_the_head_and_resumes_them(
+    sample_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxy-anchor: one proxy per label; in the warm-up epoch the proxies and the head move and the
+    pretrained blocks do not; the proxies are checkpointed, so a run killed after epoch 1 and resumed ends
+    with exactly the weights of an uninterrupted one; the saved embedder holds no proxy."""
+    spec = {"backbone": "finetune", "backbone_model": "efficientnet-lite0", "trainable_blocks": 1, "views": 1,
+            "head": "residual", "head_warmup_epochs": 1, "whiten": False}  # fmt: skip
+    request = run("proxy-anchor", sample_folder, epochs=2, patience=5, spec=spec)
+    snapshots: list[dict[str, torch.Tensor]] = []
+    from lookalike.training import session
+
+    real_fit = session.fit
+
+    def recording_fit(task, *args, **kwargs):
+        snapshots.append(weights(task.model))
+        kwargs["on_epoch"] = lambda record: snapshots.append(weights(task.model))
+        return real_fit(task, *args, **kwargs)
+
+    monkeypatch.setattr(session, "fit", recording_fit)
+    with Collection.open(tmp_path / "whole") as collection:
+        whole = train(collection, request)
+    monkeypatch.undo()
+    initial, after_warmup, after_finetune = snapshots
+    assert initial["loss.proxies"].shape == (2, 1280)  # cat, dog; the residual head keeps 1280 dimensions
+    block = "embedding.backbone.network._blocks.15._project_conv.weight"
+    assert torch.equal(after_warmup[block], initial[block])  # warm-up: blocks frozen
+    for moved in ("loss.proxies", "embedding.head.residual.2.weight"):
+        assert not torch.equal(after_warmup[moved], initial[moved]), moved  # ... proxies and head trained
+    assert not torch.equal(after_finetune[block], after_warmup[block])  # then the blocks move
+    assert not any("proxies" in key for key in whole.module.state_dict())
+
+    class Killed(KeyboardInterrupt):
+        pass
+
+    def kill_after_first(record) -> None:
+        if record.epoch == 1:
+            raise Killed
+
+    with Collection.open(tmp_path / "killed") as collection:
+        with pytest.raises(Killed):
+            train(collection, request, on_epoch=kill_after_first)
+        resumed = train(collection, request)
+    assert [h["epoch"] for h in resumed.info["history"]] == [1, 2]
+    assert_same_weights(resumed.module.state_dict(), whole.module.state_dict())
+
+
 def test_retraining_a_name_drops_the_old_models_vectors(sample_folder: Path, tmp_path: Path) -> None:
     """Vectors are stored by embedder name: after `--restart` they must come from the new model."""
     image = sample_folder / "cat" / "cat.1.jpg"
@@ -461,7 +512,7 @@ def test_each_method_offers_exactly_its_spec_fields_as_options(capsys: pytest.Ca
     whose value reaches the spec; a field of another method is refused, by the CLI and by the API."""
     from lookalike.training.methods import all_methods
 
-    assert sorted(m.name for m in all_methods()) == ["autoencoder", "selfsup", "siamese", "triplet"]
+    assert sorted(m.name for m in all_methods()) == ["autoencoder", "proxy-anchor", "selfsup", "siamese", "triplet"]
     samples = {int: "7", float: "0.125", str: None}
     for method in all_methods():
         for f, opt in method.options():

@@ -1,4 +1,4 @@
-"""Training embedders on the user's own images: autoencoder, siamese and triplet networks.
+"""Training embedders on the user's own images: autoencoders, siamese, triplet, proxy-anchor, self-supervised.
 
 Training depends on `lookalike.embedders` (the networks it trains and the ONNX export of the
 result), never the reverse: a trained model is loaded by `lookalike.embedders.trained`.

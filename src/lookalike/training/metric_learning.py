@@ -1,12 +1,16 @@
-"""Siamese (contrastive loss on pairs) and triplet (triplet margin loss) networks.
+"""Siamese (contrastive loss on pairs), triplet (triplet margin loss) and proxy-anchor networks.
 
-Both are one weight-sharing network applied to every image of a batch; the pairs or
+All are one weight-sharing network applied to every image of a batch; the pairs or
 triplets are index tuples into the batch, so "two branches" never need two copies of the
 weights. Pair/triplet selection, losses and distances are pytorch-metric-learning's:
 
 - siamese, `--mining random`: random positive and negative pairs of the batch (the seed's
   approach), `--mining hard`: BatchHardMiner (hardest positive and negative per anchor);
-- triplet: TripletMarginMiner(type_of_triplets="semihard") + TripletMarginLoss.
+- triplet: TripletMarginMiner(type_of_triplets="semihard") + TripletMarginLoss;
+- proxy-anchor: ProxyAnchorLoss (Kim et al. 2020): one learned proxy per training label, each the anchor
+  of a loss over every vector of the batch; the proxies learn `--proxy-lr-scale` times faster than the
+  head (the paper's 100), are optimised and checkpointed with the network (`WithProxies`) and are not
+  part of the saved embedder. On classes training never saw it generalises best (docs/training.md).
 
 Backbones: `frozen` (a pretrained EfficientNet-Lite, by default Lite2, only the projection head
 trains, on cached pooled features), `finetune` (the last k MBConv blocks and the head conv train
@@ -19,7 +23,7 @@ W x `neighbourhood_distillation`: the trained vectors of a batch must keep the p
 softmaxed cosine similarities, so training separates the labels without forgetting general similarity.
 `--whiten` ends training with learned whitening, fit in closed form (`training.whitening`, `MetricTask.finish`).
 
-The spec (the options of `lookalike train siamese|triplet`) and the two registry entries are in
+The spec (the options of `lookalike train siamese|triplet|proxy-anchor`) and the registry entries are in
 `training/methods/metric.py`, free of PyTorch; this module is the task, imported when training runs.
 """
 
@@ -112,6 +116,15 @@ def m_per_class(batch_size: int, classes: int) -> int:
     return m
 
 
+class WithProxies(nn.Module):
+    """What a proxy-anchor run optimises and checkpoints: the embedding network and the loss's proxies."""
+
+    def __init__(self, embedding: Embedding, loss: nn.Module):
+        super().__init__()
+        self.embedding = embedding
+        self.loss = loss
+
+
 class MetricTask(Task):
     def __init__(self, spec: MetricSpec, prepared: Prepared, model: Embedding | None = None):
         model = model if model is not None else build_network(spec)
@@ -120,19 +133,31 @@ class MetricTask(Task):
         if not prepared.labelled_validation():
             raise ValueError("the validation split needs two labels with two images of one; raise --val-fraction")
         self.spec = spec
-        self.model = self.embedding = model
+        self.model: nn.Module = model
+        self.embedding: Embedding = model
         self.prepared = prepared
         self.pixels = spec.backbone == "scratch"
         self.train_inputs, self.val_inputs = self._inputs()
         self.teacher = PretrainedTeacher(model.backbone) if spec.distill else None
         batch = min(spec.batch_size, len(prepared.train))
         self.batch_size = batch - batch % 2 if batch > 2 else batch
+        self.proxy_of: torch.Tensor | None = None  # proxy-anchor: a label code's proxy (-1: not a training label)
         if spec.method == "siamese":
-            self.loss_fn = losses.ContrastiveLoss()  # LpDistance on L2-normalised embeddings
+            self.loss_fn: nn.Module = losses.ContrastiveLoss()  # LpDistance on L2-normalised embeddings
             self.miner = miners.BatchHardMiner() if spec.mining == "hard" else None
-        else:
+        elif spec.method == "triplet":
             self.loss_fn = losses.TripletMarginLoss(margin=spec.margin)
             self.miner = miners.TripletMarginMiner(margin=spec.margin, type_of_triplets="semihard")
+        else:
+            codes = np.unique(prepared.train_labels)
+            self.proxy_of = torch.full((int(codes.max()) + 1,), -1, dtype=torch.long)
+            self.proxy_of[torch.from_numpy(codes)] = torch.arange(len(codes))
+            self.loss_fn = losses.ProxyAnchorLoss(
+                num_classes=len(codes), embedding_size=spec.embedding_dim, margin=spec.proxy_margin,
+                alpha=spec.proxy_alpha,
+            )  # fmt: skip
+            self.miner = None
+            self.model = WithProxies(model, self.loss_fn)
 
     def _inputs(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.prepared
@@ -144,7 +169,7 @@ class MetricTask(Task):
             )
             self.cache_seconds = train_pixels.seconds + val_pixels.seconds
             return data
-        backbone = self.model.backbone
+        backbone = self.embedding.backbone
         assert isinstance(backbone, EfficientNetBackbone)
         backbone_id = f"{backbone.model}-cut{backbone.cut}" if backbone.trainable_blocks else f"{backbone.model}-pooled"
         views = self.spec.views if self.spec.augment else 1
@@ -156,9 +181,12 @@ class MetricTask(Task):
         return data
 
     def parameter_groups(self, lr: float) -> list[dict[str, object]]:
-        # Pretrained blocks move slower than the new head (backbone_lr_scale), so fine-tuning does not wreck them.
-        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        groups = [{"params": list(self.model.head.parameters()), "lr": lr}]
+        # Pretrained blocks move slower than the new head (backbone_lr_scale), so fine-tuning does not wreck them;
+        # proxies, new like the head, faster (proxy_lr_scale). The blocks' group is last: the warm-up stops it.
+        backbone = [p for p in self.embedding.backbone.parameters() if p.requires_grad]
+        groups = [{"params": list(self.embedding.head.parameters()), "lr": lr}]
+        if self.proxy_of is not None:
+            groups.append({"params": list(self.loss_fn.parameters()), "lr": lr * self.spec.proxy_lr_scale})
         if backbone:
             backbone_lr = lr if self.pixels else lr * self.spec.backbone_lr_scale
             groups.append({"params": backbone, "lr": backbone_lr})
@@ -168,7 +196,8 @@ class MetricTask(Task):
         # Linear probing, then fine-tuning (Kumar et al. 2022): while the new head is still random,
         # its large gradients would distort the pretrained blocks, so they wait for the head to settle.
         warm = not self.pixels and epoch <= self.spec.head_warmup_epochs
-        for group in optimizer.param_groups[1:]:
+        first_backbone_group = 1 if self.proxy_of is None else 2
+        for group in optimizer.param_groups[first_backbone_group:]:
             if warm:
                 group["lr"] = 0.0  # the loop restores each group's initial rate every epoch
 
@@ -195,8 +224,10 @@ class MetricTask(Task):
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         inputs, labels = batch
-        embeddings = self.model.from_cached(inputs)
-        if self.miner is not None:
+        embeddings = self.embedding.from_cached(inputs)
+        if self.proxy_of is not None:
+            loss = self.loss_fn(embeddings, self.proxy_of[labels])
+        elif self.miner is not None:
             loss = self.loss_fn(embeddings, labels, self.miner(embeddings, labels))
         else:
             loss = self.loss_fn(embeddings, labels, random_pairs(labels, len(labels)))
@@ -212,7 +243,7 @@ class MetricTask(Task):
                 inputs = pixel_batch(cached[idx], None)
             else:
                 inputs = torch.from_numpy(np.asarray(cached[idx, view], dtype=np.float32))
-            out.append(self.model.from_cached(inputs))
+            out.append(self.embedding.from_cached(inputs))
         return torch.cat(out)
 
     def validate(self) -> dict[str, float]:
@@ -235,7 +266,7 @@ class MetricTask(Task):
             layer = LearnedWhitening(len(mean))
             layer.mean.copy_(torch.from_numpy(mean))
             layer.projection.copy_(torch.from_numpy(projection))
-            self.model.whitening = layer
+            self.embedding.whitening = layer
             after = self.validate()
         kept = after[self.monitor] >= before[self.monitor]
         figures: dict[str, object] = {
@@ -248,7 +279,7 @@ class MetricTask(Task):
             }
         }
         if not kept:
-            self.model.whitening = None
+            self.embedding.whitening = None
             architecture = self.spec.architecture()
             architecture.pop("whiten", None)
             figures["architecture"] = architecture

@@ -1,4 +1,4 @@
-"""The `siamese` and `triplet` methods: one spec (the options of `lookalike train siamese|triplet`), two entries.
+"""The `siamese`, `triplet` and `proxy-anchor` methods: one spec (their options of `lookalike train`), three entries.
 
 The task that trains both is `lookalike.training.metric_learning.MetricTask`; this module stays
 free of PyTorch so that `lookalike --help` can list the options.
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..options import MethodSpec, option
 from . import Defaults, Method, register
 
+METRIC_METHODS = ("siamese", "triplet", "proxy-anchor")
 BACKBONES = ("frozen", "finetune", "scratch")
 MINING = ("random", "hard")
 HEADS = ("mlp", "residual")
@@ -23,9 +24,9 @@ BACKBONE_MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lit
 
 @dataclass(frozen=True)
 class MetricSpec(MethodSpec):
-    """Everything that defines a siamese or triplet network and how it is trained."""
+    """Everything that defines a siamese, triplet or proxy-anchor network and how it is trained."""
 
-    method: str = option(help="siamese or triplet (set by the method)", choices=("siamese", "triplet"), cli=False)
+    method: str = option(help="siamese, triplet or proxy-anchor (set by the method)", choices=METRIC_METHODS, cli=False)
     backbone: str = option(
         "finetune",
         "a pretrained EfficientNet-Lite (--backbone-model) frozen (only the head trains) or fine-tuned"
@@ -62,6 +63,12 @@ class MetricSpec(MethodSpec):
     views: int = option(3, "cached views per training image: the clean one + augmented ones")
     augment: bool = option(True, "train on augmented views too (random resized crop, flip, colour jitter)")
     margin: float = option(0.2, "triplet margin", methods=("triplet",))  # the contrastive loss: pml's defaults
+    # proxy-anchor: the paper's settings (Kim et al. 2020, and pytorch-metric-learning's defaults)
+    proxy_margin: float = option(0.1, "proxy-anchor margin (delta)", methods=("proxy-anchor",))
+    proxy_alpha: float = option(32.0, "proxy-anchor scale (alpha)", methods=("proxy-anchor",))
+    proxy_lr_scale: float = option(
+        100.0, "learning rate of the proxies relative to the head's", methods=("proxy-anchor",)
+    )
     scratch_features: int = option(256, "scratch: the small CNN's feature size")
     width: int = option(32, "scratch: channels of the small CNN's first layer")
     flip_average: bool = option(
@@ -82,6 +89,8 @@ class MetricSpec(MethodSpec):
         super().__post_init__()
         if self.distill < 0:
             raise ValueError("distill must be >= 0")
+        if self.proxy_alpha <= 0 or self.proxy_lr_scale <= 0:
+            raise ValueError("proxy_alpha and proxy_lr_scale must be > 0")
         if not 0.0 < self.whiten_shrinkage <= 1.0:
             raise ValueError("whiten_shrinkage must be in (0, 1]")
         if self.distill and self.backbone == "scratch":
@@ -132,5 +141,17 @@ TRIPLET = register(
         defaults_by="backbone",
         defaults=BY_BACKBONE,
         preset={"method": "triplet"},
+    )
+)
+PROXY_ANCHOR = register(
+    Method(
+        "proxy-anchor",
+        "Proxy-Anchor loss: one learned proxy per label; of the losses measured, the best on classes never"
+        " trained on (labels needed: sub-folder = label)",
+        MetricSpec,
+        task=TASK,
+        defaults_by="backbone",
+        defaults=BY_BACKBONE,
+        preset={"method": "proxy-anchor"},
     )
 )
