@@ -1,6 +1,6 @@
 """Does training generalise? The metric-learning papers' protocol on caltech101-dev.
 
-    .venv/bin/python benchmarks/bench_generalise.py                 # 24 min on 2 idle cores
+    .venv/bin/python benchmarks/bench_generalise.py                 # about 30 min on 2 idle cores
     .venv/bin/python benchmarks/bench_generalise.py --smoke         # 4 classes x 6 photos, 1 epoch; writes nothing
     .venv/bin/python benchmarks/bench_generalise.py --work DIR --reuse   # score again the models trained in DIR
 
