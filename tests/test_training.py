@@ -41,6 +41,31 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
+def record_weights_each_epoch(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tensor]]:
+    """The trained module's weights before training and after every epoch of the next `train` (session.fit patched)."""
+    from lookalike.training import session
+
+    snapshots: list[dict[str, torch.Tensor]] = []
+    real_fit = session.fit
+
+    def recording_fit(task, *args, **kwargs):
+        snapshots.append(weights(task.model))
+        kwargs["on_epoch"] = lambda record: snapshots.append(weights(task.model))
+        return real_fit(task, *args, **kwargs)
+
+    monkeypatch.setattr(session, "fit", recording_fit)
+    return snapshots
+
+
+class Killed(KeyboardInterrupt):
+    """A kill of the training process, raised by `kill_after_first`."""
+
+
+def kill_after_first(record) -> None:
+    if record.epoch == 1:
+        raise Killed
+
+
 def test_split_is_by_content_stable_and_keeps_duplicates_together(shared_collection: Collection) -> None:
     records = shared_collection.catalog.records(status="ok")
     split = Split.of(records, RULE)
@@ -167,13 +192,6 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
         assert shown[-2] == {"loss": record["train_loss"]}  # the running loss after the last step
         assert shown[-1] == {"loss": record["train_loss"], "MAP@R": record["validation"]["MAP@R"]}
     assert {s for s, _, _ in steps} >= {"caching pixels (train)", "caching pixels (val)"}
-
-    class Killed(KeyboardInterrupt):
-        pass
-
-    def kill_after_first(record) -> None:
-        if record.epoch == 1:
-            raise Killed
 
     with Collection.open(tmp_path / "killed") as collection:
         with pytest.raises(Killed):
@@ -318,17 +336,7 @@ def test_finetune_warms_up_the_head_first_and_embeds_mirror_images_alike(
     spec = {"backbone": "finetune", "backbone_model": "efficientnet-lite0", "trainable_blocks": 1, "views": 2,
             "head_warmup_epochs": 1}  # fmt: skip
     request = run("triplet", sample_folder, epochs=2, patience=5, lr=3e-3, spec=spec)
-    snapshots: list[dict[str, torch.Tensor]] = []
-    from lookalike.training import session
-
-    real_fit = session.fit
-
-    def recording_fit(task, *args, **kwargs):
-        snapshots.append(weights(task.model))
-        kwargs["on_epoch"] = lambda record: snapshots.append(weights(task.model))
-        return real_fit(task, *args, **kwargs)
-
-    monkeypatch.setattr(session, "fit", recording_fit)
+    snapshots = record_weights_each_epoch(monkeypatch)
     with Collection.open(tmp_path / "col") as collection:
         train(collection, request)
         embedder = collection.embedder("triplet")
@@ -354,17 +362,7 @@ def test_proxy_anchor_trains_its_proxies_with_the_head_and_resumes_them(
     spec = {"backbone": "finetune", "backbone_model": "efficientnet-lite0", "trainable_blocks": 1, "views": 1,
             "head": "residual", "head_warmup_epochs": 1, "whiten": False}  # fmt: skip
     request = run("proxy-anchor", sample_folder, epochs=2, patience=5, spec=spec)
-    snapshots: list[dict[str, torch.Tensor]] = []
-    from lookalike.training import session
-
-    real_fit = session.fit
-
-    def recording_fit(task, *args, **kwargs):
-        snapshots.append(weights(task.model))
-        kwargs["on_epoch"] = lambda record: snapshots.append(weights(task.model))
-        return real_fit(task, *args, **kwargs)
-
-    monkeypatch.setattr(session, "fit", recording_fit)
+    snapshots = record_weights_each_epoch(monkeypatch)
     with Collection.open(tmp_path / "whole") as collection:
         whole = train(collection, request)
     monkeypatch.undo()
@@ -376,13 +374,6 @@ def test_proxy_anchor_trains_its_proxies_with_the_head_and_resumes_them(
         assert not torch.equal(after_warmup[moved], initial[moved]), moved  # ... proxies and head trained
     assert not torch.equal(after_finetune[block], after_warmup[block])  # then the blocks move
     assert not any("proxies" in key for key in whole.module.state_dict())
-
-    class Killed(KeyboardInterrupt):
-        pass
-
-    def kill_after_first(record) -> None:
-        if record.epoch == 1:
-            raise Killed
 
     with Collection.open(tmp_path / "killed") as collection:
         with pytest.raises(Killed):

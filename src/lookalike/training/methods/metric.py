@@ -1,6 +1,6 @@
 """The `siamese`, `triplet` and `proxy-anchor` methods: one spec (their options of `lookalike train`), three entries.
 
-The task that trains both is `lookalike.training.metric_learning.MetricTask`; this module stays
+The task that trains all three is `lookalike.training.metric_learning.MetricTask`; this module stays
 free of PyTorch so that `lookalike --help` can list the options.
 """
 
@@ -121,37 +121,18 @@ BY_BACKBONE = {
 }
 TASK = "lookalike.training.metric_learning:MetricTask"
 
-SIAMESE = register(
-    Method(
-        "siamese",
-        "contrastive loss on pairs (labels needed: sub-folder = label)",
-        MetricSpec,
-        task=TASK,
-        defaults_by="backbone",
-        defaults=BY_BACKBONE,
-        preset={"method": "siamese"},
+
+def metric_method(name: str, help: str) -> Method:
+    """Register one of the methods MetricTask trains: the shared spec and defaults, the spec's `method` fixed."""
+    return register(
+        Method(name, help, MetricSpec, task=TASK, defaults_by="backbone", defaults=BY_BACKBONE, preset={"method": name})
     )
-)
-TRIPLET = register(
-    Method(
-        "triplet",
-        "triplet margin loss with semi-hard mining (labels needed: sub-folder = label)",
-        MetricSpec,
-        task=TASK,
-        defaults_by="backbone",
-        defaults=BY_BACKBONE,
-        preset={"method": "triplet"},
-    )
-)
-PROXY_ANCHOR = register(
-    Method(
-        "proxy-anchor",
-        "Proxy-Anchor loss: one learned proxy per label; of the losses measured, the best on classes never"
-        " trained on (labels needed: sub-folder = label)",
-        MetricSpec,
-        task=TASK,
-        defaults_by="backbone",
-        defaults=BY_BACKBONE,
-        preset={"method": "proxy-anchor"},
-    )
+
+
+SIAMESE = metric_method("siamese", "contrastive loss on pairs (labels needed: sub-folder = label)")
+TRIPLET = metric_method("triplet", "triplet margin loss with semi-hard mining (labels needed: sub-folder = label)")
+PROXY_ANCHOR = metric_method(
+    "proxy-anchor",
+    "Proxy-Anchor loss: one learned proxy per label; of the losses measured, the best on classes never"
+    " trained on (labels needed: sub-folder = label)",
 )
