@@ -1,6 +1,6 @@
 """Choosing the unseen-classes recipe's settings without the unseen classes, then testing it at several seeds.
 
-    .venv/bin/python benchmarks/bench_generalise_select.py            # about 75 min on 2 idle cores
+    .venv/bin/python benchmarks/bench_generalise_select.py            # about 65 min on 2 idle cores
     .venv/bin/python benchmarks/bench_generalise_select.py --smoke    # tiny folders, 1 epoch; writes nothing
 
 The protocol of `bench_generalise.py` (train on caltech101-dev classes 1-50 by sorted name, score leave-one-out
@@ -30,7 +30,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generalise import DATA, FINETUNE, PRETRAINED, RESULTS, WHITEN, _figures, class_split, link_classes  # noqa: E402
+from bench_generalise import (  # noqa: E402
+    DATA,
+    FINETUNE,
+    PRETRAINED,
+    RESULTS,
+    SEEN_CLASSES,
+    WHITEN,
+    _figures,
+    class_split,
+    link_classes,
+)
 from common import finish_record, run_record  # noqa: E402
 
 from lookalike import Collection  # noqa: E402
@@ -103,7 +113,7 @@ def stage_record(runs: list[dict[str, dict[str, object]]], seeds: list[int]) -> 
 
 def run(data: Path, work: Path, select_seeds: list[int], test_seeds: list[int], smoke: bool) -> dict[str, object]:
     record = run_record()
-    seen, unseen = class_split(data, 4 if smoke else 50)
+    seen, unseen = class_split(data, 4 if smoke else SEEN_CLASSES)
     unseen = unseen[:2] if smoke else unseen
     half = len(seen) // 2
     per_class = 6 if smoke else None
