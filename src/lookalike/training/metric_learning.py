@@ -182,24 +182,24 @@ class MetricTask(Task):
 
     def parameter_groups(self, lr: float) -> list[dict[str, object]]:
         # Pretrained blocks move slower than the new head (backbone_lr_scale), so fine-tuning does not wreck them;
-        # proxies, new like the head, faster (proxy_lr_scale). The blocks' group is last: the warm-up stops it.
+        # proxies, new like the head, faster (proxy_lr_scale). The blocks' group is marked "pretrained": the
+        # warm-up stops it.
         backbone = [p for p in self.embedding.backbone.parameters() if p.requires_grad]
         groups = [{"params": list(self.embedding.head.parameters()), "lr": lr}]
         if self.proxy_of is not None:
             groups.append({"params": list(self.loss_fn.parameters()), "lr": lr * self.spec.proxy_lr_scale})
         if backbone:
             backbone_lr = lr if self.pixels else lr * self.spec.backbone_lr_scale
-            groups.append({"params": backbone, "lr": backbone_lr})
+            groups.append({"params": backbone, "lr": backbone_lr, "pretrained": not self.pixels})
         return groups
 
     def start_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
         # Linear probing, then fine-tuning (Kumar et al. 2022): while the new head is still random,
         # its large gradients would distort the pretrained blocks, so they wait for the head to settle.
-        warm = not self.pixels and epoch <= self.spec.head_warmup_epochs
-        first_backbone_group = 1 if self.proxy_of is None else 2
-        for group in optimizer.param_groups[first_backbone_group:]:
-            if warm:
-                group["lr"] = 0.0  # the loop restores each group's initial rate every epoch
+        if epoch <= self.spec.head_warmup_epochs:
+            for group in optimizer.param_groups:
+                if group.get("pretrained"):
+                    group["lr"] = 0.0  # the loop restores each group's initial rate every epoch
 
     def steps_per_epoch(self) -> int:
         return len(self.prepared.train) // self.batch_size
