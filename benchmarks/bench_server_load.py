@@ -6,7 +6,9 @@ Same collection as bench_server_latency.py (real photo files, random vectors). O
 1. **model only**: the embedder alone in this process on decoded, preprocessed photos, one image
    per call (the server's batch size: it embeds each upload on its own), with one call at a time
    and with as many at once as the server has embedding slots, each call on the embedder's
-   default threads and on one thread; the highest rate is the reference.
+   default threads and on one thread; the highest rate is the reference. Beside it the server's work for an
+   upload without HTTP (`upload_path_only`: decode, embed, search, records, in this process through
+   `Collection`): the most the server could reach.
 2. **uploads**: 50 clients search by an uploaded photo (decoded and embedded on every call), each
    sending its next request as soon as the previous one is answered. Target: throughput >= 0.7 x
    the model-only rate, p99 <= 1.5 s, no errors.
@@ -65,6 +67,27 @@ TARGET_FAIRNESS_RATIO = 3.0
 PHASES = ("model", "uploads", "writes", "fairness")
 
 
+def measured_rate(work: Any, inputs: list[Any], at_once: int, seconds: float) -> tuple[float, float]:
+    """(calls/s, CPU ms per call) of `work(input)` called for `seconds` by `at_once` threads, each going through
+    `inputs` in turn from a different start."""
+    counts = [0] * at_once
+    deadline = time.perf_counter() + seconds
+
+    def run(worker: int) -> None:
+        while time.perf_counter() < deadline:
+            work(inputs[(worker + counts[worker] * at_once) % len(inputs)])
+            counts[worker] += 1
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    workers = [threading.Thread(target=run, args=(w,)) for w in range(at_once)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done = max(1, sum(counts))
+    return round(done / (time.perf_counter() - started), 2), round((time.process_time() - cpu_started) * 1000 / done, 2)
+
+
 def model_only(
     collection: Path, payloads: list[tuple[str, bytes]], seconds: float, name: str = EMBEDDER
 ) -> dict[str, object]:
@@ -83,27 +106,43 @@ def model_only(
             embedder = default.on_threads(threads)
             embedder.embed_arrays(arrays[0])  # warm-up
             for concurrency in sorted({1, slots}):
-                counts = [0] * concurrency
-                deadline = time.perf_counter() + seconds
-
-                def run(
-                    worker: int, counts: list[int] = counts, deadline: float = deadline, model: Any = embedder
-                ) -> None:
-                    while time.perf_counter() < deadline:
-                        model.embed_arrays(arrays[(worker + counts[worker] * len(counts)) % len(arrays)])
-                        counts[worker] += 1
-
-                started, cpu_started = time.perf_counter(), time.process_time()
-                workers = [threading.Thread(target=run, args=(w,)) for w in range(concurrency)]
-                for worker in workers:
-                    worker.start()
-                for worker in workers:
-                    worker.join()
-                done = max(1, sum(counts))
                 key = f"{concurrency}_at_once_{threads}_thread{'s' if threads > 1 else ''}"
-                rates[key] = round(done / (time.perf_counter() - started), 2)
-                cpu_ms[key] = round((time.process_time() - cpu_started) * 1000 / done, 2)
+                rates[key], cpu_ms[key] = measured_rate(embedder.embed_arrays, arrays, concurrency, seconds)
     return {"batch_size": 1, "images_per_s": rates, "cpu_ms_per_image": cpu_ms, "reference": max(rates.values())}
+
+
+def upload_path_only(
+    collection: Path, payloads: list[tuple[str, bytes]], seconds: float, name: str = EMBEDDER
+) -> dict[str, object]:
+    """Images/s of what the server does for an upload, without HTTP, in this process through `Collection`: the
+    bytes decoded and embedded; stored query vectors searched (k=12, the collection's query expansion) and their
+    records read; and both, one after the other, as the server does. As many at once as the server has embedding
+    slots, the model on one thread each, as the server runs it under load. Beside the model alone (same run) the
+    last is the most the HTTP server could reach."""
+    from lookalike import Collection
+
+    slots = max(1, os.cpu_count() or 1)
+    with Collection.open(collection, create=False) as opened:
+        expand = opened.default_expand
+
+        def embed(data: bytes) -> np.ndarray:
+            return opened.embed(opened.decode_query(data, name), embedder=name, threads=1)
+
+        def search(vector: np.ndarray) -> None:
+            opened.results(opened.search_vectors(vector[None], 12, embedder=name, exclude=[-1], expand=expand))
+
+        uploads = [data for _, data in payloads]
+        stages: dict[str, tuple[Any, list[Any]]] = {
+            "decode_and_embed": (embed, uploads),
+            "search_and_records": (search, [embed(data) for data in uploads[:32]]),  # stored vectors: no model
+            "decode_embed_search_records": (lambda data: search(embed(data)), uploads),
+        }
+        rates: dict[str, float] = {}
+        cpu_ms: dict[str, float] = {}
+        for key, (work, inputs) in stages.items():
+            work(inputs[0])  # warm-up
+            rates[key], cpu_ms[key] = measured_rate(work, inputs, slots, seconds)
+    return {"at_once": slots, "query_expansion": expand, "images_per_s": rates, "cpu_ms_per_image": cpu_ms}
 
 
 def multipart(name: str, data: bytes) -> tuple[dict[str, str], bytes]:
@@ -418,6 +457,13 @@ def main() -> None:
             measured: dict[str, dict[str, object]] = {}
             if "model" in phases or "uploads" in phases or "writes" in phases:
                 measured["model_only"] = model = model_only(collection, payloads, args.model_seconds, args.embedder)
+                path = upload_path_only(collection, payloads, args.model_seconds, args.embedder)
+                path["ratio_to_model_only"] = {
+                    key: round(rate / float(model["reference"]), 3)  # type: ignore[arg-type]
+                    for key, rate in path["images_per_s"].items()  # type: ignore[attr-defined]
+                    if key != "search_and_records"  # no model in it: nothing to compare
+                }
+                measured["upload_path_only"] = path
             if "uploads" in phases:
                 uploads = asyncio.run(run_clients(url, payloads, args.clients, args.seconds, args.request_timeout))
                 uploads["target"] = against_target(uploads, model)
@@ -456,6 +502,7 @@ def main() -> None:
         "request": "POST /api/search?k=12 with a real cats-and-dogs JPEG (random of 500), on 127.0.0.1",
         "note": "client and server share the machine's cores",
         "model_only": model,
+        "upload_path_only": measured["upload_path_only"],
         "uploads": uploads,
         "uploads_with_writes": with_writes,
         "fairness": fair,
@@ -468,6 +515,12 @@ def main() -> None:
             f"(model alone {model['reference']} img/s: ratio {target['throughput_ratio']}); "  # type: ignore[index]
             f"p50 {latency.get('p50_ms')} ms, p99 {latency.get('p99_ms')} ms"
         )
+    path = result["upload_path_only"]
+    rates, ratios = path["images_per_s"], path["ratio_to_model_only"]  # type: ignore[index]
+    print(
+        "the upload path without HTTP, in-process: "
+        + ", ".join(f"{key} {rate} img/s (ratio {ratios.get(key, '-')})" for key, rate in rates.items())
+    )
     print(
         f"fairness: search by id p99 alone {fair['alone']['p99_ms']} ms, with 2 adders "  # type: ignore[index]
         f"{fair['with_2_adders']['p99_ms']} ms: ratio {fair['p99_ratio']}"  # type: ignore[index]
