@@ -115,10 +115,10 @@ def upload_path_only(
     collection: Path, payloads: list[tuple[str, bytes]], seconds: float, name: str = EMBEDDER
 ) -> dict[str, object]:
     """Images/s of what the server does for an upload, without HTTP, in this process through `Collection`: the
-    bytes decoded and embedded; stored query vectors searched (k=12, the collection's query expansion) and their
-    records read; and both, one after the other, as the server does. As many at once as the server has embedding
-    slots, the model on one thread each, as the server runs it under load. Beside the model alone (same run) the
-    last is the most the HTTP server could reach."""
+    bytes decoded and embedded; query vectors embedded beforehand searched (k=12, the collection's query
+    expansion) and their records read; and both, one after the other, as the server does. As many at once as the
+    server has embedding slots, the model on one thread each, as the server runs it under load. Beside the model
+    alone (same run) the last is the most the HTTP server could reach."""
     from lookalike import Collection
 
     slots = max(1, os.cpu_count() or 1)
@@ -134,7 +134,7 @@ def upload_path_only(
         uploads = [data for _, data in payloads]
         stages: dict[str, tuple[Any, list[Any]]] = {
             "decode_and_embed": (embed, uploads),
-            "search_and_records": (search, [embed(data) for data in uploads[:32]]),  # stored vectors: no model
+            "search_and_records": (search, [embed(data) for data in uploads[:32]]),  # embedded beforehand: no model
             "decode_embed_search_records": (lambda data: search(embed(data)), uploads),
         }
         rates: dict[str, float] = {}
