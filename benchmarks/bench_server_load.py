@@ -112,13 +112,13 @@ def model_only(
 
 
 def upload_path_only(
-    collection: Path, payloads: list[tuple[str, bytes]], seconds: float, name: str = EMBEDDER
+    collection: Path, payloads: list[tuple[str, bytes]], seconds: float, reference: float, name: str = EMBEDDER
 ) -> dict[str, object]:
     """Images/s of what the server does for an upload, without HTTP, in this process through `Collection`: the
     bytes decoded and embedded; query vectors embedded beforehand searched (k=12, the collection's query
     expansion) and their records read; and both, one after the other, as the server does. As many at once as the
     server has embedding slots, the model on one thread each, as the server runs it under load. Beside the model
-    alone (same run) the last is the most the HTTP server could reach."""
+    alone (same run, `reference` images/s) the last is the most the HTTP server could reach."""
     from lookalike import Collection
 
     slots = max(1, os.cpu_count() or 1)
@@ -142,7 +142,15 @@ def upload_path_only(
         for key, (work, inputs) in stages.items():
             work(inputs[0])  # warm-up
             rates[key], cpu_ms[key] = measured_rate(work, inputs, slots, seconds)
-    return {"at_once": slots, "query_expansion": expand, "images_per_s": rates, "cpu_ms_per_image": cpu_ms}
+    # the search alone runs no model: nothing to compare
+    ratios = {key: round(rate / reference, 3) for key, rate in rates.items() if key != "search_and_records"}
+    return {
+        "at_once": slots,
+        "query_expansion": expand,
+        "images_per_s": rates,
+        "cpu_ms_per_image": cpu_ms,
+        "ratio_to_model_only": ratios,
+    }
 
 
 def multipart(name: str, data: bytes) -> tuple[dict[str, str], bytes]:
@@ -457,12 +465,8 @@ def main() -> None:
             measured: dict[str, dict[str, object]] = {}
             if "model" in phases or "uploads" in phases or "writes" in phases:
                 measured["model_only"] = model = model_only(collection, payloads, args.model_seconds, args.embedder)
-                path = upload_path_only(collection, payloads, args.model_seconds, args.embedder)
-                path["ratio_to_model_only"] = {
-                    key: round(rate / float(model["reference"]), 3)  # type: ignore[arg-type]
-                    for key, rate in path["images_per_s"].items()  # type: ignore[attr-defined]
-                    if key != "search_and_records"  # no model in it: nothing to compare
-                }
+                reference = float(model["reference"])  # type: ignore[arg-type]
+                path = upload_path_only(collection, payloads, args.model_seconds, reference, args.embedder)
                 measured["upload_path_only"] = path
             if "uploads" in phases:
                 uploads = asyncio.run(run_clients(url, payloads, args.clients, args.seconds, args.request_timeout))
